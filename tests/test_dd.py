@@ -79,7 +79,7 @@ def test_fixed_init_evaluation_replays_on_the_distillation_network(toy):
     for (n, p) in net.named_parameters():
         assert torch.equal(p.detach(), dd.theta0[n]), n
     r = evaluate(s, toy, get_protocol("dd", n_models=2), init=init)
-    assert r.accuracies[0] == r.accuracies[1]  # one fixed network: the replay is deterministic
+    assert len(r.accuracies) == 1  # one fixed network: a second replay would only repeat the number
     assert isinstance(init(0, "LeNet"), torch.nn.Module)  # the paper's alias names the same model
     with pytest.raises(ConfigError, match="fixed initialization"):
         init(0, "convnet")

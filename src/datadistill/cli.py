@@ -26,6 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method")
     d.add_argument("--ipc", type=int, help="images per class")
     d.add_argument("--iterations", type=int)
+    d.add_argument("--init", help="image initialization (real, noise; dd also kmeans, average) or, for methods "
+                   "with a network-initialization setting (dd), that setting: fixed, random, pretrained_fixed, "
+                   "pretrained_random")
+    d.add_argument("--source-dataset", help="dd pretrained settings: the dataset the starting networks are trained "
+                   "on (another dataset than --dataset: domain adaptation)")
     d.add_argument("--eval-every", type=int, help="evaluate every K iterations (0: only at the end)")
     d.add_argument("--models", type=_csv, help="comma-separated models for the final evaluation")
     d.add_argument("--seed", type=int)
@@ -65,6 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("name")
     dp.add_argument("--root")
 
+    pt = sub.add_parser("pretrain", help="train and store a pool of networks (DD's pretrained settings)")
+    pt.add_argument("--dataset", required=True)
+    pt.add_argument("--model", default="lenet")
+    pt.add_argument("--weight-init", default="xavier", help="initialization distribution (default, xavier, kaiming)")
+    pt.add_argument("--nets", type=int, default=40, help="networks in the pool")
+    pt.add_argument("--held-out", type=int, default=20, help="the last N networks are kept for evaluation only")
+    pt.add_argument("--epochs", type=int, default=3)
+    pt.add_argument("--lr", type=float, default=0.01)
+    pt.add_argument("--batch-size", type=int, default=128)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--out", required=True, help="pool folder (an interrupted run resumes there)")
+    pt.add_argument("--root", help="data root")
+    pt.add_argument("--device", default="auto")
+
     ls = sub.add_parser("list", help="list registered names")
     ls.add_argument("what", choices=["models", "methods", "datasets", "presets", "protocols"])
     return p
@@ -81,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     try:
         return {"distill": cmd_distill, "evaluate": cmd_evaluate, "show": cmd_show, "export": cmd_export,
-                "data": cmd_data, "list": cmd_list}[args.command](args)
+                "data": cmd_data, "list": cmd_list, "pretrain": cmd_pretrain}[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted; a distill run continues with --resume", file=sys.stderr)
         return 130
@@ -113,12 +132,41 @@ def cmd_distill(args: argparse.Namespace) -> int:
     base.update({k: v for k, v in flags.items() if v is not None})
     if args.models:
         base["models"] = args.models
-    cfg = from_dict(RunConfig, apply_overrides(base, args.overrides), where="config")
+    base = apply_overrides(base, args.overrides)
+    if args.init or args.source_dataset:
+        _init_flags(base, args.init, args.source_dataset)
+    cfg = from_dict(RunConfig, base, where="config")
     out = Path(args.out or f"runs/{cfg.method}-{cfg.dataset}-ipc{cfg.ipc}-s{cfg.seed}")
     result = run(cfg, out, resume=args.resume, force=args.force, progress=not args.no_progress)
     if result is not None:
         print(f"run directory: {out}  (distilled set: {out / 'distilled.safetensors'}, grid: {out / 'grid.png'})")
     return 0
+
+
+def _init_flags(base: dict[str, Any], init: str | None, source: str | None) -> None:
+    """``--init``: an image initialization goes to ``init``; a network-initialization setting goes to
+    the method's ``method_config.init`` (the two sets of names do not overlap)."""
+    import dataclasses
+
+    from .config import ConfigError
+    from .methods import METHODS
+
+    entry = METHODS.get(base.get("method") or "dm")
+    fields = {f.name: f for f in dataclasses.fields(entry.config)}
+    mc = dict(base.get("method_config") or {})
+    if init is not None:
+        if init in entry.inits:
+            base["init"] = init
+        elif "init" in fields:
+            mc["init"] = init  # validated by the method's config (an unknown name lists the valid ones)
+        else:
+            raise ConfigError(f"--init {init!r}: {entry.name} takes an image initialization: {', '.join(entry.inits)}")
+    if source is not None:
+        if "source_dataset" not in fields:
+            raise ConfigError(f"--source-dataset: method {entry.name!r} does not start from pretrained networks")
+        mc["source_dataset"] = source
+        mc.setdefault("init", "pretrained_random")
+    base["method_config"] = mc
 
 
 def _protocol(name: str | None, overrides: list[str], default: str):
@@ -161,8 +209,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.file} was distilled with a different spec of {f.spec.name} (normalization or "
                               "size differ) than the dataset on disk")
         init = eval_init_from_meta(f.meta, data.spec)
+        net_init = f.meta.get("net_init") or {}
+        if "weight_init" in net_init and not any(o.startswith("weight_init=") for o in args.overrides):
+            protocol = protocol.with_(weight_init=net_init["weight_init"])  # the distribution it was distilled for
         reports = evaluate_models(f.synset, data, protocol, args.models or [protocol.model], device=device,
                                   progress=True, init=init)
+        if net_init.get("setting", "").startswith("pretrained") and init is not None:
+            from .methods.dd import before_after
+
+            p = f.meta.get("poison")
+            extra = before_after(f.synset, data, init, device=device,
+                                 poison=(p["attack_class"], p["target_class"]) if p else None)
+            print("before/after the distilled steps: " + ", ".join(
+                f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in extra.items() if isinstance(v, dict)))
         if args.save:
             ev = dict(f.meta.get("evaluation") or {})
             ev.update({m: r.to_dict() for m, r in reports.items()})
@@ -171,6 +230,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({m: r.to_dict() for m, r in reports.items()}, indent=2))
     else:
         print(format_table(reports))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .data import load_dataset
+    from .engine import pick_device
+    from .models import MODELS, WEIGHT_INITS
+    from .pool import PoolConfig, PoolError, pretrain_pool
+
+    WEIGHT_INITS.get(args.weight_init)
+    try:
+        cfg = PoolConfig(dataset=args.dataset, model=MODELS.canonical(args.model), weight_init=args.weight_init,
+                         n_nets=args.nets, held_out=args.held_out, epochs=args.epochs, lr=args.lr,
+                         batch_size=args.batch_size, seed=args.seed)
+        data = load_dataset(args.dataset, args.root)
+        pool = pretrain_pool(cfg, data, args.out, device=pick_device(args.device))
+    except PoolError as e:
+        raise ConfigError(str(e)) from e
+    accs = pool.accuracies(list(range(len(pool))))
+    print(f"pool {args.out}: {len(pool)} {cfg.model} networks on {args.dataset}, test accuracy "
+          f"{sum(accs) / len(accs):.2f}% (min {min(accs):.2f}); networks {pool.held_out_indices[0]}.."
+          f"{len(pool) - 1} are held out for evaluation")
     return 0
 
 

@@ -73,8 +73,8 @@ def resolve(cfg: RunConfig) -> Resolved:
     for name in (protocol.model, *cfg.models, getattr(method_cfg, "model", protocol.model)):
         MODELS.get(name)
     init = cfg.init or entry.init
-    if init not in ("real", "noise"):
-        raise ConfigError(f"init must be 'real' or 'noise', got {init!r}")
+    if init not in entry.inits:
+        raise ConfigError(f"init {init!r} is not an image initialization of {entry.name}; valid: {', '.join(entry.inits)}")
     if cfg.ipc < 1:
         raise ConfigError(f"ipc must be >= 1, got {cfg.ipc}")
     iterations = entry.iterations if cfg.iterations is None else cfg.iterations
@@ -152,6 +152,7 @@ class RunResult:
     wall_seconds: float
     peak_mem_mb: float
     device: torch.device
+    extra: dict[str, Any] | None = None  # a method's further final numbers (`extra_report`)
 
 
 def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
@@ -195,7 +196,7 @@ def run(
         data = LoadedDataset(data.spec, data.train.to(device), data.test.to(device))
     synset = init_synset(res, data, cfg.seed).to(device)
     ctx = Context(data=data, synset=synset, device=device, generator=make_generator(cfg.seed, "method"),
-                  seed=cfg.seed, ipc=cfg.ipc, iterations=res.iterations)
+                  seed=cfg.seed, ipc=cfg.ipc, iterations=res.iterations, data_root=cfg.data_root)
     method = res.entry.build(res.method_cfg, ctx)
     eval_init = method.eval_init() if hasattr(method, "eval_init") else None
     start, elapsed = 0, 0.0
@@ -239,8 +240,13 @@ def run(
         reports[m] = rep
         log(f"final accuracy {rep.summary()}")
         _call(callbacks, "on_eval", res.iterations, rep)
+    extra = method.extra_report(synset, data, device) if hasattr(method, "extra_report") else None
+    if extra:
+        log("before/after the distilled steps: " + ", ".join(
+            f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in extra.items() if isinstance(v, dict)))
     _append_jsonl(out / "metrics.jsonl", {"iteration": res.iterations, "final": True,
-                                          "eval": {m: r.to_dict() for m, r in reports.items()}})
+                                          "eval": {m: r.to_dict() for m, r in reports.items()},
+                                          **({"extra": extra} if extra else {})})
     spi = elapsed / max(res.iterations, 1) if res.iterations else 0.0
     peak = peak_memory_mb(device)
     save_synset(out / DISTILLED, synset, data.spec, method=res.entry.name, method_config=dataclasses.asdict(res.method_cfg),
@@ -248,12 +254,14 @@ def run(
                 evaluation={m: r.to_dict() for m, r in reports.items()}, commit=git_commit(),
                 protocol=res.protocol.name, seconds_per_iteration=spi, peak_mem_mb=peak,
                 wall_seconds=time.perf_counter() - t_run, device=device_name(device),
+                **({"extra_report": extra} if extra else {}),
                 **(method.file_meta() if hasattr(method, "file_meta") else {}))
     from .viz import plot_metrics, save_grid
 
     save_grid(synset, data.spec, out / "grid.png")
     plot_metrics(out / "metrics.jsonl", out / "loss.png")
-    result = RunResult(out, synset, data, reports, res.iterations, spi, time.perf_counter() - t_run, peak, device)
+    result = RunResult(out, synset, data, reports, res.iterations, spi, time.perf_counter() - t_run, peak, device,
+                       extra)
     atomic_write_text(out / "report.md", _report(res, result))
     _call(callbacks, "on_end", result)
     return result
@@ -294,6 +302,15 @@ def _load_checkpoint(path: Path, synset: Any, method: Any, ctx: Context) -> tupl
     return int(state["iteration"]), float(state["elapsed"])
 
 
+def _extra_lines(extra: dict[str, Any] | None) -> list[str]:
+    if not extra:
+        return []
+    rows = [f"| {k} | {v['mean']:.2f} ± {v['std']:.2f} |" for k, v in extra.items() if isinstance(v, dict)]
+    n = extra.get("n_networks", "?")
+    return [f"Before/after the distilled steps ({n} evaluation networks, percent):", "", "| metric | value |",
+            "|---|---|", *rows, ""]
+
+
 def _report(res: Resolved, r: RunResult) -> str:
     cfg = res.cfg
     lines = [
@@ -307,6 +324,7 @@ def _report(res: Resolved, r: RunResult) -> str:
         "",
         format_table(r.reports),
         "",
+        *_extra_lines(r.extra),
         "![distilled images](grid.png)",
         "",
         "![loss](loss.png)",

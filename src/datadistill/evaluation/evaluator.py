@@ -78,8 +78,9 @@ def evaluate(
     The set is used only through ``synset.batches(batch_size, generator)`` and
     ``synset.learned_lr()`` (or, for the ``replay`` schedule, ``synset.schedule()``), so any set
     type works. ``init(i, model)`` supplies the i-th starting network when a method ties its data to
-    particular initializations (DD's fixed or pretrained networks); by default each model is a
-    fresh initialization seeded from the protocol, never one seen during distillation.
+    particular initializations (DD's fixed or pretrained networks; an ``init`` with ``len()`` caps
+    the number of models at it); by default each model is a fresh initialization seeded from the
+    protocol, drawn from ``protocol.weight_init``, never one seen during distillation.
     """
     model = model or protocol.model
     spec = data.spec
@@ -90,12 +91,16 @@ def evaluate(
     test = data.test.to(device)
     accs, seeds = [], []
     t0 = time.perf_counter()
-    for i in tqdm(range(protocol.n_models), desc=f"evaluate {model}", disable=not progress, leave=False):
+    n_models = protocol.n_models
+    if init is not None and hasattr(init, "__len__"):  # a finite set of starting networks (held-out pool)
+        n_models = min(n_models, len(init))
+    for i in tqdm(range(n_models), desc=f"evaluate {model}", disable=not progress, leave=False):
         seed = protocol.seed * 1000 + i
         if init is not None:
             net = init(i, model)
         else:
-            net = create_model(model, spec.channels, spec.num_classes, spec.image_size, seed=seed)
+            net = create_model(model, spec.channels, spec.num_classes, spec.image_size, seed=seed,
+                               weight_init=protocol.weight_init)
         g = make_generator(seed, "eval-train")
         if protocol.schedule == "replay":
             if not hasattr(synset, "schedule"):

@@ -27,6 +27,7 @@ class Context:
     seed: int
     ipc: int
     iterations: int = 0
+    data_root: str | None = None  # where further datasets are loaded from (e.g. a pretraining source)
 
     @property
     def spec(self):
@@ -46,8 +47,10 @@ class MethodEntry:
     ``iterations`` is the default number of ``step`` calls (0 for selection methods whose result
     is the initialization); ``init`` is the default initialization of the set's images
     (``real``/``noise``). A method may also offer ``eval_init() -> (callable(i) -> nn.Module) | None``
-    (the networks its evaluation starts from, e.g. DD's fixed initialization) and
-    ``file_meta() -> dict`` (extra metadata for the distilled file).
+    (the networks its evaluation starts from, e.g. DD's fixed initialization),
+    ``file_meta() -> dict`` (extra metadata for the distilled file) and
+    ``extra_report(synset, data, device) -> dict | None`` (further final numbers, e.g. DD's
+    before/after accuracies of pretrained networks).
     """
 
     name: str
@@ -57,6 +60,7 @@ class MethodEntry:
     init: str = "real"
     description: str = ""
     eval_preset: str = "dc"  # the evaluation protocol the method's results are reported with
+    inits: tuple[str, ...] = ("real", "noise")  # the image initializations ``synset`` accepts
     # ``synset(cfg, data, ipc, init, generator)`` builds the set the method optimizes; None: PixelSet
     synset: Callable[..., Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -44,22 +44,56 @@ def create_model(
     num_classes: int,
     image_size: tuple[int, int] | int,
     seed: int | None = None,
+    weight_init: str = "default",
     **kw: Any,
 ) -> nn.Module:
     """Build a registered model on the CPU.
 
     With ``seed`` the initial weights are a deterministic function of it; the global RNG is left
-    exactly as it was (construction runs under ``torch.random.fork_rng``).
+    exactly as it was (construction runs under ``torch.random.fork_rng``). ``weight_init`` picks the
+    initialization distribution (see `WEIGHT_INITS`): ``default`` is PyTorch's per-layer default.
     """
     builder = MODELS.get(name)
+    scheme = WEIGHT_INITS.get(weight_init)
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     _check_kwargs(name, builder, kw)
     if seed is None:
-        return builder(in_channels, num_classes, tuple(image_size), **kw)
+        return scheme(builder(in_channels, num_classes, tuple(image_size), **kw))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "model-init"))
-        return builder(in_channels, num_classes, tuple(image_size), **kw)
+        return scheme(builder(in_channels, num_classes, tuple(image_size), **kw))
+
+
+def _default_init(net: nn.Module) -> nn.Module:
+    return net
+
+
+def _xavier_init(net: nn.Module) -> nn.Module:
+    """Xavier-normal weights (gain 1) and zero biases in every conv and linear layer, as the Dataset
+    Distillation code initializes its networks (its default ``--init xavier --init_param 1``)."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
+            nn.init.xavier_normal_(m.weight, gain=1.0)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return net
+
+
+def _kaiming_init(net: nn.Module) -> nn.Module:
+    """Kaiming-normal weights (fan-in, ReLU gain) and zero biases in conv and linear layers."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return net
+
+
+WEIGHT_INITS: Registry[Callable[[nn.Module], nn.Module]] = Registry("weight initialization")
+WEIGHT_INITS.add("default", _default_init)
+WEIGHT_INITS.add("xavier", _xavier_init)
+WEIGHT_INITS.add("kaiming", _kaiming_init)
 
 
 def _check_kwargs(name: str, builder: ModelBuilder, kw: dict[str, Any]) -> None:

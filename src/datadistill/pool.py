@@ -1,0 +1,147 @@
+"""Pools of pretrained networks: the starting points of DD's pretrained settings and its
+poisoning and domain-adaptation objectives (Wang et al. 2018, Sections 3.5-3.6).
+
+A pool is a folder with ``manifest.json`` and one ``net-NNN.safetensors`` per network, each trained
+on the real training set with the shared loop (`train.train_classifier`) from its own seed.
+Networks are written one by one (atomically) and the manifest after each, so an interrupted
+``datadistill pretrain`` resumes where it stopped. The last ``held_out`` networks are never used
+for distillation: evaluation of the pretrained settings starts from them (`methods.dd.PoolNets`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data.spec import LoadedDataset
+from .models import create_model
+from .seeding import derive_seed, make_generator
+from .synset.io import atomic_write, atomic_write_text
+from .train import accuracy, real_batches, train_classifier
+
+MANIFEST = "manifest.json"
+
+
+class PoolError(ValueError):
+    """A pool folder is missing, incomplete or does not fit the data it is used with."""
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """How the networks of a pool are trained (the shared loop's SGD, momentum and weight decay)."""
+
+    dataset: str
+    model: str = "lenet"
+    weight_init: str = "xavier"
+    n_nets: int = 20
+    held_out: int = 10
+    epochs: int = 3
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    seed: int = 0
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_nets < 1 or not 0 <= self.held_out < self.n_nets:
+            raise PoolError(f"a pool needs n_nets >= 1 and 0 <= held_out < n_nets, got n_nets={self.n_nets}, "
+                            f"held_out={self.held_out}")
+        if self.epochs < 1:
+            raise PoolError(f"epochs must be >= 1, got {self.epochs}")
+
+    def net_seed(self, i: int) -> int:
+        return derive_seed(self.seed, "pool-net", i)
+
+
+def _spec_dict(data: LoadedDataset) -> dict[str, Any]:
+    s = data.spec
+    return {"name": s.name, "num_classes": s.num_classes, "channels": s.channels,
+            "image_size": list(s.image_size)}
+
+
+def pretrain_pool(cfg: PoolConfig, data: LoadedDataset, out: str | Path, *, device: torch.device | str = "cpu",
+                  progress: bool = True) -> "Pool":
+    """Train (or finish training) the pool in ``out``; networks already on disk are kept."""
+    out = Path(out)
+    manifest_path = out / MANIFEST
+    manifest: dict[str, Any] = {"config": asdict(cfg), "spec": _spec_dict(data), "nets": []}
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("config") != manifest["config"] or old.get("spec") != manifest["spec"]:
+            raise PoolError(f"{out} holds a pool trained with a different configuration; choose another folder "
+                            f"(its config: {old.get('config')})")
+        manifest["nets"] = [n for n in old.get("nets", []) if (out / n["file"]).exists()]
+    done = len(manifest["nets"])
+    s = data.spec
+    for i in tqdm(range(done, cfg.n_nets), desc=f"pretrain {cfg.model} on {s.name}", disable=not progress,
+                  initial=done, total=cfg.n_nets):
+        seed = cfg.net_seed(i)
+        net = create_model(cfg.model, s.channels, s.num_classes, s.image_size, seed=seed,
+                           weight_init=cfg.weight_init)
+        train_classifier(net, real_batches(data.train), epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum,
+                         weight_decay=cfg.weight_decay, milestones=(), batch_size=cfg.batch_size,
+                         generator=make_generator(seed, "pretrain"), device=device)
+        acc = accuracy(net, data.test, device=device)
+        name = f"net-{i:03d}.safetensors"
+        tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+        atomic_write(out / name, lambda p: save_file(tensors, str(p)))
+        manifest["nets"].append({"file": name, "seed": seed, "test_acc": round(100 * acc, 2)})
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+    if not manifest_path.exists():
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+    return Pool(out)
+
+
+class Pool:
+    """A trained pool on disk: ``network(i)``, the training and held-out index lists."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        mp = self.path / MANIFEST
+        if not mp.exists():
+            raise PoolError(f"no pretrained pool at {self.path} (no {MANIFEST}); create one with "
+                            "`datadistill pretrain --dataset D --out FOLDER`")
+        self.manifest = json.loads(mp.read_text())
+        self.config = PoolConfig(**self.manifest["config"])
+        self.nets: list[dict[str, Any]] = self.manifest["nets"]
+        if len(self.nets) < self.config.n_nets:
+            raise PoolError(f"the pool at {self.path} is incomplete ({len(self.nets)} of {self.config.n_nets} "
+                            "networks); finish it with the same `datadistill pretrain` command")
+
+    def __len__(self) -> int:
+        return len(self.nets)
+
+    @property
+    def train_indices(self) -> list[int]:
+        return list(range(len(self) - self.config.held_out))
+
+    @property
+    def held_out_indices(self) -> list[int]:
+        return list(range(len(self) - self.config.held_out, len(self)))
+
+    def check_fits(self, spec: Any) -> None:
+        """The pool's networks must take ``spec``'s images and predict its classes."""
+        p = self.manifest["spec"]
+        mine = (p["num_classes"], p["channels"], tuple(p["image_size"]))
+        theirs = (spec.num_classes, spec.channels, tuple(spec.image_size))
+        if mine != theirs:
+            raise PoolError(f"the pool at {self.path} was trained on {p['name']} (classes, channels, size = {mine}); "
+                            f"it cannot start networks for {spec.name} {theirs}")
+
+    def network(self, i: int) -> nn.Module:
+        """A fresh module holding the i-th network's trained weights (CPU)."""
+        c, p = self.config, self.manifest["spec"]
+        net = create_model(c.model, p["channels"], p["num_classes"], tuple(p["image_size"]), seed=0)
+        net.load_state_dict(load_file(str(self.path / self.nets[i]["file"])))
+        return net
+
+    def accuracies(self, indices: list[int]) -> list[float]:
+        return [float(self.nets[i]["test_acc"]) for i in indices]

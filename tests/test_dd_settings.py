@@ -1,0 +1,196 @@
+"""Dataset Distillation's other settings: weight-init schemes, pretrained pools (fixed / random /
+adaptation), the poisoning objective, the real-image baselines and the CLI spellings."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from datadistill.cli import main
+from datadistill.config import ConfigError
+from datadistill.evaluation import evaluate, get_protocol
+from datadistill.methods import Context
+from datadistill.methods.dd import DD, DDConfig, baseline_images, before_after, eval_init_from_meta, kmeans, make_set
+from datadistill.models import create_model
+from datadistill.pool import Pool, PoolConfig, PoolError, pretrain_pool
+from datadistill.registry import UnknownNameError
+from datadistill.seeding import make_generator
+from datadistill.synset import load_synset
+
+
+def test_xavier_init_zeroes_biases_and_scales_weights_by_fan():
+    net = create_model("lenet", 1, 10, 28, seed=0, weight_init="xavier")
+    w = net.fc_1.weight.detach()
+    fan_in, fan_out = w.shape[1], w.shape[0]
+    assert float(net.fc_1.bias.detach().abs().max()) == 0.0
+    assert abs(float(w.std()) - math.sqrt(2 / (fan_in + fan_out))) < 0.01
+    again = create_model("lenet", 1, 10, 28, seed=0, weight_init="xavier")
+    assert torch.equal(again.fc_1.weight, w)  # seeded
+    with pytest.raises(UnknownNameError, match="default, kaiming, xavier"):
+        create_model("lenet", 1, 10, 28, weight_init="xavir")
+    with pytest.raises(UnknownNameError):
+        get_protocol("dd", weight_init="nope")
+
+
+@pytest.fixture(scope="module")
+def pool(toy, tmp_path_factory):
+    cfg = PoolConfig(dataset="procedural", n_nets=4, held_out=2, epochs=15, batch_size=16,
+                     dataset_options=dict(toy.spec.extra))
+    return pretrain_pool(cfg, toy, tmp_path_factory.mktemp("pool") / "p", progress=False)
+
+
+def test_pool_trains_stores_and_splits_networks(pool, toy):
+    assert len(pool) == 4 and pool.train_indices == [0, 1] and pool.held_out_indices == [2, 3]
+    a, b = pool.network(0), pool.network(1)
+    assert not torch.equal(a.fc_1.weight, b.fc_1.weight)  # each network from its own seed
+    assert all(acc > 100 / 3 for acc in pool.accuracies([0, 1, 2, 3]))  # trained: above chance on the toy set
+    manifest = json.loads((pool.path / "manifest.json").read_text())
+    assert [n["file"] for n in manifest["nets"]] == [f"net-{i:03d}.safetensors" for i in range(4)]
+
+
+def test_pool_resumes_an_interrupted_run_and_refuses_another_config(pool, toy, tmp_path):
+    import shutil
+
+    p = tmp_path / "copy"
+    shutil.copytree(pool.path, p)
+    manifest = json.loads((p / "manifest.json").read_text())
+    manifest["nets"] = manifest["nets"][:3]  # as if killed while training the 4th network
+    (p / "manifest.json").write_text(json.dumps(manifest))
+    (p / "net-003.safetensors").unlink()
+    with pytest.raises(PoolError, match="incomplete"):
+        Pool(p)
+    kept = (p / "net-001.safetensors").read_bytes()
+    resumed = pretrain_pool(pool.config, toy, p, progress=False)
+    assert len(resumed) == 4 and (p / "net-001.safetensors").read_bytes() == kept
+    assert torch.equal(resumed.network(3).fc_1.weight, pool.network(3).fc_1.weight)  # same seed, same network
+    other = PoolConfig(**{**pool.manifest["config"], "epochs": 3})
+    with pytest.raises(PoolError, match="different configuration"):
+        pretrain_pool(other, toy, p, progress=False)
+    with pytest.raises(PoolError, match="datadistill pretrain"):
+        Pool(tmp_path / "nothing")
+
+
+def _dd(toy, ipc=1, **kw):
+    cfg = DDConfig(batch_real=32, **kw)
+    s = make_set(cfg, toy, ipc, kw.pop("image_init", "noise"), make_generator(0, "init"))
+    return s, DD(cfg, Context(toy, s, torch.device("cpu"), make_generator(0, "m"), 0, ipc, iterations=10))
+
+
+@pytest.mark.parametrize("setting", ["pretrained_fixed", "pretrained_random"])
+def test_pretrained_settings_train_from_and_evaluate_on_the_right_networks(pool, toy, setting, tmp_path):
+    s, dd = _dd(toy, init=setting, pretrained=str(pool.path), n_nets=2)
+    assert len(dd.pretrained) == (1 if setting == "pretrained_fixed" else 2)
+    x0 = s.images.detach().clone()
+    dd.step(0)
+    assert not torch.equal(x0, s.images.detach())
+    nets = dd.eval_init()
+    expect = [0] if setting == "pretrained_fixed" else [2, 3]  # held-out networks for the random setting
+    assert nets.indices == expect and len(nets) == len(expect)
+    assert torch.equal(nets(0, "lenet").fc_1.weight, pool.network(expect[0]).fc_1.weight)
+    r = evaluate(s, toy, get_protocol("dd", n_models=20), init=nets)
+    assert len(r.accuracies) == len(expect)  # capped at the networks there are
+    meta = dd.file_meta()
+    assert meta["net_init"]["setting"] == setting and meta["setting"] == setting
+    again = eval_init_from_meta(json.loads(json.dumps(meta)), toy.spec)
+    assert again.indices == expect
+    with pytest.raises(ConfigError, match="pretrained 'lenet'"):
+        nets(0, "convnet")
+
+
+def test_pool_for_other_images_is_refused(pool, digits):
+    with pytest.raises(PoolError, match="cannot start networks for digits"):
+        pool.check_fits(digits.spec)
+
+
+def test_adaptation_setting_is_named_after_source_and_target():
+    assert DDConfig(init="pretrained_random", source_dataset="digits").setting("mnist") == "adapt-digits-mnist"
+    assert DDConfig(init="pretrained_random").setting("mnist") == "pretrained_random"
+    assert DDConfig(init="random").setting("mnist") == "random"
+    assert DDConfig(init="pretrained_random", objective="poison").setting("mnist") == "poison"
+
+
+def test_poisoning_relabels_the_attack_class_and_raises_attack_success(pool, toy):
+    torch.manual_seed(0)
+    s, dd = _dd(toy, init="pretrained_random", pretrained=str(pool.path), objective="poison", attack_class=0,
+                target_class=1, lr=0.05, lr_init=0.1, n_nets=2, decay_every=1000)
+    for it in range(25):
+        dd.step(it)
+    r = before_after(s, toy, dd.eval_init(), poison=(0, 1))
+    assert r["n_networks"] == 2
+    for k in ("acc_before", "acc_after", "attack_success_before", "attack_success_after", "other_acc_before",
+              "other_acc_after"):
+        assert k in r and len(r[k]["values"]) == 2
+    assert r["acc_before"]["mean"] > 90 and r["attack_success_before"]["mean"] < 10  # well-trained networks
+    assert r["attack_success_after"]["mean"] > 80  # ... now predict the 0s as 1
+    assert dd.file_meta()["poison"] == {"attack_class": 0, "target_class": 1}
+
+
+def test_poison_config_errors(toy, pool):
+    with pytest.raises(ConfigError, match="attack_class != target_class"):
+        DDConfig(objective="poison", attack_class=1, target_class=1)
+    with pytest.raises(ConfigError, match="not a class of procedural"):
+        _dd(toy, init="pretrained_random", pretrained=str(pool.path), objective="poison", attack_class=7)
+    with pytest.raises(ConfigError, match="valid: fixed, random, pretrained_fixed, pretrained_random"):
+        DDConfig(init="pretrained")
+
+
+def test_kmeans_recovers_separated_clusters():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    counts = [30, 20, 10]
+    x = torch.cat([c + 0.1 * torch.randn(n, 2, generator=g) for c, n in zip(centers, counts)])
+    got = kmeans(x, 3, torch.Generator().manual_seed(1))
+    assert torch.allclose(got, centers, atol=0.1)  # ordered by cluster size, largest first
+
+
+def test_baselines_average_and_kmeans_images(toy):
+    avg = baseline_images("average", toy.train, 2, torch.Generator().manual_seed(0))
+    mean0 = toy.train.images[toy.train.labels == 0].mean(0)
+    assert avg.shape == (6, 1, 12, 12) and torch.allclose(avg[0], mean0) and torch.allclose(avg[1], mean0)
+    s = make_set(DDConfig(steps=2), toy, 2, "kmeans", torch.Generator().manual_seed(0))
+    x, y = s.step_images(1)
+    assert y.tolist() == [0, 1, 2] and x.shape == (3, 1, 12, 12)
+    with pytest.raises(ConfigError, match="valid: noise, real, kmeans, average"):
+        baseline_images("median", toy.train, 1, torch.Generator())
+
+
+def test_learned_step_size_baseline_keeps_its_images(toy):
+    s, dd = _dd(toy, init="fixed", learn_images=False)
+    x0, lr0 = s.images.detach().clone(), s.lrs().detach().clone()
+    dd.step(0)
+    assert torch.equal(x0, s.images.detach()) and not torch.equal(lr0, s.lrs().detach())
+    with pytest.raises(ConfigError, match="nothing to learn"):
+        DDConfig(learn_images=False, learn_lr=False)
+
+
+def test_cli_init_flag_maps_to_the_right_setting(tmp_path, capsys):
+    common = ["--dataset", "digits", "--method", "dd", "--ipc", "1", "--iterations", "2", "--no-progress",
+              "method_config.batch_real=32", "eval.n_models=2"]
+    out = tmp_path / "fixed"
+    assert main(["distill", "--init", "fixed", "--out", str(out), *common]) == 0
+    f = load_synset(out / "distilled.safetensors")
+    assert f.meta["net_init"]["setting"] == "fixed" and f.meta["init"] == "noise"
+    assert f.meta["net_init"]["weight_init"] == "xavier" and f.meta["setting"] == "fixed"
+    assert "over 1 models" in capsys.readouterr().out  # one fixed network
+    out = tmp_path / "kmeans"
+    assert main(["distill", "--init", "kmeans", "--out", str(out), *common, "method_config.init=random"]) == 0
+    f = load_synset(out / "distilled.safetensors")
+    assert f.meta["init"] == "kmeans" and f.meta["net_init"]["setting"] == "random"
+    assert main(["evaluate", str(out / "distilled.safetensors"), "n_models=2"]) == 0
+    assert "lenet" in capsys.readouterr().out
+    assert main(["distill", "--init", "sideways", "--out", str(tmp_path / "x"), *common]) == 2
+    assert "valid: fixed, random" in capsys.readouterr().err
+    assert main(["distill", "--source-dataset", "mnist", "--dataset", "digits", "--method", "dm",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "does not start from pretrained networks" in capsys.readouterr().err
+
+
+def test_cli_pretrain_writes_a_pool(tmp_path, capsys):
+    out = tmp_path / "pool"
+    assert main(["pretrain", "--dataset", "digits", "--nets", "2", "--held-out", "1", "--epochs", "1",
+                 "--out", str(out)]) == 0
+    assert "networks 1..1 are held out" in capsys.readouterr().out
+    assert len(Pool(out)) == 2
+    assert main(["pretrain", "--dataset", "digits", "--nets", "2", "--held-out", "2", "--out", str(out)]) == 2
+    assert "held_out < n_nets" in capsys.readouterr().err
