@@ -23,13 +23,16 @@ class Job:
     ipc: int
     setting: str
     args: list[str] = field(default_factory=list)  # extra CLI arguments / key=value overrides
+    extra: dict = field(default_factory=dict)  # further fields for the record (e.g. a baseline's step size)
+    cli_method: str | None = None  # the method to run when the record's ``method`` names a baseline of it
 
     @property
     def key(self) -> tuple:
-        return (self.method, self.dataset, self.ipc, self.setting)
+        return record_key(vars(self) | self.extra)
 
     def run_dir(self, runs: Path) -> Path:
-        return runs / f"{self.method}-{self.dataset}-ipc{self.ipc}-{self.setting}"
+        tail = f"-{self.extra['step_size']}-lr" if self.extra.get("step_size") else ""
+        return runs / f"{self.method}-{self.dataset}-ipc{self.ipc}-{self.setting}{tail}"
 
 
 def commit() -> str:
@@ -39,15 +42,15 @@ def commit() -> str:
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
+def record_key(r: dict) -> tuple:
+    key = (r["method"], r["dataset"], r["ipc"], r["setting"])
+    return key + ((r["step_size"],) if r.get("step_size") else ())
+
+
 def done_keys(results: Path) -> set[tuple]:
     if not results.is_file():
         return set()
-    keys = set()
-    for line in results.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            keys.add((r["method"], r["dataset"], r["ipc"], r["setting"]))
-    return keys
+    return {record_key(json.loads(line)) for line in results.read_text().splitlines() if line.strip()}
 
 
 def run_full(job: Job, results: Path) -> dict:
@@ -85,7 +88,8 @@ def run_job(job: Job, runs: Path, results: Path) -> dict:
     if job.method == "full":
         return run_full(job, results)
     out = job.run_dir(runs)
-    cmd = ["datadistill", "distill", "--method", job.method, "--dataset", job.dataset, "--ipc", str(job.ipc),
+    cmd = ["datadistill", "distill", "--method", job.cli_method or job.method, "--dataset", job.dataset,
+           "--ipc", str(job.ipc),
            "--out", str(out.relative_to(ROOT)), *job.args]
     resume = ["--resume"] if (out / "config.yaml").is_file() else []
     print("$ " + shlex.join(cmd + resume), flush=True)
@@ -105,12 +109,24 @@ def run_job(job: Job, runs: Path, results: Path) -> dict:
             "iterations": meta["iterations"], "seconds_per_iteration": round(meta["seconds_per_iteration"], 3),
             "eval_seconds": round(ev["seconds"], 1), "wall_seconds": round(meta["wall_seconds"], 1),
             "peak_mem_mb": round(meta["peak_mem_mb"]), "device": meta["device"], "commit": commit(),
-            "command": shlex.join(cmd),
+            "command": shlex.join(cmd), **job.extra, **_extra_fields(meta.get("extra_report")),
         })
     with open(results, "a") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
     return records[0]
+
+
+def _extra_fields(extra: dict | None) -> dict:
+    """A method's before/after numbers (DD's pretrained settings) as flat record fields:
+    ``attack_success_after`` (mean, percent), ``attack_success_after_std`` ..."""
+    out = {}
+    for k, v in (extra or {}).items():
+        if isinstance(v, dict) and "mean" in v:
+            out[k], out[f"{k}_std"] = round(v["mean"], 2), round(v["std"], 2)
+        elif not isinstance(v, dict):
+            out[k] = v
+    return out
 
 
 def run_suite(jobs: list[Job], results: Path, runs: Path) -> None:

@@ -13,11 +13,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+DD_START, DD_END = "<!-- dd:start -->", "<!-- dd:end -->"
+DD_FILE = "dd_cpu.jsonl"  # Dataset Distillation has its own table (settings, step sizes, before/after)
 
 
-def load_records() -> list[dict]:
+def load_records(only: str | None = None) -> list[dict]:
     records = []
     for path in sorted(RESULTS.glob("*.jsonl")):
+        if (only is None and path.name == DD_FILE) or (only is not None and path.name != only):
+            continue
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
@@ -48,7 +52,55 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _pm(r: dict, key: str) -> str:
+    return f"{r[key]:.1f} ± {r[key + '_std']:.1f}" if key in r else "-"
+
+
+def dd_table(records: list[dict]) -> str:
+    head = ("| dataset | IPC | setting | method | step size | test acc. after (%) | eval nets | acc. before (%) "
+            "| 0s predicted as 1, before -> after (%) | other classes after (%) | iterations | s / it | wall (s) "
+            "| peak mem (MB) | commit |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    settings = ["fixed", "random", "poison", "adapt-digits-mnist", "adapt-mnist-digits"]
+    order = {"dd": 0, "random_real": 1, "kmeans": 2, "average": 3}
+    for r in sorted(records, key=lambda r: (settings.index(r["setting"]) if r["setting"] in settings else 99,
+                                            order.get(r["method"], 9), r.get("step_size", ""))):
+        step = r.get("step_size") or "learned"
+        if r.get("lr") is not None:
+            step += f" ({r['lr']:g})"
+        attack = (f"{r['attack_success_before']:.1f} -> {_pm(r, 'attack_success_after')}"
+                  if "attack_success_after" in r else "-")
+        lines.append(
+            f"| {r['dataset']} | {r['ipc']} | {r['setting']} | {r['method']} | {step} "
+            f"| **{r['acc_mean']:.2f} ± {r['acc_std']:.2f}** | {r['n_models']} | {_pm(r, 'acc_before')} | {attack} "
+            f"| {_pm(r, 'other_acc_after')} | {r['iterations']} | {r['seconds_per_iteration']:.3f} "
+            f"| {r['wall_seconds']:.0f} | {r['peak_mem_mb']} | {r['commit']} |")
+    devices = sorted({r["device"] for r in records})
+    lines += ["", "Machine: " + "; ".join(devices) + ".", "", "Commands (each record's `command` field):", ""]
+    seen: list[str] = []
+    for r in records:
+        if r["command"] not in seen:
+            seen.append(r["command"])
+    lines += [f"- `{c}`" for c in seen]
+    return "\n".join(lines)
+
+
+def _replace(body: str, start: str, end: str, text: str) -> str:
+    if start in body and end in body:
+        pre, rest = body.split(start, 1)
+        _, post = rest.split(end, 1)
+        return pre + start + "\n" + text + "\n" + end + post
+    return body
+
+
 def main() -> int:
+    dd = load_records(DD_FILE)
+    if dd:
+        text = dd_table(dd)
+        (RESULTS / "dd_table.md").write_text(text + "\n")
+        readme = ROOT / "README.md"
+        readme.write_text(_replace(readme.read_text(), DD_START, DD_END, text))
+        print(text)
     records = load_records()
     if not records:
         print("no records in benchmarks/results/", file=sys.stderr)
@@ -60,11 +112,7 @@ def main() -> int:
 
     plot_acc_vs_ipc(records, RESULTS / "acc_vs_ipc.png", title="ConvNet test accuracy, CPU budget")
     readme = ROOT / "README.md"
-    body = readme.read_text()
-    if START in body and END in body:
-        pre, rest = body.split(START, 1)
-        _, post = rest.split(END, 1)
-        readme.write_text(pre + START + "\n" + text + "\n" + END + post)
+    readme.write_text(_replace(readme.read_text(), START, END, text))
     print(text)
     return 0
 

@@ -161,7 +161,7 @@ def test_learned_step_size_baseline_keeps_its_images(toy):
     dd.step(0)
     assert torch.equal(x0, s.images.detach()) and not torch.equal(lr0, s.lrs().detach())
     with pytest.raises(ConfigError, match="nothing to learn"):
-        DDConfig(learn_images=False, learn_lr=False)
+        _dd(toy, init="fixed", learn_images=False, learn_lr=False)
 
 
 def test_cli_init_flag_maps_to_the_right_setting(tmp_path, capsys):

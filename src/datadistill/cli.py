@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--dataset", required=True)
     pt.add_argument("--model", default="lenet")
     pt.add_argument("--weight-init", default="xavier", help="initialization distribution (default, xavier, kaiming)")
-    pt.add_argument("--nets", type=int, default=40, help="networks in the pool")
+    pt.add_argument("--nets", type=int, default=30, help="networks in the pool")
     pt.add_argument("--held-out", type=int, default=20, help="the last N networks are kept for evaluation only")
     pt.add_argument("--epochs", type=int, default=3)
     pt.add_argument("--lr", type=float, default=0.01)

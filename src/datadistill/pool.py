@@ -40,8 +40,8 @@ class PoolConfig:
     dataset: str
     model: str = "lenet"
     weight_init: str = "xavier"
-    n_nets: int = 20
-    held_out: int = 10
+    n_nets: int = 30
+    held_out: int = 20
     epochs: int = 3
     lr: float = 0.01
     momentum: float = 0.9

@@ -10,11 +10,16 @@ network weights theta_0, the inner loop applies the SGD steps of Eq. (1) on the 
 
 for ``epochs`` passes over the steps, and the outer objective (Eq. 2-3) is the loss of the final
 weights on a real batch, back-propagated through the unrolled steps into the images and the step
-sizes (Adam, betas (0.5, 0.999), lr halved every tenth of the run, as in the paper's code).
+sizes (Adam with betas (0.5, 0.999) as in the paper's code; its lr halved every quarter of the run).
+Networks start from Xavier-normal weights, the reference code's default.
 
 Initialization settings (Section 3.2 / 3.5): ``fixed`` ties the data to one known theta_0 (stored
-by seed and replayed at evaluation); ``random`` draws theta_0 afresh every iteration (or from a pool
-of ``pool`` initializations) and is evaluated on fresh initializations never seen in training.
+by seed and replayed at evaluation); ``random`` draws theta_0 afresh every iteration (or from
+``init_pool`` fixed ones) and is evaluated on fresh initializations never seen in training;
+``pretrained_fixed`` / ``pretrained_random`` start from networks trained on ``source_dataset``
+(a pool from `datadistill.pool`), evaluated on the pool's held-out networks; a source other than
+the distilled dataset is domain adaptation. Objectives (Section 3.6): classification, or
+``poison``: the real batch's ``attack_class`` labels become ``target_class``.
 BatchNorm models are refused: running statistics inside unrolled steps are ill-defined.
 """
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,12 +63,17 @@ class DDConfig:
     init: str = "fixed"
     steps: int | None = None  # GD steps per epoch; None: ipc, i.e. one image per class per step
     epochs: int = 3  # passes over the steps
-    lr_init: float = 0.02  # initial step size
+    # initial step size and Adam's lr on images and step sizes; None: 0.2 and 0.05 for the fixed
+    # setting, 0.01 and 0.01 for the others (tuned on MNIST at a CPU budget of a few thousand
+    # iterations; the reference code uses 0.001 and 0.01 over ~23,000 iterations)
+    lr_init: float | None = None
     learn_lr: bool = True
     learn_images: bool = True  # False: only the step sizes are learned (the paper's real-image baselines)
-    lr: float = 0.01  # Adam on images and step sizes
+    lr: float | None = None
     beta1: float = 0.5
-    decay_every: int | None = None  # iterations; None: a tenth of the run (400 epochs / 40 in the code)
+    # Adam's lr is multiplied by decay_factor every decay_every iterations; None: a quarter of the run
+    # (the reference halves it every tenth of a much longer run)
+    decay_every: int | None = None
     decay_factor: float = 0.5
     batch_real: int = 1024
     n_nets: int = 1  # initializations per iteration (random settings), losses averaged
@@ -76,9 +87,9 @@ class DDConfig:
     # source_dataset (None: the distilled dataset; another dataset: domain adaptation source -> target)
     pretrained: str | None = None
     source_dataset: str | None = None
-    pool_nets: int = 40
+    pool_nets: int = 30
     pool_held_out: int = 20
-    pool_epochs: int = 3
+    pool_epochs: int | None = None  # None: 3, or more on a small source set (at least ~1,400 SGD steps of 128)
 
     def __post_init__(self) -> None:
         for name, value, valid in (("init", self.init, INITS), ("objective", self.objective, OBJECTIVES)):
@@ -86,9 +97,14 @@ class DDConfig:
                 raise ConfigError(f"dd: unknown {name} {value!r}; valid: {', '.join(valid)}")
         if self.objective == "poison" and self.attack_class == self.target_class:
             raise ConfigError("dd: poisoning needs attack_class != target_class")
-        if not (self.learn_images or self.learn_lr):
-            raise ConfigError("dd: nothing to learn (learn_images and learn_lr are both false); "
-                              "evaluate the initial set with iterations=0 instead")
+
+    @property
+    def step_size_init(self) -> float:
+        return self.lr_init if self.lr_init is not None else (0.2 if self.init == "fixed" else 0.01)
+
+    @property
+    def adam_lr(self) -> float:
+        return self.lr if self.lr is not None else (0.05 if self.init == "fixed" else 0.01)
 
     @property
     def pretrained_setting(self) -> bool:
@@ -155,7 +171,7 @@ def baseline_images(kind: str, real, ipc: int, generator: torch.Generator) -> to
 
 def make_set(cfg: DDConfig, data: LoadedDataset, ipc: int, init: str, g: torch.Generator) -> StepSet:
     steps = _steps(cfg, ipc)
-    kw = dict(lrs=cfg.lr_init, learn_lr=cfg.learn_lr)
+    kw = dict(lrs=cfg.step_size_init, learn_lr=cfg.learn_lr)
     if init == "real":
         s = StepSet.from_real(data.train, ipc // steps, steps, cfg.epochs, g, **kw)
     elif init == "noise":
@@ -170,8 +186,13 @@ def make_set(cfg: DDConfig, data: LoadedDataset, ipc: int, init: str, g: torch.G
 
 
 def pool_config(cfg: DDConfig, source: LoadedDataset) -> PoolConfig:
+    """The pool a pretrained setting trains when none is given: ``pool_nets`` networks, the last
+    ``pool_held_out`` kept for evaluation, each trained for ``pool_epochs`` epochs (default: 3 epochs
+    on MNIST-sized sets, more on small ones so that every network gets about 1,400 SGD steps)."""
+    batch = PoolConfig.batch_size
+    epochs = cfg.pool_epochs or max(3, math.ceil(1400 * batch / len(source.train)))
     return PoolConfig(dataset=source.spec.name, model=MODELS.canonical(cfg.model), weight_init=cfg.weight_init,
-                      n_nets=cfg.pool_nets, held_out=cfg.pool_held_out, epochs=cfg.pool_epochs,
+                      n_nets=cfg.pool_nets, held_out=cfg.pool_held_out, epochs=epochs, batch_size=batch,
                       dataset_options=dict(source.spec.extra))
 
 
@@ -222,8 +243,13 @@ class DD:
         self.theta0 = params_of(self.net, requires_grad=False)
         self.pool_seeds = [derive_seed(ctx.seed, "dd-pool", i) for i in range(cfg.init_pool)]
         params = ([self.synset.images] if cfg.learn_images else []) + ([self.synset.raw_lrs] if cfg.learn_lr else [])
-        self.opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, 0.999))
-        every = cfg.decay_every or max(1, ctx.iterations // 10)
+        if not params and ctx.iterations > 0:
+            raise ConfigError("dd: nothing to learn (learn_images and learn_lr are both false); "
+                              "evaluate the initial set with iterations=0 instead")
+        if not params:  # iterations=0: a baseline evaluated as initialized
+            params = [torch.zeros(1, requires_grad=True)]
+        self.opt = torch.optim.Adam(params, lr=cfg.adam_lr, betas=(cfg.beta1, 0.999))
+        every = cfg.decay_every or max(1, ctx.iterations // 4)
         self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=every, gamma=cfg.decay_factor)
         self.n_real = min(cfg.batch_real, len(ctx.data.train))
 
