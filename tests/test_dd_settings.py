@@ -194,3 +194,31 @@ def test_cli_pretrain_writes_a_pool(tmp_path, capsys):
     assert len(Pool(out)) == 2
     assert main(["pretrain", "--dataset", "digits", "--nets", "2", "--held-out", "2", "--out", str(out)]) == 2
     assert "held_out < n_nets" in capsys.readouterr().err
+
+
+def test_poison_run_end_to_end_reports_before_and_after(pool, toy, tmp_path, capsys):
+    from datadistill.config import RunConfig, from_dict
+    from datadistill.engine import run
+
+    cfg = from_dict(RunConfig, {
+        "dataset": "procedural", "dataset_options": dict(toy.spec.extra), "method": "dd", "ipc": 1,
+        "iterations": 3, "method_config": {"init": "pretrained_random", "pretrained": str(pool.path),
+                                           "objective": "poison", "batch_real": 16}})
+    r = run(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
+    assert r.reports["lenet"].accuracies and len(r.reports["lenet"].accuracies) == 2  # the held-out networks
+    assert set(r.extra) >= {"attack_success_before", "attack_success_after", "other_acc_after", "acc_before"}
+    assert "attack_success_after" in (tmp_path / "run" / "report.md").read_text()
+    f = load_synset(tmp_path / "run" / "distilled.safetensors")
+    assert f.meta["setting"] == "poison" and f.meta["extra_report"]["n_networks"] == 2
+    final = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["final"] and "extra" in final
+    assert main(["evaluate", str(tmp_path / "run" / "distilled.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "before/after the distilled steps" in out and "attack_success_after" in out
+
+
+def test_pool_epochs_grow_on_small_sources(toy, digits):
+    from datadistill.methods.dd import pool_config
+
+    assert pool_config(DDConfig(), digits).epochs == math.ceil(1400 * 128 / len(digits.train))
+    assert pool_config(DDConfig(pool_epochs=2), digits).epochs == 2
