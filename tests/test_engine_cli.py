@@ -81,7 +81,7 @@ def test_cli_random_baseline_and_full_baseline(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["distill", "--method", "dmm"], "Valid method names: dd, dm, random"),
+    (["distill", "--method", "dmm"], "Valid method names: dc, dd, dm, dsa, herding, kcenter, random"),
     (["distill", "--dataset", "mnst"], "Did you mean 'mnist'"),
     (["distill", "--preset", "nope"], "valid presets"),
     (["distill", "ipcs=3"], "unknown key(s) ['ipcs']"),
