@@ -50,8 +50,10 @@ def _dc(toy, ipc=2, **kw):
     return s, DC(cfg, Context(toy, s, torch.device("cpu"), make_generator(0, "m"), 0, ipc, iterations=3))
 
 
-def test_batched_class_gradients_equal_a_loop_over_classes(toy):
-    s, dc = _dc(toy)
+@pytest.mark.parametrize("mode", ["vmap", "loop"])
+def test_class_gradients_equal_a_direct_loop_over_classes(toy, mode):
+    s, dc = _dc(toy, class_grads=mode)
+    assert dc.vmap == (mode == "vmap")
     params, buffers = dc._fresh(torch.Generator().manual_seed(0))
     x = toy.train.images[:12].view(3, 4, 1, 12, 12)
     y = torch.arange(3)[:, None].expand(3, 4)
@@ -63,9 +65,19 @@ def test_batched_class_gradients_equal_a_loop_over_classes(toy):
             assert torch.allclose(batched[k][c], gk, atol=1e-6), k
 
 
-@pytest.mark.parametrize("model", ["convnet_w32", "convnet_bn"])
-def test_one_matching_step_reduces_the_matching_loss(toy, model):
-    s, dc = _dc(toy, model=model)
+def test_vmap_and_loop_give_the_same_image_gradient(toy):
+    grads = []
+    for mode in ("vmap", "loop"):
+        s, dc = _dc(toy, class_grads=mode)
+        params, buffers = dc._fresh(torch.Generator().manual_seed(0))
+        dc.match_loss(params, buffers, torch.Generator().manual_seed(2)).backward()
+        grads.append(s.images.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("model,mode", [("convnet_w32", "vmap"), ("convnet_w32", "loop"), ("convnet_bn", "auto")])
+def test_one_matching_step_reduces_the_matching_loss(toy, model, mode):
+    s, dc = _dc(toy, model=model, class_grads=mode)
     params, buffers = dc._fresh(torch.Generator().manual_seed(0))
     dc.net.train()
     if dc.bn:
