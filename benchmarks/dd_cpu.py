@@ -31,7 +31,7 @@ from runner import ROOT, Job, done_keys, run_job
 
 # The CPU budget. Adam's lr and the initial step size are the library's defaults for each setting
 # (fixed: 0.05 / 0.2; the others: 0.01 / 0.01), found by short sweeps on MNIST (see the README).
-FIXED = ["--init", "fixed", "--iterations", "10000"]
+FIXED = ["--init", "fixed", "--iterations", "20000"]
 RANDOM = ["--init", "random", "--iterations", "2000", "method_config.n_nets=2"]
 POISON = ["--init", "pretrained_random", "--iterations", "1000", "method_config.objective=poison",
           "method_config.attack_class=0", "method_config.target_class=1", "method_config.steps=1",
@@ -92,7 +92,7 @@ def choose_fixed_lr(job: Job) -> tuple[float, dict[float, float]]:
     training networks), never on the test set or the evaluation networks."""
     import torch
 
-    from datadistill.cli import _init_flags, build_parser
+    from datadistill.cli import _init_flags, parse_args
     from datadistill.config import RunConfig, apply_overrides, from_dict
     from datadistill.data import LoadedDataset, load_dataset
     from datadistill.engine import init_synset, resolve
@@ -101,8 +101,7 @@ def choose_fixed_lr(job: Job) -> tuple[float, dict[float, float]]:
     from datadistill.methods.dd import PoolNets
     from datadistill.seeding import make_generator
 
-    a = build_parser().parse_args(["distill", "--method", "dd", "--dataset", job.dataset, "--ipc", str(job.ipc),
-                                   *job.args])
+    a = parse_args(["distill", "--method", "dd", "--dataset", job.dataset, "--ipc", str(job.ipc), *job.args])
     base = apply_overrides({"method": "dd", "dataset": job.dataset, "ipc": job.ipc}, a.overrides)
     _init_flags(base, a.init, a.source_dataset)
     res = resolve(from_dict(RunConfig, base))

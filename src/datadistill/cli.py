@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after options (argparse stops collecting positionals there)
@@ -98,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = list(args.overrides) + extra
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         return {"distill": cmd_distill, "evaluate": cmd_evaluate, "show": cmd_show, "export": cmd_export,
                 "data": cmd_data, "list": cmd_list, "pretrain": cmd_pretrain}[args.command](args)
