@@ -98,6 +98,9 @@ def run_job(job: Job, runs: Path, results: Path) -> dict:
     from datadistill.synset import read_meta
 
     meta = read_meta(out / "distilled.safetensors")
+    if "--iterations" in job.args and meta["iterations"] != int(job.args[job.args.index("--iterations") + 1]):
+        raise RuntimeError(f"{out} holds a run of {meta['iterations']} iterations, not the job's "
+                           f"{job.args[job.args.index('--iterations') + 1]}: move it away or choose another --runs")
     records = []
     for model, ev in meta["evaluation"].items():
         records.append({

@@ -121,3 +121,11 @@ def test_every_registered_method_runs_through_the_engine(method, tmp_path):
     result = run(cfg, tmp_path / method, progress=False, log=lambda *_: None)
     f = load_synset(tmp_path / method / "distilled.safetensors")
     assert f.method == method and f.synset.ipc == 2 and result.reports["convnet_w32"].accuracies
+
+
+def test_resume_says_which_requested_settings_it_ignores(tmp_path):
+    lines = []
+    assert run(_cfg(), tmp_path / "r", progress=False, stop_after=2, log=lines.append) is None
+    run(_cfg(iterations=8), tmp_path / "r", resume=True, progress=False, log=lines.append)
+    note = [x for x in lines if x.startswith("resuming with")][0]
+    assert "ignoring the requested iterations=8 (saved: iterations=6" in note

@@ -183,8 +183,16 @@ def run(
     out = Path(out)
     if resume and (out / "config.yaml").is_file():
         saved = yaml.safe_load((out / "config.yaml").read_text())
+        try:
+            asked = resolve(cfg).to_dict()
+        except ConfigError:
+            asked = {}
+        differ = sorted(k for k in saved if k in asked and asked[k] != saved[k])
         cfg = from_dict(RunConfig, {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(RunConfig)}})
-        log(f"resuming with the configuration saved in {out / 'config.yaml'}")
+        log(f"resuming with the configuration saved in {out / 'config.yaml'}"
+            + (f"; ignoring the requested {', '.join(f'{k}={asked[k]!r}' for k in differ)} (saved: "
+               f"{', '.join(f'{k}={saved[k]!r}' for k in differ)}; use --force or another --out to start over)"
+               if differ else ""))
     res = resolve(cfg)
     prepare_run_dir(out, resume=resume, force=force)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(res.to_dict(), sort_keys=False))
