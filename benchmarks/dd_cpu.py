@@ -44,6 +44,8 @@ SETTINGS = {
     # setting: (dataset, ipc, args)
     "fixed": ("mnist", 1, FIXED),
     "random": ("mnist", 10, RANDOM),
+    # the random setting again with 4 initializations per iteration (the reference code's n_nets)
+    "random-4nets": ("mnist", 10, [*RANDOM[:-1], "method_config.n_nets=4"]),
     "poison": ("mnist", 10, POISON),
     "adapt-digits-mnist": ("mnist", 10, [*ADAPT, "--source-dataset", "digits"]),
     "adapt-mnist-digits": ("digits", 10, [*ADAPT, "--source-dataset", "mnist"]),
@@ -71,7 +73,7 @@ def jobs(settings: list[str]) -> list[Job]:
     for setting in settings:
         dataset, ipc, args = SETTINGS[setting]
         out.append(Job("dd", dataset, ipc, setting, list(args)))
-        if setting == "poison":
+        if setting in ("poison", "random-4nets"):
             continue  # no real-image baseline poisons; the record carries the before/after numbers
         net_init = args[args.index("--init") + 1]
         base = _without(args, "--init", "--iterations")
