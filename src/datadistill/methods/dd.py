@@ -358,6 +358,7 @@ class PoolNets:
 
     def __init__(self, pool: Pool, indices: list[int]) -> None:
         self.pool, self.indices = pool, list(indices)
+        self.model = pool.config.model
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -369,7 +370,7 @@ class PoolNets:
         return self.pool.network(self.indices[i])
 
 
-def before_after(synset: Any, data: LoadedDataset, nets: Callable[[int, str], nn.Module], *,
+def before_after(synset: Any, data: LoadedDataset, nets: "Fixed | PoolNets", *,
                  poison: tuple[int, int] | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Test metrics of each evaluation network before and after the distilled steps.
 
@@ -379,13 +380,11 @@ def before_after(synset: Any, data: LoadedDataset, nets: Callable[[int, str], nn
     """
     test = data.test.to(device)
     n = len(nets) if hasattr(nets, "__len__") else 1
-    model = getattr(getattr(nets, "pool", None), "config", None)
-    name = model.model if model is not None else getattr(nets, "model", "lenet")
     with torch.no_grad():
         steps = [(x.detach().to(device), y.to(device), lr.detach()) for x, y, lr in synset.schedule()]
     rows: dict[str, list[float]] = {}
     for i in range(n):
-        net = nets(i, name).to(device)
+        net = nets(i, nets.model).to(device)
         for phase in ("before", "after"):
             if phase == "after":
                 replay_steps(net, steps, device)
