@@ -8,8 +8,9 @@ tensors passed to ``torch.func.functional_call``; nothing modifies a module in p
 Memory: without checkpointing, every step's activations and its gradient graph stay alive, so
 memory grows linearly with the number of steps. With ``checkpoint=True`` each step is wrapped in
 non-reentrant ``torch.utils.checkpoint``: only the parameters between steps are kept and each step
-is recomputed during the backward pass (about one extra forward+backward per step: roughly 1.3-1.5x
-the time, for memory that grows with the parameter count per step instead of the activations).
+is recomputed during the backward pass (one extra forward+backward per step). Measured with
+`benchmarks/dd_memory.py` (LeNet, MNIST, 100 images per step): at 60 unrolled steps 83 MB instead
+of 491 MB of extra memory, for 1.58x the time (1.4-1.6x from 15 to 60 steps).
 
 BatchNorm is not handled: in train mode it would update the running statistics in place (the
 buffers passed in share storage with the module's), once per unrolled step and again on the
