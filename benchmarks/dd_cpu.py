@@ -49,6 +49,9 @@ SETTINGS = {
     "poison": ("mnist", 10, POISON),
     "adapt-digits-mnist": ("mnist", 10, [*ADAPT, "--source-dataset", "digits"]),
     "adapt-mnist-digits": ("digits", 10, [*ADAPT, "--source-dataset", "mnist"]),
+    # the same with 40 training networks in the pool instead of 10 (60 networks, 20 held out)
+    "adapt-digits-mnist-40nets": ("mnist", 10, [*ADAPT, "--source-dataset", "digits", "method_config.pool_nets=60"]),
+    "adapt-mnist-digits-40nets": ("digits", 10, [*ADAPT, "--source-dataset", "mnist", "method_config.pool_nets=60"]),
 }
 BASELINES = {"random_real": "real", "kmeans": "kmeans", "average": "average"}
 
@@ -73,7 +76,7 @@ def jobs(settings: list[str]) -> list[Job]:
     for setting in settings:
         dataset, ipc, args = SETTINGS[setting]
         out.append(Job("dd", dataset, ipc, setting, list(args)))
-        if setting in ("poison", "random-4nets"):
+        if setting == "poison" or setting.endswith("nets"):
             continue  # no real-image baseline poisons; the record carries the before/after numbers
         net_init = args[args.index("--init") + 1]
         base = _without(args, "--init", "--iterations")
