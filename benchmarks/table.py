@@ -61,7 +61,7 @@ def dd_table(records: list[dict]) -> str:
             "| 0s predicted as 1, before -> after (%) | other classes after (%) | iterations | s / it | wall (s) "
             "| peak mem (MB) | commit |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    settings = ["fixed", "fixed-10k-it", "random", "random-4nets", "poison", "adapt-digits-mnist", "adapt-digits-mnist-40nets",
+    settings = ["fixed", "fixed-10k-it", "fixed-anneal", "random", "random-4nets", "poison", "adapt-digits-mnist", "adapt-digits-mnist-40nets",
                 "adapt-mnist-digits", "adapt-mnist-digits-40nets"]
     order = {"dd": 0, "random_real": 1, "kmeans": 2, "average": 3}
     for r in sorted(records, key=lambda r: (settings.index(r["setting"]) if r["setting"] in settings else 99,
