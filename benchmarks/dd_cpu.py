@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 from runner import ROOT, Job, done_keys, run_job
@@ -107,6 +106,7 @@ def choose_fixed_lr(job: Job) -> tuple[float, dict[float, float]]:
     from datadistill.methods import Context
     from datadistill.methods.dd import PoolNets
     from datadistill.seeding import make_generator
+    from datadistill.synset.steps import inverse_softplus
 
     a = parse_args(["distill", "--method", "dd", "--dataset", job.dataset, "--ipc", str(job.ipc), *job.args])
     base = apply_overrides({"method": "dd", "dataset": job.dataset, "ipc": job.ipc}, a.overrides)
@@ -124,7 +124,7 @@ def choose_fixed_lr(job: Job) -> tuple[float, dict[float, float]]:
     scores = {}
     for lr in LR_GRID:
         with torch.no_grad():
-            synset.raw_lrs.fill_(lr + math.log(-math.expm1(-lr)))
+            synset.raw_lrs.fill_(float(inverse_softplus(torch.tensor(lr))))
         scores[lr] = 100 * evaluate(synset, held_in, protocol, init=init).mean
     return max(scores, key=scores.get), scores
 

@@ -220,13 +220,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         reports = evaluate_models(f.synset, data, protocol, args.models or [protocol.model], device=device,
                                   progress=True, init=init)
         if net_init.get("setting", "").startswith("pretrained") and init is not None:
-            from .methods.dd import before_after
+            from .methods.dd import before_after, format_before_after
 
             p = f.meta.get("poison")
             extra = before_after(f.synset, data, init, device=device,
                                  poison=(p["attack_class"], p["target_class"]) if p else None)
-            print("before/after the distilled steps: " + ", ".join(
-                f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in extra.items() if isinstance(v, dict)))
+            print("before/after the distilled steps: " + format_before_after(extra))
         if args.save:
             ev = dict(f.meta.get("evaluation") or {})
             ev.update({m: r.to_dict() for m, r in reports.items()})

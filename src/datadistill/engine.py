@@ -250,8 +250,9 @@ def run(
         _call(callbacks, "on_eval", res.iterations, rep)
     extra = method.extra_report(synset, data, device) if hasattr(method, "extra_report") else None
     if extra:
-        log("before/after the distilled steps: " + ", ".join(
-            f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in extra.items() if isinstance(v, dict)))
+        from .methods.dd import format_before_after
+
+        log("before/after the distilled steps: " + format_before_after(extra))
     _append_jsonl(out / "metrics.jsonl", {"iteration": res.iterations, "final": True,
                                           "eval": {m: r.to_dict() for m, r in reports.items()},
                                           **({"extra": extra} if extra else {})})

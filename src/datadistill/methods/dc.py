@@ -104,6 +104,9 @@ class DC:
         spec = ctx.spec
         self.net = create_model(cfg.model, spec.channels, spec.num_classes, spec.image_size, seed=0).to(ctx.device)
         self.bn = has_batchnorm(self.net)
+        for m in self.net.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = None  # cumulative average: one forward after a reset = that batch's stats
         mode = cfg.class_grads
         self.vmap = mode == "vmap" or (mode == "auto" and ctx.device.type == "cuda")
 
@@ -121,9 +124,6 @@ class DC:
     def _bn_statistics(self, params: dict, buffers: dict, g: torch.Generator) -> None:
         """Running statistics := the statistics of a real batch of all classes (BatchNorm only)."""
         x, _ = self.ctx.data.train.sample_classes(self.n_bn, g)
-        for m in self.net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.momentum = None  # cumulative average: one forward after a reset = that batch's stats
         for k in buffers:
             if k.endswith("running_mean"):
                 buffers[k].zero_()

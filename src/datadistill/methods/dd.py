@@ -216,8 +216,6 @@ def open_pool(cfg: DDConfig, ctx: Context, progress: bool = True) -> Pool:
     pool.check_fits(ctx.spec)
     if MODELS.canonical(pool.config.model) != MODELS.canonical(cfg.model):
         raise ConfigError(f"dd: the pool at {pool.path} holds {pool.config.model!r} networks, not {cfg.model!r}")
-    if len(pool.train_indices) < 1:
-        raise ConfigError(f"dd: the pool at {pool.path} keeps every network for evaluation; it needs held_out < n_nets")
     return pool
 
 
@@ -302,9 +300,7 @@ class DD:
         if self.cfg.init == "fixed":
             return fixed_init(self.cfg.model, self.theta0_seed, self.ctx.spec, self.cfg.weight_init)
         assert self.pool is not None
-        if self.cfg.init == "pretrained_fixed":
-            return PoolNets(self.pool, self.pool.train_indices[:1])
-        return PoolNets(self.pool, self.pool.held_out_indices)
+        return PoolNets.for_setting(self.pool, self.cfg.init)
 
     def file_meta(self) -> dict[str, Any]:
         info: dict[str, Any] = {"setting": self.cfg.init, "model": self.cfg.model, "weight_init": self.cfg.weight_init}
@@ -360,6 +356,12 @@ class PoolNets:
         self.pool, self.indices = pool, list(indices)
         self.model = pool.config.model
 
+    @classmethod
+    def for_setting(cls, pool: Pool, setting: str) -> "PoolNets":
+        """``pretrained_fixed``: the one training network the data were distilled for;
+        ``pretrained_random``: the held-out networks, never used for distillation."""
+        return cls(pool, pool.train_indices[:1] if setting == "pretrained_fixed" else pool.held_out_indices)
+
     def __len__(self) -> int:
         return len(self.indices)
 
@@ -368,6 +370,11 @@ class PoolNets:
             raise ConfigError(f"this set was distilled for pretrained {self.pool.config.model!r} networks; it "
                               f"cannot be evaluated on {name!r}")
         return self.pool.network(self.indices[i])
+
+
+def format_before_after(extra: dict[str, Any]) -> str:
+    """One line of `before_after`'s means and stds, e.g. ``acc_before 98.50 ± 0.20, ...``."""
+    return ", ".join(f"{k} {v['mean']:.2f} ± {v['std']:.2f}" for k, v in extra.items() if isinstance(v, dict))
 
 
 def before_after(synset: Any, data: LoadedDataset, nets: "Fixed | PoolNets", *,
@@ -430,8 +437,7 @@ def eval_init_from_meta(meta: dict[str, Any], spec) -> Callable[[int, str], nn.M
         raise ConfigError(f"this set was distilled from the pretrained pool {info.get('pool')}, which is not "
                           f"readable here: {e}") from e
     pool.check_fits(spec)
-    indices = pool.train_indices[:1] if info["setting"] == "pretrained_fixed" else pool.held_out_indices
-    return PoolNets(pool, indices)
+    return PoolNets.for_setting(pool, info["setting"])
 
 
 register_method(MethodEntry(

@@ -19,6 +19,11 @@ from ..functional.unroll import schedule
 from .base import SYNSETS, shuffled_batches
 
 
+def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    """``x`` with ``softplus(x) = y`` (``y > 0``): how step sizes are stored."""
+    return y + torch.log(-torch.expm1(-y))
+
+
 class StepSet(nn.Module):
     def __init__(self, images: torch.Tensor, num_classes: int, steps: int, epochs: int,
                  lrs: torch.Tensor | float = 0.02, learn_lr: bool = True) -> None:
@@ -39,8 +44,7 @@ class StepSet(nn.Module):
             lrs = lrs.reshape(1).repeat(steps * epochs)
         if lrs.numel() != steps * epochs or bool((lrs <= 0).any()):
             raise ValueError(f"need {steps * epochs} positive step sizes, got {lrs.tolist()}")
-        raw = lrs.detach() + torch.log(-torch.expm1(-lrs.detach()))  # softplus^-1
-        self.raw_lrs = nn.Parameter(raw, requires_grad=learn_lr)
+        self.raw_lrs = nn.Parameter(inverse_softplus(lrs.detach()), requires_grad=learn_lr)
 
     # ------------------------------------------------------------------ construction
     @classmethod
