@@ -169,7 +169,7 @@ class DC:
         """``inner_loop`` epochs of SGD on the detached synthetic set, functionally."""
         x_all, y_all = self.synset.images.detach(), self.synset.labels
         self.net.train()
-        step = grad(self._loss)
+        params = {k: v.detach().requires_grad_() for k, v in params.items()}
         for _ in range(self.inner):
             perm = torch.randperm(len(y_all), generator=g).to(y_all.device)
             for i in range(0, len(perm), self.cfg.batch_train):
@@ -178,9 +178,11 @@ class DC:
                 if self.train_dsa is not None:
                     p = sample_params(self.train_dsa, x.shape[0], g, tuple(x.shape[-2:]), allow_flip=self.ctx.spec.flip)
                     x = apply(x, p.to(x.device), self.train_dsa)
-                grads = step(params, buffers, x, y_all[idx])
-                params = {k: v - self.cfg.lr_net * grads[k] for k, v in params.items()}
-        return params
+                # plain autograd: ~25% faster than torch.func.grad for this loop on CPU (speed_dc record)
+                grads = torch.autograd.grad(self._loss(params, buffers, x, y_all[idx]), list(params.values()))
+                with torch.no_grad():
+                    params = {k: (v - self.cfg.lr_net * dv).requires_grad_() for (k, v), dv in zip(params.items(), grads)}
+        return {k: v.detach() for k, v in params.items()}
 
     # ------------------------------------------------------------------ protocol
     def step(self, iteration: int) -> dict[str, float]:
