@@ -81,7 +81,7 @@ def test_cli_random_baseline_and_full_baseline(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["distill", "--method", "dmm"], "Valid method names: dc, dd, dm, dsa, herding, kcenter, random"),
+    (["distill", "--method", "dmm"], "Valid method names: dc, dd, dm, dsa, haba, herding, kcenter, mtt, random"),
     (["distill", "--dataset", "mnst"], "Did you mean 'mnist'"),
     (["distill", "--preset", "nope"], "valid presets"),
     (["distill", "ipcs=3"], "unknown key(s) ['ipcs']"),
@@ -110,17 +110,21 @@ def test_cli_lists_and_data_commands(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("method", __import__("datadistill.methods", fromlist=["METHODS"]).METHODS.names())
-def test_every_registered_method_runs_through_the_engine(method, tmp_path):
+def test_every_registered_method_runs_through_the_engine(method, tmp_path, request):
     from datadistill.methods import METHODS
 
     entry = METHODS.get(method)
     mc = {"model": "convnet_w32", "batch_real": 16} if method == "dd" else {}
+    if method in ("mtt", "haba"):  # trajectory matching needs experts
+        mc = {"experts": request.getfixturevalue("tiny_experts"), "model": "convnet_w32", "syn_steps": 2,
+              "expert_epochs": 1, "max_start_epoch": 1, **({"extractor": "convnet_w32"} if method == "haba" else {})}
     cfg = _cfg(method=method, iterations=min(entry.iterations, 2), method_config=mc)
     if method == "dm":
         cfg = _cfg(iterations=2)
     result = run(cfg, tmp_path / method, progress=False, log=lambda *_: None)
     f = load_synset(tmp_path / method / "distilled.safetensors")
-    assert f.method == method and f.synset.ipc == 2 and result.reports["convnet_w32"].accuracies
+    budget = f.meta.get("budget_ipc", f.synset.ipc)  # HaBa: the image budget its bases x hallucinators stand for
+    assert f.method == method and budget == 2 and result.reports["convnet_w32"].accuracies
 
 
 def test_resume_says_which_requested_settings_it_ignores(tmp_path):

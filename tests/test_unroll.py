@@ -10,7 +10,7 @@ def _setup(model="lenet"):
     net = create_model(model, 1, 3, (12, 12), seed=0)
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(3, 1, 12, 12, generator=g, requires_grad=True) for _ in range(2)]
-    ys = [torch.arange(3)] * 2
+    ys = [torch.arange(3), torch.tensor([2, 0, 1])]  # labels differ per step (a checkpoint must not mix them up)
     raw_lr = torch.full((4,), -4.0, requires_grad=True)
     xr, yr = torch.randn(8, 1, 12, 12, generator=g), torch.randint(0, 3, (8,), generator=g)
     return net, xs, ys, raw_lr, xr, yr

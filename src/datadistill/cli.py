@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-every", type=int, help="evaluate every K iterations (0: only at the end)")
     d.add_argument("--models", type=_csv, help="comma-separated models for the final evaluation")
     d.add_argument("--seed", type=int)
+    d.add_argument("--zca", type=float, help="ZCA-whiten the data first with this regularization (MTT's CIFAR and "
+                   "Tiny ImageNet settings use 0.1); the transform is stored with the distilled set")
     d.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     d.add_argument("--root", help="data root (default $DATADISTILL_DATA or ~/.cache/datadistill/data)")
     d.add_argument("--out", help="run directory (default runs/METHOD-DATASET-ipcN-sSEED)")
@@ -49,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--protocol", default=None, help="evaluation preset (dc, dsa, mtt, smoke)")
     e.add_argument("--full", action="store_true", help="baseline: train on the whole training set of --dataset")
     e.add_argument("--dataset", help="with --full: the dataset")
+    e.add_argument("--zca", type=float, help="with --full: ZCA-whiten the dataset with this regularization (a "
+                   "distilled-set FILE brings its own transform)")
     e.add_argument("--root", help="data root")
     e.add_argument("--device", default="auto")
     e.add_argument("--save", action="store_true", help="record the results in the file's metadata")
@@ -84,6 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--root", help="data root")
     pt.add_argument("--device", default="auto")
 
+    ex = sub.add_parser("experts", help="train and store expert trajectories (MTT's buffer); resumable, "
+                        "parallel with --indices")
+    ex.add_argument("--dataset", required=True)
+    ex.add_argument("--model", default="convnet", help="model name or alias (ConvNet, ConvNetD4 ...)")
+    ex.add_argument("--experts", type=int, default=10, help="number of experts in the buffer")
+    ex.add_argument("--epochs", type=int, default=20, help="epochs per expert (parameters stored after each)")
+    ex.add_argument("--lr", type=float, default=0.01)
+    ex.add_argument("--batch-size", type=int, default=256)
+    ex.add_argument("--augment", default="dsa", choices=["dsa", "none"])
+    ex.add_argument("--dsa-strategy", default="color_crop_cutout_flip_scale_rotate")
+    ex.add_argument("--zca", type=float, help="ZCA-whiten the data with this regularization (MTT uses 0.1)")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--indices", help="train only these experts, e.g. 0-4 or 0,1,2 (other processes do the rest)")
+    ex.add_argument("--out", help="buffer folder (default ~/.cache/datadistill/experts/DATASET-MODEL-HASH)")
+    ex.add_argument("--root", help="data root")
+    ex.add_argument("--device", default="auto")
+    ex.add_argument("--no-progress", action="store_true")
+
     ls = sub.add_parser("list", help="list registered names")
     ls.add_argument("what", choices=["models", "methods", "datasets", "presets", "protocols"])
     return p
@@ -105,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return {"distill": cmd_distill, "evaluate": cmd_evaluate, "show": cmd_show, "export": cmd_export,
-                "data": cmd_data, "list": cmd_list, "pretrain": cmd_pretrain}[args.command](args)
+                "data": cmd_data, "list": cmd_list, "pretrain": cmd_pretrain,
+                "experts": cmd_experts}[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted; a distill run continues with --resume", file=sys.stderr)
         return 130
@@ -120,11 +143,14 @@ def _is_user_error(e: Exception) -> bool:
     from .config import ConfigError
     from .data import DatasetDownloadError, DatasetMissingError
     from .engine import RunDirError
+    from .experts import ExpertError
+    from .methods import DivergenceError
     from .registry import UnknownNameError
     from .synset import SynsetFileError
+    from .data.zca import ZCAError
 
     return isinstance(e, (ConfigError, DatasetMissingError, DatasetDownloadError, RunDirError, UnknownNameError,
-                          SynsetFileError))
+                          SynsetFileError, DivergenceError, ExpertError, ZCAError))
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -133,7 +159,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     base: dict[str, Any] = load_preset(args.preset) if args.preset else {}
     flags = {"dataset": args.dataset, "method": args.method, "ipc": args.ipc, "iterations": args.iterations,
-             "eval_every": args.eval_every, "seed": args.seed, "device": args.device, "data_root": args.root}
+             "eval_every": args.eval_every, "seed": args.seed, "device": args.device, "data_root": args.root,
+             "zca": args.zca}
     base.update({k: v for k, v in flags.items() if v is not None})
     if args.models:
         base["models"] = args.models
@@ -199,20 +226,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overrides = ([args.file] if args.file else []) + args.overrides
         protocol = _protocol(args.protocol, overrides, "dc")
         data = load_dataset(args.dataset, args.root)
+        if args.zca is not None:  # fitted on the training set, applied to train and test
+            from .data import whiten_dataset
+
+            data = whiten_dataset(data, args.zca)
         reports = {m: evaluate_full(data, protocol, model=m, device=device, progress=True)
                    for m in (args.models or [protocol.model])}
     else:
         if not args.file:
             raise ConfigError("evaluate needs a distilled-set FILE (or --full --dataset NAME)")
+        if args.zca is not None:
+            raise ConfigError("--zca is for --full only: a distilled-set file carries the whitening it was distilled "
+                              "with and evaluation applies that one")
         f = load_synset(args.file, device=device)
         from .methods.dd import eval_init_from_meta
 
         default = "dd" if hasattr(f.synset, "schedule") else "mtt" if f.synset.learned_lr() is not None else "dc"
         protocol = _protocol(args.protocol, args.overrides, default)
-        data = load_dataset(f.spec.name, args.root, **f.spec.extra) if f.spec.extra else load_dataset(f.spec.name, args.root)
-        if data.spec.to_dict() != f.spec.to_dict():
+        from .data.zca import match_whitening, unwhitened_spec
+
+        raw = unwhitened_spec(f.spec)  # its extra: the options that load the dataset (ZCA is applied next)
+        data = load_dataset(raw.name, args.root, **raw.extra)
+        if data.spec.to_dict() != raw.to_dict():
             raise ConfigError(f"{args.file} was distilled with a different spec of {f.spec.name} (normalization or "
                               "size differ) than the dataset on disk")
+        data = match_whitening(data, f.zca)  # a ZCA set: train and test whitened with the file's own transform
         init = eval_init_from_meta(f.meta, data.spec)
         net_init = f.meta.get("net_init") or {}
         if "weight_init" in net_init and not any(o.startswith("weight_init=") for o in args.overrides):
@@ -260,14 +298,60 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _indices(text: str) -> list[int]:
+    """``"0-4"``, ``"0,1,2"`` or ``"0-4,7"`` -> expert numbers (ranges inclusive)."""
+    from .experts import ExpertError
+
+    out: list[int] = []
+    for part in _csv(text):
+        a, dash, b = part.partition("-")
+        try:
+            lo, hi = int(a), int(b) if dash else int(a)
+        except ValueError:
+            raise ExpertError(f"--indices {text!r}: use numbers and inclusive ranges, e.g. 0-4 or 0,1,2") from None
+        if hi < lo:
+            raise ExpertError(f"--indices {text!r}: range {part} is empty")
+        out.extend(range(lo, hi + 1))
+    if not out:
+        raise ExpertError(f"--indices {text!r} names no expert")
+    return out
+
+
+def cmd_experts(args: argparse.Namespace) -> int:
+    import time
+
+    from .engine import pick_device
+    from .experts import ExpertConfig, default_experts_dir, train_experts
+
+    cfg = ExpertConfig(dataset=args.dataset, model=args.model, n_experts=args.experts, epochs=args.epochs, lr=args.lr,
+                       batch_size=args.batch_size, augment=args.augment, dsa_strategy=args.dsa_strategy, zca=args.zca,
+                       seed=args.seed)
+    out = Path(args.out) if args.out else default_experts_dir(cfg)
+    indices = _indices(args.indices) if args.indices else None
+    start = time.perf_counter()
+    try:
+        buf = train_experts(cfg, out, root=args.root, device=pick_device(args.device), progress=not args.no_progress,
+                            indices=indices)
+    except KeyboardInterrupt:
+        print(f"\nfinished experts are kept in {out}; the same command trains the rest", file=sys.stderr)
+        raise
+    s = buf.summary()
+    epochs = f"{buf.epochs} epoch{'s' * (buf.epochs != 1)}"
+    print(f"expert trajectories in {out}: {len(buf)} of {cfg.n_experts} experts finished ({cfg.model} on "
+          f"{cfg.dataset}, {epochs} each); this run took {time.perf_counter() - start:.1f} s; mean final "
+          f"test accuracy {s['mean_final_test_acc']:.2f}%")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from .synset import load_synset
     from .viz import save_grid
 
     f = load_synset(args.file)
     out = Path(args.out) if args.out else Path(args.file).with_suffix(".png")
-    save_grid(f.synset, f.spec, out)
-    print(f"wrote {out} ({f.method}, {f.spec.name}, {f.synset.ipc} image(s) per class)")
+    save_grid(f.synset, f.spec, out, view=f.zca.invert if f.zca is not None else None)
+    print(f"wrote {out} ({f.method}, {f.spec.name}, {f.synset.ipc} image(s) per class"
+          + (", ZCA whitening inverted for viewing)" if f.zca is not None else ")"))
     return 0
 
 
@@ -275,6 +359,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .synset import export_imagefolder, load_synset
 
     f = load_synset(args.file)
+    if f.zca is not None:
+        from .synset import SynsetFileError
+
+        raise SynsetFileError(f"{args.file} holds a set in ZCA-whitened space, which PNG files cannot hold (and which "
+                              "trains only with real data whitened by the same transform); view it with `datadistill "
+                              "show`, or in Python train on SynsetDataset(f.synset) and whiten real images with "
+                              "f.zca.apply")
     out = export_imagefolder(f.synset, f.spec, args.out)
     print(f"wrote {len(f.synset)} PNG files under {out}")
     return 0

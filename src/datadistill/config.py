@@ -158,6 +158,7 @@ class RunConfig:
     dataset: str = "mnist"
     dataset_options: dict = field(default_factory=dict)
     data_root: str | None = None
+    zca: float | None = None  # ZCA whitening with this regularization (MTT: 0.1); None: off
     method: str = "dm"
     ipc: int = 10
     iterations: int | None = None  # None: the method's default

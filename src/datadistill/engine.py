@@ -25,6 +25,7 @@ from .config import ConfigError, RunConfig, from_dict
 from .data import LoadedDataset, load_dataset
 from .evaluation import EvalProtocol, EvalReport, evaluate, format_table, get_protocol
 from .methods import METHODS, Context, MethodEntry
+from .methods.base import DivergenceError
 from .seeding import make_generator
 from .synset import PixelSet, save_synset
 from .synset.io import atomic_write, atomic_write_text
@@ -77,6 +78,9 @@ def resolve(cfg: RunConfig) -> Resolved:
         raise ConfigError(f"init {init!r} is not an image initialization of {entry.name}; valid: {', '.join(entry.inits)}")
     if cfg.ipc < 1:
         raise ConfigError(f"ipc must be >= 1, got {cfg.ipc}")
+    if cfg.zca is not None and not 0 < cfg.zca < float("inf"):
+        raise ConfigError(f"zca must be a positive regularization (MTT uses 0.1) or null for no whitening, "
+                          f"got {cfg.zca}")
     iterations = entry.iterations if cfg.iterations is None else cfg.iterations
     if iterations < 0:
         raise ConfigError(f"iterations must be >= 0, got {iterations}")
@@ -200,11 +204,16 @@ def run(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     data = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+    if cfg.zca is not None:  # fitted on the training set, applied to train and test (cached per process)
+        from .data import whiten_dataset
+
+        data = whiten_dataset(data, cfg.zca)
     if device.type != "cpu":  # the training images go to the device once, not batch by batch
-        data = LoadedDataset(data.spec, data.train.to(device), data.test.to(device))
+        data = dataclasses.replace(data, train=data.train.to(device), test=data.test.to(device))
     synset = init_synset(res, data, cfg.seed).to(device)
     ctx = Context(data=data, synset=synset, device=device, generator=make_generator(cfg.seed, "method"),
-                  seed=cfg.seed, ipc=cfg.ipc, iterations=res.iterations, data_root=cfg.data_root)
+                  seed=cfg.seed, ipc=cfg.ipc, iterations=res.iterations, data_root=cfg.data_root,
+                  dataset_options=dict(cfg.dataset_options))
     method = res.entry.build(res.method_cfg, ctx)
     eval_init = method.eval_init() if hasattr(method, "eval_init") else None
     start, elapsed = 0, 0.0
@@ -221,7 +230,12 @@ def run(
                disable=not progress, initial=start, total=res.iterations)
     for it in bar:
         t0 = time.perf_counter()
-        metrics = method.step(it)
+        try:
+            metrics = method.step(it)
+        except DivergenceError as e:  # raised before any update: the current state is the last good one
+            bar.close()
+            _save_checkpoint(out / CHECKPOINT, synset, method, ctx, it, elapsed)
+            raise DivergenceError(f"{e}. The last good state (iteration {it}) is in {out / CHECKPOINT}") from e
         elapsed += time.perf_counter() - t0
         row = {"iteration": it + 1, **metrics, "seconds": elapsed}
         _append_jsonl(out / "metrics.jsonl", row)
@@ -261,13 +275,13 @@ def run(
     save_synset(out / DISTILLED, synset, data.spec, method=res.entry.name, method_config=dataclasses.asdict(res.method_cfg),
                 seed=cfg.seed, iterations=res.iterations, init=res.init,
                 evaluation={m: r.to_dict() for m, r in reports.items()}, commit=git_commit(),
-                protocol=res.protocol.name, seconds_per_iteration=spi, peak_mem_mb=peak,
+                protocol=res.protocol.name, seconds_per_iteration=spi, peak_mem_mb=peak, zca=data.zca,
                 wall_seconds=time.perf_counter() - t_run, device=device_name(device),
                 **({"extra_report": extra} if extra else {}),
                 **(method.file_meta() if hasattr(method, "file_meta") else {}))
     from .viz import plot_metrics, save_grid
 
-    save_grid(synset, data.spec, out / "grid.png")
+    save_grid(synset, data.spec, out / "grid.png", view=data.zca.invert if data.zca is not None else None)
     plot_metrics(out / "metrics.jsonl", out / "loss.png")
     result = RunResult(out, synset, data, reports, res.iterations, spi, time.perf_counter() - t_run, peak, device,
                        extra)
@@ -327,6 +341,7 @@ def _report(res: Resolved, r: RunResult) -> str:
         "",
         f"- iterations: {res.iterations} ({r.seconds_per_iteration:.3f} s per iteration on {r.device})",
         f"- initialization: {res.init}, seed {cfg.seed}",
+        *([f"- ZCA whitening, regularization {cfg.zca} (grid shown un-whitened)"] if cfg.zca is not None else []),
         f"- evaluation: protocol `{res.protocol.name}` ({res.protocol.epochs} epochs, augment {res.protocol.augment}, "
         f"{res.protocol.n_models} models, final test accuracy)",
         f"- peak memory: {r.peak_mem_mb:.0f} MB",

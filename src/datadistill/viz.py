@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -20,16 +20,25 @@ def grid_tensor(images: torch.Tensor, spec: DatasetSpec, nrow: int, padding: int
     return make_grid(x, nrow=nrow, padding=padding, pad_value=1.0)
 
 
-def save_grid(synset: Any, spec: DatasetSpec, path: str | Path, max_per_class: int = 20) -> Path:
+def save_grid(synset: Any, spec: DatasetSpec, path: str | Path, max_per_class: int = 20,
+              view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Path:
     """One row per class (up to ``max_per_class`` images), written atomically as PNG.
 
+    ``view`` maps the set's images to normalized images before they are drawn: a set distilled on
+    ZCA-whitened data looks like noise unless it is un-whitened (``view=zca.invert``).
+
     A set grouped by GD steps (Dataset Distillation) is drawn one row per step instead, each row
-    labelled with the step sizes learned for it in every epoch.
+    labelled with the step sizes learned for it in every epoch; a factorized set (HaBa) one row per
+    base (`save_factorized_grid`).
     """
     from torchvision.utils import save_image
 
+    if view is not None:
+        spec = _ViewedSpec(spec, view)  # type: ignore[assignment]  # every grid kind draws through it
     if hasattr(synset, "step_images"):
         return save_step_grid(synset, spec, path)
+    if hasattr(synset, "hallucinators"):
+        return save_factorized_grid(synset, spec, path)
     images, labels = synset.materialize()
     rows = []
     per = min(synset.ipc, max_per_class)
@@ -40,6 +49,20 @@ def save_grid(synset: Any, spec: DatasetSpec, path: str | Path, max_per_class: i
     path = Path(path)
     atomic_write(path, lambda p: save_image(grid, p, format="png"))
     return path
+
+
+class _ViewedSpec:
+    """``spec`` whose ``denormalize`` first maps the images through ``view`` (e.g. ZCA inversion), so
+    that every grid kind (`grid_tensor`) draws the viewed images; everything else is ``spec``'s."""
+
+    def __init__(self, spec: DatasetSpec, view: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self._spec, self._view = spec, view
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._spec, name)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return self._spec.denormalize(self._view(x))
 
 
 def save_step_grid(synset: Any, spec: DatasetSpec, path: str | Path) -> Path:
@@ -61,6 +84,42 @@ def save_step_grid(synset: Any, spec: DatasetSpec, path: str | Path) -> Path:
         ax.set_yticks([])
         ax.set_ylabel(f"step {s}", rotation=0, ha="right", va="center", fontsize=8)
         ax.set_title("lr " + ", ".join(f"{v:.3g}" for v in lrs[:, s].tolist()), fontsize=7, loc="left", pad=2)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+    return path
+
+
+def save_factorized_grid(synset: Any, spec: DatasetSpec, path: str | Path, max_per_class: int = 10) -> Path:
+    """A factorized set (HaBa): one row per base (up to ``max_per_class`` per class), the base and
+    then its hallucinations by hallucinator ``h0, h1, ...``; rows labelled with the class name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b, n_h = synset.bases_per_class, synset.n_hallucinators
+    per = min(b, max_per_class)
+    idx = torch.cat([torch.arange(c * b, c * b + per) for c in range(synset.num_classes)]).to(synset.bases.device)
+    with torch.no_grad():
+        hal = torch.stack([synset.hallucinate(h, idx) for h in range(n_h)], dim=1)  # [rows, H, c, h, w]
+        bases = synset.bases[idx]
+    if bases.shape[1] != hal.shape[2]:  # bases with fewer channels than the images: draw them gray
+        bases = bases.mean(1, keepdim=True).expand(-1, hal.shape[2], -1, -1)
+    pad = 2
+    grid = grid_tensor(torch.cat([bases.unsqueeze(1), hal], dim=1).flatten(0, 1), spec, nrow=n_h + 1, padding=pad)
+    grid = grid.permute(1, 2, 0).numpy()
+    ih, iw = bases.shape[-2:]
+    rows = idx.numel()
+    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * (n_h + 1), 0.4 + 0.5 * rows))
+    ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([pad + j * (iw + pad) + iw / 2 for j in range(n_h + 1)])
+    ax.set_xticklabels(["base"] + [f"h{h}" for h in range(n_h)], fontsize=7)
+    ax.xaxis.tick_top()
+    ax.set_yticks([pad + c * per * (ih + pad) + ih / 2 for c in range(synset.num_classes)])
+    ax.set_yticklabels(list(spec.class_names), fontsize=7)
+    ax.tick_params(length=0)
     fig.tight_layout()
     path = Path(path)
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))

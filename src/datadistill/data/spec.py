@@ -139,8 +139,13 @@ class RealData:
 
 @dataclass
 class LoadedDataset:
-    """A dataset loaded into memory: its spec and the train/test tensors."""
+    """A dataset loaded into memory: its spec and the train/test tensors.
+
+    ``zca`` is the fitted `datadistill.data.zca.ZCA` transform when the images are ZCA-whitened
+    (see `whiten_dataset`), else ``None``.
+    """
 
     spec: DatasetSpec
     train: RealData
     test: RealData
+    zca: Any = None

@@ -81,7 +81,11 @@ def evaluate(
     particular initializations (DD's fixed or pretrained networks; an ``init`` with ``len()`` caps
     the number of models at it); by default each model is a fresh initialization seeded from the
     protocol, drawn from ``protocol.weight_init``, never one seen during distillation.
+
+    ``synset`` may also be a loaded file (`load_synset`): a set distilled on ZCA-whitened data is
+    then evaluated on ``data`` (as `load_dataset` returns it) whitened with the file's transform.
     """
+    synset, data = as_set_and_data(synset, data)
     model = model or protocol.model
     spec = data.spec
     lr = protocol.lr
@@ -121,6 +125,18 @@ def evaluate(
     return EvalReport(model, protocol, accs, seeds, time.perf_counter() - t0, lr)
 
 
+def as_set_and_data(synset: Any, data: LoadedDataset) -> tuple[Any, LoadedDataset]:
+    """A loaded file (`SynsetFile`) is its set, evaluated on the real data as the set sees it: whitened
+    with the file's stored ZCA transform when it has one (`match_whitening` refuses mixing)."""
+    from ..synset.io import SynsetFile
+
+    if isinstance(synset, SynsetFile):
+        from ..data.zca import match_whitening
+
+        return synset.synset, match_whitening(data, synset.zca)
+    return synset, data
+
+
 class _Frozen:
     """Detached view of a set's batches: evaluation never builds a graph back into the set."""
 
@@ -156,6 +172,7 @@ def evaluate_models(synset: Any, data: LoadedDataset, protocol: EvalProtocol, mo
                     *, device: torch.device | str = "cpu", progress: bool = False,
                     init: Callable[[int, str], torch.nn.Module] | None = None) -> dict[str, EvalReport]:
     """Cross-architecture evaluation: one report per model name (``init`` as in `evaluate`)."""
+    synset, data = as_set_and_data(synset, data)  # whiten once, not once per model
     return {m: evaluate(synset, data, protocol, model=m, device=device, progress=progress, init=init)
             for m in models}
 

@@ -69,8 +69,9 @@ def unrolled_sgd(
             params = sgd_step(model, params, buffers, x, y, lr, loss_fn)
             continue
 
-        def step(lr_: torch.Tensor, x_: torch.Tensor, *flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            new = sgd_step(model, dict(zip(names, flat)), buffers, x_, y, lr_, loss_fn)
+        # ``y`` is bound now: the backward pass recomputes the step after the loop has moved on
+        def step(lr_: torch.Tensor, x_: torch.Tensor, *flat: torch.Tensor, y_: torch.Tensor = y) -> tuple[torch.Tensor, ...]:
+            new = sgd_step(model, dict(zip(names, flat)), buffers, x_, y_, lr_, loss_fn)
             return tuple(new[n] for n in names)
 
         out = _checkpoint(step, lr, x, *[params[n] for n in names], use_reentrant=False)

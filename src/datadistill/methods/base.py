@@ -16,6 +16,12 @@ from ..data.spec import LoadedDataset
 from ..registry import Registry
 
 
+class DivergenceError(FloatingPointError):
+    """A method's loss or a learned quantity became non-finite or left its valid range. Raised
+    *before* the offending update is applied, so the set and the method are still in their last
+    good state (the engine checkpoints that state before passing the error on)."""
+
+
 @dataclass
 class Context:
     """What a method gets: the data, the set it optimizes, the device and its own RNG stream."""
@@ -28,6 +34,7 @@ class Context:
     ipc: int
     iterations: int = 0
     data_root: str | None = None  # where further datasets are loaded from (e.g. a pretraining source)
+    dataset_options: dict[str, Any] = field(default_factory=dict)  # what the dataset was loaded with
 
     @property
     def spec(self):

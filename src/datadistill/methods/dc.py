@@ -45,7 +45,7 @@ from ..config import ConfigError
 from ..functional.gradmatch import METRICS, gradient_distance
 from ..models import create_model, has_batchnorm
 from ..seeding import fork
-from .base import Context, MethodEntry, register_method
+from .base import Context, DivergenceError, MethodEntry, register_method
 
 # the papers' (outer_loop, inner_loop) per images per class
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -197,7 +197,7 @@ class DC:
                 self.net.train()
             loss = self.match_loss(params, buffers, g)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"dc: matching loss became {float(loss)} at iteration {iteration}; lower "
+                raise DivergenceError(f"dc: matching loss became {float(loss)} at iteration {iteration}; lower "
                                          "method_config.lr_img and resume from the last checkpoint")
             self.opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -26,10 +26,7 @@ BatchNorm models are refused: running statistics inside unrolled steps are ill-d
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +34,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..cache import keyed_dir
 from ..config import ConfigError
 from ..data import load_dataset
 from ..data.spec import LoadedDataset
@@ -198,9 +196,7 @@ def pool_config(cfg: DDConfig, source: LoadedDataset) -> PoolConfig:
 
 def default_pool_dir(pc: PoolConfig, spec) -> Path:
     """Where the pool for ``pc`` is cached, shared by every run that needs the same one."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "datadistill" / "pools"
-    key = json.dumps([dataclasses.asdict(pc), spec.to_dict()], sort_keys=True, default=str)
-    return base / f"{pc.dataset}-{pc.model}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    return keyed_dir("pools", f"{pc.dataset}-{pc.model}", [dataclasses.asdict(pc), spec.to_dict()])
 
 
 def open_pool(cfg: DDConfig, ctx: Context, progress: bool = True) -> Pool:

@@ -1,10 +1,12 @@
-"""Synthetic sets: the protocol, `PixelSet`, file I/O and export."""
+"""Synthetic sets: the protocol, `PixelSet`, `StepSet`, `FactorizedSet` (HaBa), file I/O and export."""
 
 from .base import SYNSETS, SyntheticSet
 from .export import SynsetDataset, export_imagefolder
+from .factorized import FactorizedSet, Hallucinator, HallucinatorConfig, factorized_synset
 from .io import SynsetFile, SynsetFileError, load_synset, read_meta, save_synset, update_meta
 from .pixel import PixelSet
 from .steps import StepSet
 
-__all__ = ["SYNSETS", "SyntheticSet", "PixelSet", "StepSet", "SynsetDataset", "export_imagefolder", "SynsetFile",
+__all__ = ["SYNSETS", "SyntheticSet", "PixelSet", "StepSet", "FactorizedSet", "Hallucinator", "HallucinatorConfig",
+           "factorized_synset", "SynsetDataset", "export_imagefolder", "SynsetFile",
            "SynsetFileError", "load_synset", "read_meta", "save_synset", "update_meta"]

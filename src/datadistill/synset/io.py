@@ -2,11 +2,14 @@
 
 Metadata (under the safetensors header key ``datadistill``): format version, set type and its
 config, the dataset spec with its normalization, method name and config, images per class,
-storage size, evaluation results, seed, library and torch versions.
+storage size, evaluation results, seed, library and torch versions. A set distilled on ZCA-whitened
+data also stores its transform: tensors ``zca.mean`` and ``zca.matrix`` beside the set's, metadata
+``"zca": {"regularization": r}`` (and the same entry in the spec's ``extra``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -19,9 +22,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, safe_open
 
 from ..data.spec import DatasetSpec
+from ..data.zca import KEY as ZCA_KEY, ZCA, ZCAError
 from .base import SYNSETS, SyntheticSet
 
-FORMAT_VERSION = 1
+# Version 2 adds an optional ZCA transform (tensors ``zca.mean``, ``zca.matrix``; metadata ``zca``).
+# Files without one are still written as version 1, so older readers keep reading them, while a
+# whitened set, which an older reader would evaluate on unwhitened data, is refused by them.
+FORMAT_VERSION = 2
+ZCA_PREFIX = "zca."
 META_KEY = "datadistill"
 
 
@@ -36,6 +44,7 @@ class SynsetFile:
     synset: Any
     spec: DatasetSpec
     meta: dict[str, Any] = field(default_factory=dict)
+    zca: ZCA | None = None  # the whitening the set was distilled under (apply it to real data), or None
 
     @property
     def method(self) -> str:
@@ -66,15 +75,23 @@ def versions() -> dict[str, str]:
     return {"datadistill": __version__, "torch": torch.__version__}
 
 
-def save_synset(path: str | os.PathLike[str], synset: SyntheticSet, spec: DatasetSpec, **meta: Any) -> Path:
+def save_synset(path: str | os.PathLike[str], synset: SyntheticSet, spec: DatasetSpec, *, zca: ZCA | None = None,
+                **meta: Any) -> Path:
     """Write ``synset`` (any registered set type) with ``spec`` and extra metadata to ``path``.
 
     Useful keys for ``meta``: ``method``, ``method_config``, ``seed``, ``evaluation``, ``iterations``.
+    ``zca``: the transform of a set distilled on ZCA-whitened data (``data.zca``), stored with it so
+    that evaluation whitens the real data the same way.
     """
     path = Path(path)
     kind = _kind_of(synset)
+    if zca is None and ZCA_KEY in spec.extra:
+        raise ValueError(f"the spec says the data is ZCA-whitened ({spec.extra[ZCA_KEY]}); pass its transform "
+                         "(zca=data.zca) so that evaluation can whiten the real data the same way")
+    if zca is not None:
+        spec = dataclasses.replace(spec, extra={**spec.extra, ZCA_KEY: {"regularization": zca.regularization}})
     header = {
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if zca is not None else 1,
         "type": kind,
         "synset_config": synset.config(),
         "dataset": spec.to_dict(),
@@ -83,9 +100,12 @@ def save_synset(path: str | os.PathLike[str], synset: SyntheticSet, spec: Datase
         "storage_numel": synset.storage_numel(),
         "learned_lr": synset.learned_lr(),
         "versions": versions(),
+        **({ZCA_KEY: {"regularization": zca.regularization}} if zca is not None else {}),
         **meta,
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in synset.tensors().items()}
+    if zca is not None:
+        tensors.update({ZCA_PREFIX + k: v for k, v in zca.tensors().items()})
     text = json.dumps(header, default=_json_default)
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata={META_KEY: text}))
     return path
@@ -120,8 +140,25 @@ def load_synset(path: str | os.PathLike[str], device: torch.device | str = "cpu"
     if kind not in SYNSETS:
         raise SynsetFileError(f"{path}: unknown set type {kind!r}; known: {', '.join(SYNSETS.names())}")
     tensors = load_file(str(path), device=str(device))
+    stored = {k[len(ZCA_PREFIX):]: tensors.pop(k) for k in list(tensors) if k.startswith(ZCA_PREFIX)}
+    zca = _load_zca(path, meta, stored)
     synset = SYNSETS.get(kind).from_tensors(tensors, meta["synset_config"])
-    return SynsetFile(synset=synset.to(device), spec=DatasetSpec.from_dict(meta["dataset"]), meta=meta)
+    return SynsetFile(synset=synset.to(device), spec=DatasetSpec.from_dict(meta["dataset"]), meta=meta, zca=zca)
+
+
+def _load_zca(path: Any, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ZCA | None:
+    """The stored ZCA transform; a file whose metadata and tensors disagree is refused."""
+    info = meta.get(ZCA_KEY)
+    whitened = info is not None or ZCA_KEY in (meta.get("dataset") or {}).get("extra", {})
+    if not whitened and not tensors:
+        return None
+    if not whitened or not tensors or not isinstance(info, dict) or "regularization" not in info:
+        raise SynsetFileError(f"{path}: its ZCA whitening is incomplete (metadata {info!r}, tensors "
+                              f"{sorted(ZCA_PREFIX + k for k in tensors) or 'none'}); the file is damaged")
+    try:
+        return ZCA.from_tensors(tensors, float(info["regularization"]))
+    except (ZCAError, TypeError, ValueError) as e:
+        raise SynsetFileError(f"{path}: {e}") from e
 
 
 def update_meta(path: str | os.PathLike[str], **changes: Any) -> dict[str, Any]:

@@ -48,12 +48,14 @@ def train_classifier(
     progress: bool = False,
     desc: str = "train",
     channels_last: bool = True,
+    on_epoch_end: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
     """Train ``model`` with SGD and a step learning-rate schedule; returns it (in train mode).
 
     ``batches(batch_size, generator)`` yields one epoch of (images, labels); ``augment(x, generator)``
     is applied to every batch with fresh parameters. ``channels_last`` only changes the memory
     layout (faster convolutions on CPU and GPU), never the result beyond float rounding.
+    ``on_epoch_end(epoch, model)`` runs after each epoch (0-based), e.g. to record the weights.
     """
     model.to(device).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -72,6 +74,8 @@ def train_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, model)
     return model
 
 

@@ -1,0 +1,120 @@
+"""Train expert trajectories (MTT's buffer step) into a folder, expert by expert, resumably.
+
+Each expert is a fresh network from its own seed (``cfg.expert_seed(i)``), trained with the shared
+loop `train.train_classifier` (constant lr, no milestones) on the whole real training set, with
+DSA drawn from the expert's own generator. Its parameters are recorded before training and after
+every epoch, then written as one shard; nothing of an unfinished expert is ever stored, so a rerun
+trains exactly the missing ones and gets the same tensors as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import DATASETS, load_dataset
+from ..data.spec import LoadedDataset
+from ..evaluation.evaluator import dsa_augment
+from ..models import create_model
+from ..seeding import make_generator
+from ..synset.io import atomic_write, versions
+from ..train import accuracy, real_batches, train_classifier
+from .buffer import (FORMAT_VERSION, KIND, META_KEY, ExpertBuffer, check_consistent, scan, shard_name, tensor_key,
+                     write_manifest)
+from .config import FOLDER_FIELDS, ExpertConfig, ExpertError, config_diff
+
+
+def train_experts(cfg: ExpertConfig, directory: str | Path, *, root: str | Path | None = None,
+                  device: torch.device | str = "cpu", progress: bool = False, indices: Iterable[int] | None = None,
+                  data: LoadedDataset | None = None) -> ExpertBuffer:
+    """Train the experts numbered ``indices`` (default all ``0..n_experts-1``) not yet in ``directory``.
+
+    Experts already there are kept (resume), so disjoint ``indices`` may be trained by separate
+    processes into one folder. ``data`` is the dataset as `load_dataset` returns it (unwhitened:
+    ``cfg.zca`` is applied here); by default it is loaded from ``root``.
+    """
+    directory = Path(directory)
+    wanted = sorted(set(range(cfg.n_experts) if indices is None else (int(i) for i in indices)))
+    bad = [i for i in wanted if not 0 <= i < cfg.n_experts]
+    if bad:
+        raise ExpertError(f"expert indices {bad} are out of range 0..{cfg.n_experts - 1} (n_experts={cfg.n_experts})")
+    stored = scan(directory)
+    if stored:
+        diff = config_diff(check_consistent(directory, stored), cfg, FOLDER_FIELDS)
+        if diff:
+            raise ExpertError(f"{directory} holds experts trained differently ({'; '.join(diff)}); choose another "
+                              "folder, or the stored settings to add experts to it")
+    done = {s.index for s in stored}
+    todo = [i for i in wanted if i not in done]
+    if todo:
+        data = _prepare_data(cfg, root, data)
+        train, test = data.train.to(device), data.test.to(device)
+        augment = dsa_augment(data.spec, cfg.dsa_strategy) if cfg.augment == "dsa" else None
+        bar = tqdm(todo, desc=f"experts {cfg.model} on {cfg.dataset}", disable=not progress)
+        for i in bar:
+            if (directory / shard_name(i)).exists():  # finished meanwhile by another process
+                continue
+            tensors, meta = _train_one(cfg, i, data, train, test, augment, device)
+            header = {META_KEY: json.dumps(meta)}
+            atomic_write(directory / shard_name(i), lambda p: save_file(tensors, str(p), metadata=header))
+            write_manifest(directory)
+            bar.set_postfix(test_acc=f"{meta['test_acc'][-1]:.1f}%")
+    elif stored and not (directory / "manifest.json").exists():
+        write_manifest(directory)
+    return ExpertBuffer.open(directory)
+
+
+def _prepare_data(cfg: ExpertConfig, root: str | Path | None, data: LoadedDataset | None) -> LoadedDataset:
+    if data is None:
+        data = load_dataset(cfg.dataset, root, **cfg.dataset_options)
+    else:
+        extra = data.spec.extra
+        options_differ = bool(extra) and any(extra.get(k) != v for k, v in cfg.dataset_options.items())
+        if DATASETS.canonical(data.spec.name) != cfg.dataset or options_differ:
+            raise ExpertError(f"the data passed are {data.spec.name} {dict(extra)}, the config asks for "
+                              f"{cfg.dataset} {cfg.dataset_options}")
+        if "zca" in extra:
+            raise ExpertError("the data passed are ZCA-whitened already; pass them as load_dataset returns them "
+                              "and set ExpertConfig.zca")
+    if cfg.zca is not None:
+        from ..data.zca import whiten_dataset
+
+        data = whiten_dataset(data, cfg.zca)
+    return data
+
+
+def _snapshot(model: nn.Module, epoch: int, into: dict[str, torch.Tensor]) -> None:
+    """Copy the parameters to the CPU in contiguous layout (the loop trains in channels_last)."""
+    for name, p in model.named_parameters():
+        into[tensor_key(epoch, name)] = p.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+
+
+def _train_one(cfg: ExpertConfig, i: int, data: LoadedDataset, train, test, augment,
+               device: torch.device | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    start = time.perf_counter()
+    seed, s = cfg.expert_seed(i), data.spec
+    net = create_model(cfg.model, s.channels, s.num_classes, s.image_size, seed=seed)
+    tensors: dict[str, torch.Tensor] = {}
+    accs: list[float] = []
+
+    def record(epoch: int, model: nn.Module) -> None:
+        _snapshot(model, epoch, tensors)
+        accs.append(round(100 * accuracy(model, test, device=device), 2))
+
+    record(0, net)
+    train_classifier(net, real_batches(train), epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum,
+                     weight_decay=cfg.weight_decay, milestones=(), batch_size=cfg.batch_size,
+                     generator=make_generator(seed, "expert-train"), augment=augment, device=device,
+                     on_epoch_end=lambda epoch, model: record(epoch + 1, model))
+    meta = {"format_version": FORMAT_VERSION, "kind": KIND, "config": cfg.to_dict(), "expert": i, "seed": seed,
+            "epochs": cfg.epochs, "param_names": [n for n, _ in net.named_parameters()],
+            "spec": s.to_dict(), "test_acc": accs, "seconds": round(time.perf_counter() - start, 3),
+            "device": str(device), **versions()}
+    return tensors, meta

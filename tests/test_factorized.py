@@ -1,0 +1,185 @@
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from datadistill.cli import main
+from datadistill.evaluation import evaluate, get_protocol
+from datadistill.synset import (SYNSETS, FactorizedSet, Hallucinator, HallucinatorConfig, SyntheticSet,
+                                factorized_synset, load_synset, save_synset)
+from datadistill.synset.factorized import default_bases_per_class
+
+
+def _set(toy, bases=2, hals=3, seed=0, **kw):
+    return FactorizedSet.from_real(toy.train, bases, hals, torch.Generator().manual_seed(seed), **kw)
+
+
+def test_protocol_shapes_labels_and_index_order(toy):
+    s = _set(toy)  # 3 classes x 2 bases, 3 hallucinators
+    assert isinstance(s, SyntheticSet) and SYNSETS.get("factorized") is FactorizedSet
+    assert (s.num_classes, s.bases_per_class, s.n_hallucinators, s.ipc, len(s)) == (3, 2, 3, 6, 18)
+    assert s.bases.shape == (6, 1, 12, 12) and s.per_class().shape == (3, 2, 1, 12, 12)
+    assert s.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert s.class_index(1).tolist() == list(range(6, 12))
+    # example i = hallucinator i % H on base i // H
+    x, y = s(torch.tensor([7, 0, 17, 4]))
+    assert y.tolist() == [1, 0, 2, 0] and x.shape == (4, 1, 12, 12) and x.requires_grad
+    with torch.no_grad():
+        for row, i in enumerate([7, 0, 17, 4]):
+            assert torch.allclose(x[row], s.hallucinate(i % 3, torch.tensor([i // 3]))[0])
+    images, labels = s.materialize()
+    assert images.shape == (18, 1, 12, 12) and not images.requires_grad
+    assert labels.tolist() == [c for c in range(3) for _ in range(6)]
+    assert torch.allclose(images[[7, 0, 17, 4]], x.detach(), atol=1e-6)
+
+
+def test_hallucinator_matches_the_released_architecture():
+    hal = Hallucinator(3, 3, (32, 32))  # the released code: 3x3 kernel, hidden = image channels
+    assert hal.enc.weight.shape == (3, 3, 3, 3) and hal.dec.weight.shape == (3, 3, 3, 3)
+    assert hal.scale.shape == hal.shift.shape == (1, 3, 30, 30)  # one value per channel and position
+    assert bool((hal.scale == 1).all()) and bool((hal.shift == 0).all())
+    assert hal(torch.randn(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+    assert sum(p.numel() for p in hal.parameters()) == 84 + 2 * 2700 + 84
+    # no activation: a hallucinator is affine in its base
+    a, b = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+    zero = hal(torch.zeros(1, 3, 32, 32))
+    assert torch.allclose(hal(a + b) - zero, (hal(a) - zero) + (hal(b) - zero), atol=1e-5)
+
+
+def test_start_follows_the_released_code_not_identity(toy):
+    s = _set(toy)
+    for hal in s.hallucinators:
+        assert bool((hal.scale == 1).all()) and bool((hal.shift == 0).all())
+    x, _ = s.materialize()
+    x = x.view(6, 3, 1, 12, 12)
+    # default conv initialization: hallucinators differ from each other and from the base
+    assert not torch.allclose(x[:, 0], x[:, 1]) and not torch.allclose(x[:, 0], s.bases.detach())
+    # and the same generator seed gives the same set
+    assert torch.equal(_set(toy).materialize()[0], _set(toy).materialize()[0])
+
+
+def test_storage_counts_bases_hallucinators_and_a_learned_lr(toy):
+    s = _set(toy)
+    per_hal = (9 + 1) + 2 * 100 + (9 + 1)  # enc, scale + shift over 10x10, dec (1 channel, 12x12)
+    assert s.storage_numel() == 6 * 144 + 3 * per_hal
+    assert _set(toy, lr=0.01, learn_lr=True).storage_numel() == s.storage_numel() + 1
+    assert _set(toy, lr=0.01).storage_numel() == s.storage_numel()  # a fixed step size is not learned
+    assert abs(_set(toy, lr=0.01).learned_lr() - 0.01) < 1e-8 and s.learned_lr() is None
+
+
+def test_gradients_reach_bases_and_every_hallucinator(toy):
+    s = _set(toy)
+    x, _ = s(torch.arange(len(s)))
+    x.square().sum().backward()
+    assert s.bases.grad is not None and bool((s.bases.grad.abs().sum((1, 2, 3)) > 0).all())
+    for hal in s.hallucinators:
+        assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in hal.parameters())
+    s.zero_grad()
+    g = torch.Generator().manual_seed(1)
+    x, y = s.sample(4, g, one_hallucinator=False)
+    assert x.shape == (4, 1, 12, 12) and y.shape == (4,)
+    x.sum().backward()
+    assert s.bases.grad is not None and any(p.grad is not None for p in s.hallucinator_parameters())
+    assert s.base_parameters() == [s.bases] and len(s.hallucinator_parameters()) == 3 * 6
+    with pytest.raises(ValueError, match="1..6 distinct bases"):
+        s.sample(7, g)
+
+
+def test_one_hallucinator_batch_uses_a_single_hallucinator(toy):
+    s = _set(toy)
+    x, y = s.sample(6, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        outs = torch.stack([s.hallucinate(h, torch.arange(6)) for h in range(3)])  # [H, bases, ...]
+    # each row of x is some base through the same hallucinator
+    matches = [{h for h in range(3) for b in range(6) if torch.allclose(row, outs[h, b], atol=1e-6)} for row in x]
+    assert set.intersection(*matches)
+
+
+def test_batches_are_one_seeded_epoch_over_the_bases(toy):
+    s = _set(toy, bases=3)
+    epoch = lambda seed: list(s.batches(4, torch.Generator().manual_seed(seed)))  # noqa: E731
+    a, b = epoch(5), epoch(5)
+    assert [x.shape[0] for x, _ in a] == [4, 4, 1]  # 9 bases: every base once, not every pair
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    assert sorted(torch.cat([y for _, y in a]).tolist()) == s.labels.tolist()
+    # each base appears exactly once: recover (hallucinator, base) of each image from the materialized set
+    images, _ = s.materialize()
+    found = []
+    for x in torch.cat([x for x, _ in a]).detach():
+        hits = [i for i in range(len(s)) if torch.allclose(x, images[i], atol=1e-6)]
+        assert len(hits) == 1
+        found.append(hits[0] // s.n_hallucinators)
+    assert sorted(found) == list(range(9))
+    c = torch.cat([x for x, _ in epoch(6)])
+    assert not torch.equal(torch.cat([x for x, _ in a]), c)  # a different seed, a different epoch
+
+
+def test_file_round_trip(toy, tmp_path):
+    s = _set(toy, lr=0.02, learn_lr=True)
+    with torch.no_grad():  # move away from the initialization so the round trip is meaningful
+        for p in s.hallucinator_parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    path = save_synset(tmp_path / "f.safetensors", s, toy.spec, method="haba")
+    f = load_synset(path)
+    assert isinstance(f.synset, FactorizedSet) and f.meta["type"] == "factorized"
+    assert torch.equal(f.synset.materialize()[0], s.materialize()[0])
+    assert torch.equal(f.synset.materialize()[1], s.materialize()[1])
+    assert f.meta["num_images"] == 18 and f.meta["ipc"] == 6 and f.meta["storage_numel"] == s.storage_numel()
+    assert f.synset.storage_numel() == s.storage_numel() and abs(f.synset.learned_lr() - 0.02) < 1e-7
+    from safetensors.torch import load_file
+
+    names = set(load_file(str(path)))
+    assert {"bases", "labels", "log_lr", "hallucinators.0.enc.weight", "hallucinators.2.scale"} <= names
+
+
+def test_rejects_bad_inputs(toy):
+    g = torch.Generator().manual_seed(0)
+    hal = [Hallucinator(1, 1, (12, 12))]
+    with pytest.raises(ValueError, match="sorted by class"):
+        FactorizedSet(torch.zeros(2, 1, 12, 12), torch.tensor([1, 0]), 2, hal)
+    with pytest.raises(ValueError, match="takes 1x"):
+        FactorizedSet(torch.zeros(2, 1, 8, 8), torch.tensor([0, 1]), 2, hal)
+    with pytest.raises(ValueError, match="kernel_size"):
+        Hallucinator(1, 1, (4, 4), kernel_size=5)
+    with pytest.raises(ValueError, match="fewer than"):
+        FactorizedSet.from_real(toy.train, 100, 2, g)
+    with pytest.raises(ValueError, match="n_hallucinators"):
+        HallucinatorConfig(n_hallucinators=0)
+
+
+@dataclass(frozen=True)
+class _HaBaLike:
+    bases_per_class: int | None = None
+    n_hallucinators: int = 2
+    hallucinator_kernel: int = 3
+    hallucinator_channels: int | None = 4
+    lr_teacher: float | None = 0.01
+
+
+def test_engine_builder_reads_the_method_config(toy):
+    assert [default_bases_per_class(i) for i in (1, 2, 10, 50)] == [1, 1, 9, 49]
+    s = factorized_synset(_HaBaLike(), toy, 10, "real", torch.Generator().manual_seed(0))
+    assert (s.bases_per_class, s.n_hallucinators, s.hallucinators[0].hidden_channels) == (9, 2, 4)
+    assert s.log_lr.requires_grad and abs(s.learned_lr() - 0.01) < 1e-8
+    s = factorized_synset(_HaBaLike(bases_per_class=3, lr_teacher=None), toy, 10, "noise", torch.Generator())
+    assert s.bases_per_class == 3 and s.learned_lr() is None and s.ipc == 6
+    assert HallucinatorConfig.of(object()) == HallucinatorConfig()  # defaults: 5 hallucinators, 3x3
+    with pytest.raises(ValueError, match="initialization"):
+        factorized_synset(_HaBaLike(), toy, 2, "kmeans", torch.Generator())
+
+
+def test_show_draws_bases_and_hallucinations(toy, tmp_path, capsys):
+    path = save_synset(tmp_path / "f.safetensors", _set(toy), toy.spec, method="haba")
+    out = tmp_path / "g.png"
+    assert main(["show", str(path), "--out", str(out)]) == 0
+    assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    w, h = Image.open(out).size
+    assert h > w  # 6 rows (bases) of 1 + 3 columns
+
+
+def test_evaluation_trains_on_a_factorized_set(toy):
+    s = _set(toy, bases=1, hals=2)
+    rep = evaluate(s, toy, get_protocol("smoke").with_(epochs=2, n_models=1, model="convnet_w32"))
+    assert len(rep.accuracies) == 1 and 0.0 <= rep.accuracies[0] <= 100.0
