@@ -44,7 +44,7 @@ from ..models import create_model
 from ..seeding import derive_seed
 from ..synset.factorized import factorized_synset
 from .base import Context, MethodEntry, register_method
-from .mtt import draw_window, experts_meta, guarded_update, open_experts, student_model
+from .mtt import check_matching_config, draw_window, experts_meta, guarded_update, open_experts, student_model
 
 
 @dataclass(frozen=True)
@@ -83,15 +83,10 @@ class HaBaConfig:
     temperature: float = 0.07
 
     def __post_init__(self) -> None:
-        for name in ("syn_steps", "expert_epochs", "max_start_epoch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_matching_config(self)
         if self.n_hallucinators < 2:
             raise ValueError(f"HaBa needs n_hallucinators >= 2 (its diversity loss compares two), got "
                              f"{self.n_hallucinators}")
-        if not 0 < self.min_lr <= self.lr_teacher < self.max_lr:
-            raise ValueError(f"need 0 < min_lr <= lr_teacher < max_lr, got {self.min_lr}, {self.lr_teacher}, "
-                             f"{self.max_lr}")
 
     @property
     def epochs_needed(self) -> int:

@@ -68,19 +68,23 @@ class MTTConfig:
     max_lr: float = 1.0  # alpha above this stops the run (DivergenceError)
 
     def __post_init__(self) -> None:
-        for name in ("syn_steps", "expert_epochs", "max_start_epoch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_syn is not None and self.batch_syn < 1:
-            raise ValueError(f"batch_syn must be >= 1 or null, got {self.batch_syn}")
-        if not 0 < self.min_lr <= self.lr_teacher < self.max_lr:
-            raise ValueError(f"need 0 < min_lr <= lr_teacher < max_lr, got {self.min_lr}, {self.lr_teacher}, "
-                             f"{self.max_lr}")
+        check_matching_config(self)
 
     @property
     def epochs_needed(self) -> int:
         """Epochs an expert must have stored: the latest start plus the matched span."""
         return self.max_start_epoch - 1 + self.expert_epochs
+
+
+def check_matching_config(cfg: Any) -> None:
+    """Validation shared by the trajectory-matching configs (MTT, HaBa)."""
+    for name in ("syn_steps", "expert_epochs", "max_start_epoch"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.batch_syn is not None and cfg.batch_syn < 1:
+        raise ValueError(f"batch_syn must be >= 1 or null, got {cfg.batch_syn}")
+    if not 0 < cfg.min_lr <= cfg.lr_teacher < cfg.max_lr:
+        raise ValueError(f"need 0 < min_lr <= lr_teacher < max_lr, got {cfg.min_lr}, {cfg.lr_teacher}, {cfg.max_lr}")
 
 
 def mtt_synset(cfg: MTTConfig, data, ipc: int, init: str, generator: torch.Generator) -> PixelSet:
