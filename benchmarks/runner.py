@@ -50,7 +50,8 @@ def record_key(r: dict) -> tuple:
 def done_keys(results: Path) -> set[tuple]:
     if not results.is_file():
         return set()
-    return {record_key(json.loads(line)) for line in results.read_text().splitlines() if line.strip()}
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    return {record_key(r) for r in rows if "method" in r}  # other rows (e.g. expert training) have no key
 
 
 def run_full(job: Job, results: Path) -> dict:
@@ -112,7 +113,10 @@ def run_job(job: Job, runs: Path, results: Path) -> dict:
             "iterations": meta["iterations"], "seconds_per_iteration": round(meta["seconds_per_iteration"], 3),
             "eval_seconds": round(ev["seconds"], 1), "wall_seconds": round(meta["wall_seconds"], 1),
             "peak_mem_mb": round(meta["peak_mem_mb"]), "device": meta["device"], "commit": commit(),
-            "command": shlex.join(cmd), **job.extra, **_extra_fields(meta.get("extra_report")),
+            "command": shlex.join(cmd), "stored_floats": meta.get("storage_numel"),
+            **({"learned_lr": round(meta["learned_lr"], 6)} if meta.get("learned_lr") else {}),
+            **{k: meta[k] for k in ("bases_per_class", "n_hallucinators", "budget_floats") if k in meta},
+            **job.extra, **_extra_fields(meta.get("extra_report")),
         })
     with open(results, "a") as f:
         for r in records:

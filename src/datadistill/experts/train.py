@@ -98,6 +98,8 @@ def _snapshot(model: nn.Module, epoch: int, into: dict[str, torch.Tensor]) -> No
 
 def _train_one(cfg: ExpertConfig, i: int, data: LoadedDataset, train, test, augment,
                device: torch.device | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from ..engine import device_name  # noqa: PLC0415  (the engine imports the methods, which import us lazily)
+
     start = time.perf_counter()
     seed, s = cfg.expert_seed(i), data.spec
     net = create_model(cfg.model, s.channels, s.num_classes, s.image_size, seed=seed)
@@ -116,5 +118,5 @@ def _train_one(cfg: ExpertConfig, i: int, data: LoadedDataset, train, test, augm
     meta = {"format_version": FORMAT_VERSION, "kind": KIND, "config": cfg.to_dict(), "expert": i, "seed": seed,
             "epochs": cfg.epochs, "param_names": [n for n, _ in net.named_parameters()],
             "spec": s.to_dict(), "test_acc": accs, "seconds": round(time.perf_counter() - start, 3),
-            "device": str(device), **versions()}
+            "device": device_name(torch.device(device)), **versions()}
     return tensors, meta
