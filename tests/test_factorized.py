@@ -183,3 +183,20 @@ def test_evaluation_trains_on_a_factorized_set(toy):
     s = _set(toy, bases=1, hals=2)
     rep = evaluate(s, toy, get_protocol("smoke").with_(epochs=2, n_models=1, model="convnet_w32"))
     assert len(rep.accuracies) == 1 and 0.0 <= rep.accuracies[0] <= 100.0
+
+
+def test_evaluation_batches_build_no_graph_into_the_set(toy, monkeypatch):
+    from datadistill.evaluation.evaluator import _Frozen
+
+    s = FactorizedSet.from_real(toy.train, 2, 3, torch.Generator().manual_seed(0))
+    modes, real = [], FactorizedSet.forward
+
+    def spy(self, index):
+        modes.append(torch.is_grad_enabled())
+        return real(self, index)
+
+    monkeypatch.setattr(FactorizedSet, "forward", spy)
+    for x, _ in _Frozen(s).batches(4, torch.Generator().manual_seed(1)):
+        assert not x.requires_grad
+        assert torch.is_grad_enabled()  # the consumer's training step still has autograd
+    assert modes and not any(modes)  # the hallucinations were computed without a graph

@@ -144,9 +144,16 @@ class _Frozen:
         self.synset = synset
 
     def batches(self, batch_size: int, generator: torch.Generator):
-        # no ``torch.no_grad()`` around the yield: grad mode is global and would leak into training
-        for x, y in self.synset.batches(batch_size, generator):
-            yield x.detach(), y.detach()
+        # each batch is *made* without autograd (a set that computes its images, e.g. HaBa's
+        # hallucinators, builds no graph), but the yield is outside ``no_grad``: grad mode is global
+        # and would leak into the training step that consumes the batch
+        it = iter(self.synset.batches(batch_size, generator))
+        while True:
+            with torch.no_grad():
+                batch = next(it, None)
+            if batch is None:
+                return
+            yield batch[0].detach(), batch[1].detach()
 
 
 class RealSet:
