@@ -13,6 +13,12 @@ from datadistill.synset import PixelSet, load_synset
 PIXELS = CoresetConfig(features="pixels")
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    # trained feature networks are cached under $XDG_CACHE_HOME: never the user's during tests
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 def _hand_made() -> LoadedDataset:
     """Two classes of six 1x2x2 images, interleaved, with known geometry (pixel features)."""
     g = torch.Generator().manual_seed(0)
@@ -116,3 +122,24 @@ def test_herding_end_to_end_writes_selection_metadata(tmp_path):
     assert f.meta["selection"] == {"method": "herding", "features": "trained", "model": "convnet_w32",
                                    "train_epochs": 1, "train_lr": 0.01}
     assert result.reports["convnet_w32"].accuracies
+
+
+def test_trained_features_are_cached_and_reused_exactly(toy, tmp_path, monkeypatch):
+    import datadistill.methods.coreset as cs
+
+    trained = CoresetConfig(features="trained", model="lenet", batch_size=16)
+    calls = []
+    real_train = cs.train_classifier
+    monkeypatch.setattr(cs, "train_classifier", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    first = select_indices(trained, toy, 3, _gen(), herding)
+    cached = list((tmp_path / "cache" / "datadistill" / "coreset-features").glob("*.safetensors"))
+    assert len(calls) == 1 and len(cached) == 1
+    # k-center and another size reuse the same network: no training, same features as a fresh one
+    again = select_indices(trained, toy, 3, _gen(), k_center)
+    assert len(calls) == 1
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "fresh"))
+    assert torch.equal(again, select_indices(trained, toy, 3, _gen(), k_center)) and len(calls) == 2
+    assert torch.equal(first, select_indices(trained, toy, 3, _gen(), herding)) and len(calls) == 2
+    # another seed is another network
+    select_indices(trained, toy, 3, torch.Generator().manual_seed(99), herding)
+    assert len(calls) == 3

@@ -35,15 +35,19 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors.torch import load_file, save_file
 
+from ..cache import keyed_dir
 from ..config import ConfigError
 from ..data.spec import LoadedDataset
 from ..models import create_model
 from ..seeding import fork
 from ..synset import PixelSet
+from ..synset.io import atomic_write
 from ..train.loop import real_batches, train_classifier
 from .base import Context, MethodEntry, register_method
 
@@ -134,9 +138,15 @@ def _network(cfg: CoresetConfig, data: LoadedDataset, generator: torch.Generator
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     net = create_model(cfg.model, spec.channels, spec.num_classes, spec.image_size, seed=seed).to(device)
     if train and cfg.train_epochs > 0:
-        train_classifier(net, real_batches(data.train), epochs=cfg.train_epochs, lr=cfg.train_lr,
-                         batch_size=cfg.batch_size, generator=fork(generator), device=device,
-                         desc="coreset features")
+        order = fork(generator)
+        path = _feature_cache(cfg, data, seed, order.initial_seed())
+        if path.is_file():  # the same network, trained earlier for another size or rule: reuse it
+            net.load_state_dict(load_file(str(path), device=str(device)))
+        else:
+            train_classifier(net, real_batches(data.train), epochs=cfg.train_epochs, lr=cfg.train_lr,
+                             batch_size=cfg.batch_size, generator=order, device=device, desc="coreset features")
+            state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+            atomic_write(path, lambda p: save_file(state, str(p)))
     net.eval()
 
     @torch.no_grad()
@@ -145,6 +155,18 @@ def _network(cfg: CoresetConfig, data: LoadedDataset, generator: torch.Generator
                           for i in range(0, x.shape[0], cfg.batch_size)])
 
     return embed
+
+
+def _feature_cache(cfg: CoresetConfig, data: LoadedDataset, net_seed: int, order_seed: int) -> Path:
+    """Where the trained feature network of this (data, config, seeds) is kept: herding and k-center
+    at every size draw the same network from the same run seed, so it is trained once. The key holds
+    a checksum of the training tensors, so other data never hits it."""
+    train = data.train
+    key = {"spec": data.spec.to_dict(), "n": len(train), "images_sum": float(train.images.double().sum()),
+           "labels_sum": int(train.labels.sum()), "model": cfg.model, "epochs": cfg.train_epochs,
+           "lr": cfg.train_lr, "batch_size": cfg.batch_size, "net_seed": net_seed, "order_seed": order_seed,
+           "device": train.images.device.type, "torch": torch.__version__}
+    return keyed_dir("coreset-features", f"{data.spec.name}-{cfg.model}", key).with_suffix(".safetensors")
 
 
 FEATURES: dict[str, Callable[[CoresetConfig, LoadedDataset, torch.Generator], Embed]] = {
