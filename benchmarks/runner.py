@@ -37,8 +37,9 @@ class Job:
 
 def commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
+    # the records themselves (benchmarks/results) do not make the code dirty
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"],
+                           cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
