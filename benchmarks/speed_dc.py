@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--device", default="auto")
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/speed_dc.jsonl"))
+    p.add_argument("--only-train-step", action="store_true", help="only the inner-training step comparison")
     a = p.parse_args()
 
     from datadistill.data import load_dataset
@@ -50,7 +51,7 @@ def main() -> None:
     data = load_dataset(a.dataset)
     C = data.spec.num_classes
     rows = []
-    for mode in ("vmap", "loop"):
+    for mode in () if a.only_train_step else ("vmap", "loop"):
         s = PixelSet.from_real(data.train, 10, make_generator(0, "init")).to(dev)
         dc = DC(DCConfig(batch_real=a.batch_real, class_grads=mode), Context(data, s, dev, make_generator(0, "m"),
                                                                              0, 10, iterations=1))
@@ -82,7 +83,7 @@ def main() -> None:
                      ("autograd", lambda: torch.autograd.grad(dc._loss(leaf, buffers, xs, ys), list(leaf.values())))):
         rows.append({"what": "inner training step (100 images)", "impl": impl,
                      "seconds": round(timed(fn, 5 * a.repeat), 3)})
-    for ipc in (1, 10):
+    for ipc in () if a.only_train_step else (1, 10):
         s = PixelSet.from_real(data.train, ipc, make_generator(0, "init")).to(dev)
         dc = DC(DCConfig(batch_real=a.batch_real), Context(data, s, dev, make_generator(0, "m"), 0, ipc, iterations=1))
         rows.append({"what": f"iteration (ipc {ipc}: {dc.outer} x {dc.inner} loops)", "class_grads": "auto",
@@ -93,7 +94,8 @@ def main() -> None:
         for r in rows:
             r.update(dataset=a.dataset, model="convnet", batch_real=a.batch_real, device=device_name(dev),
                      commit=commit(), command=f"python benchmarks/speed_dc.py --dataset {a.dataset} "
-                                              f"--batch-real {a.batch_real}")
+                                              f"--batch-real {a.batch_real}"
+                                              + (" --only-train-step" if a.only_train_step else ""))
             f.write(json.dumps(r) + "\n")
             print(json.dumps(r), flush=True)
 
