@@ -95,6 +95,7 @@ def run_job(job: Job, runs: Path, results: Path) -> dict:
            "--out", str(out.relative_to(ROOT)), *job.args]
     resume = ["--resume"] if (out / "config.yaml").is_file() else []
     print("$ " + shlex.join(cmd + resume), flush=True)
+    code = commit()  # the code the run executes: taken before it starts, not when it ends
     subprocess.run([sys.executable, "-m", "datadistill.cli", *cmd[1:], *resume, "--no-progress"], cwd=ROOT,
                    check=True)
     from datadistill.synset import read_meta
@@ -113,7 +114,7 @@ def run_job(job: Job, runs: Path, results: Path) -> dict:
             "accuracies": [round(100 * a, 2) for a in ev["accuracies"]],
             "iterations": meta["iterations"], "seconds_per_iteration": round(meta["seconds_per_iteration"], 3),
             "eval_seconds": round(ev["seconds"], 1), "wall_seconds": round(meta["wall_seconds"], 1),
-            "peak_mem_mb": round(meta["peak_mem_mb"]), "device": meta["device"], "commit": commit(),
+            "peak_mem_mb": round(meta["peak_mem_mb"]), "device": meta["device"], "commit": code,
             "command": shlex.join(cmd), "stored_floats": meta.get("storage_numel"),
             **({"learned_lr": round(meta["learned_lr"], 6)} if meta.get("learned_lr") else {}),
             **{k: meta[k] for k in ("bases_per_class", "n_hallucinators", "budget_floats") if k in meta},
