@@ -36,7 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..augment import DSAConfig, apply, sample_params
+from ..augment import DSAConfig
 from ..functional.contrastive import supervised_contrastive_loss
 from ..functional.trajectory import trajectory_loss
 from ..functional.unroll import buffers_of, unrolled_sgd
@@ -44,7 +44,8 @@ from ..models import create_model
 from ..seeding import derive_seed
 from ..synset.factorized import factorized_synset
 from .base import Context, MethodEntry, register_method
-from .mtt import check_matching_config, draw_window, experts_meta, guarded_update, open_experts, student_model
+from .mtt import (check_matching_config, draw_window, dsa_batch, experts_meta, guarded_update, next_chunk,
+                  open_experts, store_step_size, student_model)
 
 
 @dataclass(frozen=True)
@@ -116,17 +117,12 @@ class HaBa:
 
     # ------------------------------------------------------------------ pieces
     def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        if self.dsa is None:
-            return x
-        p = sample_params(self.dsa, x.shape[0], g, tuple(x.shape[-2:]), allow_flip=self.ctx.spec.flip)
-        return apply(x, p.to(x.device), self.dsa)
+        return dsa_batch(self.dsa, x, g, self.ctx.spec.flip)
 
     def _bases(self, g: torch.Generator) -> torch.Tensor:
         """The next chunk of base indices (a fresh permutation whenever the bases are used up)."""
         n = len(self.synset.labels)
-        if not self._chunks:
-            self._chunks = list(torch.randperm(n, generator=g).split(self.cfg.batch_syn or n))
-        return self._chunks.pop(0).to(self.synset.bases.device)
+        return next_chunk(self._chunks, n, self.cfg.batch_syn or n, g, self.synset.bases.device)
 
     def _steps(self, g: torch.Generator):
         for _ in range(self.cfg.syn_steps):
@@ -186,8 +182,7 @@ class HaBa:
                 "extractor_loss": float(ext.detach()), **parts, "lr": a, "start_epoch": float(t)}
 
     def _store_alpha(self) -> None:
-        with torch.no_grad():
-            self.synset.log_lr.copy_(self.alpha.detach().log())
+        store_step_size(self.synset, self.alpha)
 
     def state_dict(self) -> dict[str, Any]:
         return {"opt_bases": self.opt_bases.state_dict(), "opt_hal": self.opt_hal.state_dict(),

@@ -161,6 +161,29 @@ def guarded_update(name: str, loss: torch.Tensor, iteration: int, optimizers: li
     return a
 
 
+def next_chunk(chunks: list[torch.Tensor], n: int, size: int, g: torch.Generator,
+               device: torch.device) -> torch.Tensor:
+    """The next ``size`` indices of ``range(n)`` from ``chunks`` (a fresh permutation, split, whenever
+    they are used up; ``chunks`` is the caller's state and is updated in place)."""
+    if not chunks:
+        chunks.extend(torch.randperm(n, generator=g).split(size))
+    return chunks.pop(0).to(device)
+
+
+def dsa_batch(dsa: DSAConfig | None, x: torch.Tensor, g: torch.Generator, allow_flip: bool) -> torch.Tensor:
+    """``x`` through DSA with fresh parameters (identity when ``dsa`` is None)."""
+    if dsa is None:
+        return x
+    p = sample_params(dsa, x.shape[0], g, tuple(x.shape[-2:]), allow_flip=allow_flip)
+    return apply(x, p.to(x.device), dsa)
+
+
+def store_step_size(synset: Any, alpha: torch.Tensor) -> None:
+    """Write the learned step size into the set (stored as its log, like `PixelSet`'s)."""
+    with torch.no_grad():
+        synset.log_lr.copy_(alpha.detach().log())
+
+
 def student_model(name: str, spec, device: torch.device) -> torch.nn.Module:
     """The student architecture (its parameters come from the experts), BatchNorm refused."""
     net = create_model(name, spec.channels, spec.num_classes, spec.image_size, seed=0).to(device)
@@ -189,16 +212,9 @@ class MTT:
     def _batches(self, g: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``syn_steps`` synthetic mini-batches (differentiable), DSA'd with fresh parameters."""
         n = len(self.synset)
-        size = self.cfg.batch_syn or n
         for _ in range(self.cfg.syn_steps):
-            if not self._chunks:
-                self._chunks = list(torch.randperm(n, generator=g).split(size))
-            idx = self._chunks.pop(0).to(self.synset.images.device)
-            x, y = self.synset(idx)
-            if self.dsa is not None:
-                p = sample_params(self.dsa, x.shape[0], g, tuple(x.shape[-2:]), allow_flip=self.ctx.spec.flip)
-                x = apply(x, p.to(x.device), self.dsa)
-            yield x, y
+            x, y = self.synset(next_chunk(self._chunks, n, self.cfg.batch_syn or n, g, self.synset.images.device))
+            yield dsa_batch(self.dsa, x, g, self.ctx.spec.flip), y
 
     def matching_loss(self, expert: int, start_epoch: int, g: torch.Generator) -> torch.Tensor:
         dev = self.ctx.device
@@ -219,8 +235,7 @@ class MTT:
         return {"loss": float(loss.detach()), "lr": a, "start_epoch": float(t)}
 
     def _store_alpha(self) -> None:
-        with torch.no_grad():
-            self.synset.log_lr.copy_(self.alpha.detach().log())
+        store_step_size(self.synset, self.alpha)
 
     def state_dict(self) -> dict[str, Any]:
         return {"opt_img": self.opt_img.state_dict(), "opt_lr": self.opt_lr.state_dict(),
