@@ -32,7 +32,7 @@ def load_records(only: str | None = None) -> list[dict]:
 
 def table(records: list[dict]) -> str:
     head = ("| dataset | IPC | method | setting | accuracy (%) | models | protocol | iterations | s / iteration "
-            "| wall (s) | peak mem (MB) | commit |")
+            "| wall (s) | peak mem (MB) | stored floats | commit |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     order = {"full": -1, "random": 0}
     for r in sorted(records, key=lambda r: (r["dataset"], r["ipc"], order.get(r["method"], 1), r["method"])):
@@ -40,7 +40,7 @@ def table(records: list[dict]) -> str:
             f"| {r['dataset']} | {r['ipc'] or 'all'} | {r['method']} | {r['setting']} | {r['acc_mean']:.2f} ± {r['acc_std']:.2f} "
             f"| {r['n_models']} {r['model']} | {r['protocol']} ({r.get('epochs', '?')} ep, {r.get('augment', '?')}) "
             f"| {r['iterations']} | {r['seconds_per_iteration']:.2f} | {r['wall_seconds']:.0f} | {r['peak_mem_mb'] or '-'} "
-            f"| {r['commit']} |"
+            f"| {_stored(r)} | {r['commit']} |"
         )
     devices = sorted({r["device"] for r in records})
     commands = []
@@ -50,6 +50,16 @@ def table(records: list[dict]) -> str:
     lines += ["", "Machine: " + "; ".join(devices) + ".", "", "Commands (each record's `command` field):", ""]
     lines += [f"- `{c}`" for c in commands]
     return "\n".join(lines)
+
+
+def _stored(r: dict) -> str:
+    """Floats the distilled set stores (recorded since the MTT/HaBa benchmark); HaBa adds its factorization."""
+    if r.get("stored_floats") is None:
+        return "-"
+    text = f"{r['stored_floats']:,}"
+    if "bases_per_class" in r:
+        text += f" ({r['bases_per_class']} bases/class + {r['n_hallucinators']} halluc.)"
+    return text
 
 
 def _pm(r: dict, key: str) -> str:
