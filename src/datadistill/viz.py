@@ -160,28 +160,36 @@ def plot_metrics(metrics_path: str | Path, out: str | Path) -> Path | None:
 
 
 def plot_acc_vs_ipc(records: Sequence[dict[str, Any]], out: str | Path, title: str = "") -> Path:
-    """Accuracy vs images per class, one line per (method, dataset), error bars = std."""
+    """Accuracy vs images per class: one panel per dataset, one line per method, error bars = std."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[tuple[str, str], list[tuple[int, float, float]]] = {}
+    groups: dict[str, dict[str, list[tuple[int, float, float]]]] = {}
     for r in records:
         if int(r["ipc"]) <= 0:  # whole-dataset reference rows have no images-per-class position
             continue
-        groups.setdefault((r["method"], r["dataset"]), []).append((int(r["ipc"]), r["acc_mean"], r["acc_std"]))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (method, dataset), pts in sorted(groups.items()):
-        pts.sort()
-        xs, ms, ss = zip(*pts)
-        ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=f"{method} / {dataset}")
-    ax.set_xscale("log")
-    ax.set_xlabel("images per class")
-    ax.set_ylabel("test accuracy (%)")
+        groups.setdefault(r["dataset"], {}).setdefault(r["method"], []).append(
+            (int(r["ipc"]), r["acc_mean"], r["acc_std"]))
+    datasets = sorted(groups) or [""]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for method, pts in sorted(groups.get(dataset, {}).items()):
+            pts.sort()
+            xs, ms, ss = zip(*pts)
+            ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=method)
+        ax.set_xscale("log")
+        ticks = sorted({x for pts in groups.get(dataset, {}).values() for x, _, _ in pts})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("images per class")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(dataset)
+        if groups:
+            ax.legend(fontsize=8)
     if title:
-        ax.set_title(title)
-    ax.legend(fontsize=8)
+        fig.suptitle(title)
     fig.tight_layout()
     out = Path(out)
     atomic_write(out, lambda p: fig.savefig(p, format="png", dpi=120))
