@@ -1,0 +1,26 @@
+"""The accuracy-vs-IPC plot: one panel per dataset, whole-dataset rows left out, a real PNG written."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from datadistill.viz import plot_acc_vs_ipc
+
+
+def _rec(method: str, dataset: str, ipc: int, acc: float) -> dict:
+    return {"method": method, "dataset": dataset, "ipc": ipc, "acc_mean": acc, "acc_std": 0.5}
+
+
+def test_acc_vs_ipc_one_panel_per_dataset(tmp_path):
+    records = [_rec("dm", "mnist", 1, 80.0), _rec("dm", "mnist", 10, 90.0), _rec("mtt", "mnist", 1, 70.0),
+               _rec("dm", "fashion_mnist", 1, 70.0), _rec("full", "mnist", 0, 99.0)]
+    one = plot_acc_vs_ipc(records[:3], tmp_path / "one.png")
+    two = plot_acc_vs_ipc(records, tmp_path / "two.png", title="t")
+    w1, h1 = Image.open(one).size
+    w2, h2 = Image.open(two).size
+    assert h1 == h2 and w2 > 1.8 * w1  # two datasets -> two panels side by side; the ipc-0 row adds none
+
+
+def test_acc_vs_ipc_without_records_still_writes(tmp_path):
+    out = plot_acc_vs_ipc([_rec("full", "mnist", 0, 99.0)], tmp_path / "empty.png")
+    assert Image.open(out).size[0] > 0
