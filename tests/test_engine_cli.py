@@ -133,3 +133,34 @@ def test_resume_says_which_requested_settings_it_ignores(tmp_path):
     run(_cfg(iterations=8), tmp_path / "r", resume=True, progress=False, log=lines.append)
     note = [x for x in lines if x.startswith("resuming with")][0]
     assert "ignoring the requested iterations=8 (saved: iterations=6" in note
+
+
+def test_a_run_directory_in_use_by_a_live_process_is_refused(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    lock = tmp_path / ".run.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(f"{holder.pid} {socket.gethostname()}")
+        with pytest.raises(RunDirError, match=f"in use by process {holder.pid}"):
+            run(_cfg(iterations=1), out, force=True, progress=False)
+        assert lock.read_text().startswith(str(holder.pid))  # the holder's lock is left alone
+    finally:
+        holder.kill()
+        holder.wait()
+    # its process is gone: the stale lock is taken over, and released when the run ends
+    run(_cfg(iterations=1), out, force=True, progress=False, log=lambda *_: None)
+    assert (out / "distilled.safetensors").is_file()
+    assert not lock.exists() and not list(tmp_path.glob(".run.lock.*"))
+
+
+def test_the_lock_is_released_when_a_run_fails(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "x").write_text("x")
+    with pytest.raises(RunDirError):
+        run(_cfg(iterations=1), out, progress=False)  # exists, no --resume/--force
+    assert not (tmp_path / ".run.lock").exists()

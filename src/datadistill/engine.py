@@ -7,10 +7,13 @@ Run directory: ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoint.pt``,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import resource
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -170,6 +173,68 @@ def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def _lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"  # beside the folder: --force empties the folder itself
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_dir_lock(out: Path):
+    """Hold ``out`` for this process: a second run (resume or --force) of the same folder is refused
+    while the first one's process lives, instead of both writing its checkpoint and files. A lock
+    left by a process that died (killed, machine restarted) is taken over."""
+    lock = _lock_path(out)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{os.getpid()} {socket.gethostname()}"
+    mine = lock.with_name(f"{lock.name}.{os.getpid()}")
+    mine.write_text(me)  # complete before it appears under the lock's name (a hard link is atomic)
+    try:
+        held = _take(lock, mine, out)
+    finally:
+        mine.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        try:
+            if held and lock.read_text() == me:
+                lock.unlink()
+        except OSError:
+            pass
+
+
+def _take(lock: Path, mine: Path, out: Path) -> bool:
+    """Link ``mine`` to ``lock``; False (run unlocked) where the file system has no hard links."""
+    for _ in range(3):
+        try:
+            os.link(mine, lock)
+            return True
+        except FileExistsError:
+            try:
+                pid_text, _, host = lock.read_text().partition(" ")
+                pid = int(pid_text)
+            except FileNotFoundError:  # released meanwhile: try again
+                continue
+            except (OSError, ValueError):  # unreadable or not ours: treat as stale
+                pid, host = -1, ""
+            if pid > 0 and (host.strip() != socket.gethostname() or _pid_alive(pid)):
+                raise RunDirError(f"run directory {out} is in use by process {pid} on {host.strip() or '?'} "
+                                  f"(lock {lock}); wait for it to finish or stop it, or delete the lock if that "
+                                  "process is gone") from None
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+        except OSError:  # no hard links here (some network or FAT file systems)
+            return False
+    raise RunDirError(f"could not lock run directory {out} ({lock} keeps reappearing)")
+
+
 def run(
     cfg: RunConfig,
     out: str | Path,
@@ -182,9 +247,16 @@ def run(
     log=print,
 ) -> RunResult | None:
     """Run a distillation end to end. ``stop_after`` stops (as if interrupted) after that many
-    iterations of this call, leaving a checkpoint; returns ``None`` then."""
+    iterations of this call, leaving a checkpoint; returns ``None`` then. The run directory is
+    locked for the duration (`run_dir_lock`): a second process asking for it gets `RunDirError`."""
+    with run_dir_lock(Path(out)):
+        return _run(cfg, Path(out), resume=resume, force=force, progress=progress, stop_after=stop_after,
+                    callbacks=callbacks, log=log)
+
+
+def _run(cfg: RunConfig, out: Path, *, resume: bool, force: bool, progress: bool, stop_after: int | None,
+         callbacks: Sequence[Any], log) -> RunResult | None:
     t_run = time.perf_counter()
-    out = Path(out)
     if resume and (out / "config.yaml").is_file():
         saved = yaml.safe_load((out / "config.yaml").read_text())
         try:
