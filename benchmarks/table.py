@@ -96,6 +96,34 @@ def dd_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+MTT_FILE = "mtt_cpu.jsonl"
+MTT_START, MTT_END = "<!-- mtt:start -->", "<!-- mtt:end -->"
+
+
+def mtt_table(records: list[dict], experts: list[dict]) -> str:
+    """MTT and HaBa beside random and DM at each (dataset, images-per-class budget), with storage."""
+    head = "| dataset | budget: IPC (floats) | method | accuracy (%) | stored floats | s / iteration | peak mem (MB) | commit |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    order = {"random": 0, "dm": 1, "mtt": 2, "haba": 3}
+    rows = [r for r in records if r["method"] in order and r["ipc"] > 0]
+    for ds, ipc in sorted({(r["dataset"], r["ipc"]) for r in rows if r["method"] in ("mtt", "haba")}):
+        group = sorted((r for r in rows if (r["dataset"], r["ipc"]) == (ds, ipc)), key=lambda r: order[r["method"]])
+        budget = next((r["budget_floats"] for r in group if r.get("budget_floats")), None)
+        for r in group:
+            name = r["method"] if "bases_per_class" not in r else (
+                f"haba ({r['bases_per_class']} bases/class + {r['n_hallucinators']} hallucinators)")
+            # random and DM are plain image sets: they store exactly the budget
+            stored = r.get("stored_floats") or (budget if r["method"] in ("random", "dm") else None)
+            lines.append(f"| {ds} | {ipc} ({f'{budget:,}' if budget else '?'}) | {name} "
+                         f"| {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | {f'{stored:,}' if stored else '-'} "
+                         f"| {r['seconds_per_iteration']:.2f} | {r['peak_mem_mb'] or '-'} | {r['commit']} |")
+    for e in experts:
+        lines += ["", f"Experts ({e['dataset']}): {e['n_experts']} x {e['epochs']} epochs, "
+                      f"{e['seconds_per_expert_epoch']:.0f} s per expert epoch ({e['device']}), final test accuracy "
+                      f"{e['mean_final_test_acc']:.2f}%, commit {e['commit']}: `{e['command']}`."]
+    return "\n".join(lines)
+
+
 def _replace(body: str, start: str, end: str, text: str) -> str:
     if start in body and end in body:
         pre, rest = body.split(start, 1)
@@ -113,6 +141,12 @@ def main() -> int:
         readme.write_text(_replace(readme.read_text(), DD_START, DD_END, text))
         print(text)
     records = load_records()
+    mtt_path = RESULTS / MTT_FILE
+    experts = ([json.loads(x) for x in mtt_path.read_text().splitlines() if '"what": "experts"' in x]
+               if mtt_path.is_file() else [])
+    if any(r["method"] in ("mtt", "haba") for r in records):
+        readme = ROOT / "README.md"
+        readme.write_text(_replace(readme.read_text(), MTT_START, MTT_END, mtt_table(records, experts)))
     if not records:
         print("no records in benchmarks/results/", file=sys.stderr)
         return 1
