@@ -109,6 +109,9 @@ def mtt_table(records: list[dict], experts: list[dict]) -> str:
     for ds, ipc in sorted({(r["dataset"], r["ipc"]) for r in rows if r["method"] in ("mtt", "haba")}):
         group = sorted((r for r in rows if (r["dataset"], r["ipc"]) == (ds, ipc)), key=lambda r: order[r["method"]])
         budget = next((r["budget_floats"] for r in group if r.get("budget_floats")), None)
+        if budget is None:  # no HaBa row yet: MTT's images plus its one learned step size
+            budget = next((r["stored_floats"] - 1 for r in group if r["method"] == "mtt" and r.get("stored_floats")),
+                          None)
         for r in group:
             name = r["method"] if "bases_per_class" not in r else (
                 f"haba ({r['bases_per_class']} bases/class + {r['n_hallucinators']} hallucinators)")
