@@ -7,8 +7,9 @@ part of what they distill).
     python benchmarks/mtt_cpu.py --datasets mnist --ipcs 1 --methods mtt
     python benchmarks/mtt_cpu.py --experts-only  # e.g. in a second process while the first distills
 
-Step 1 trains `--n-experts` experts (default 1; the papers use 100) per dataset for `--expert-epochs` epochs (`datadistill experts`,
-MTT's buffer settings: SGD lr 0.01, no momentum, DSA) into benchmarks/runs/experts/<dataset>/ and
+Step 1 trains `--n-experts` experts (default 1; the papers use 100) per dataset for
+`--expert-epochs` epochs (`datadistill experts`, MTT's buffer settings: SGD lr 0.01, no momentum,
+DSA) into benchmarks/runs/experts/<dataset>/ and
 records the time and the experts' test accuracy (a record with ``what: experts``). Step 2 runs each
 job against those experts; HaBa at a budget of ``ipc`` images per class gets ``max(1, ipc - 1)``
 bases per class and 5 hallucinators, and its record adds ``bases_per_class``, ``n_hallucinators``

@@ -57,9 +57,12 @@ def _stored(r: dict) -> str:
     if r.get("stored_floats") is None:
         return "-"
     text = f"{r['stored_floats']:,}"
-    if "bases_per_class" in r:
-        text += f" ({r['bases_per_class']} bases/class + {r['n_hallucinators']} halluc.)"
-    return text
+    return text + f" ({_factorization(r)})" if "bases_per_class" in r else text
+
+
+def _factorization(r: dict) -> str:
+    """HaBa's storage split, as its records carry it."""
+    return f"{r['bases_per_class']} bases/class + {r['n_hallucinators']} hallucinators"
 
 
 def _pm(r: dict, key: str) -> str:
@@ -113,8 +116,7 @@ def mtt_table(records: list[dict], experts: list[dict]) -> str:
             budget = next((r["stored_floats"] - 1 for r in group if r["method"] == "mtt" and r.get("stored_floats")),
                           None)
         for r in group:
-            name = r["method"] if "bases_per_class" not in r else (
-                f"haba ({r['bases_per_class']} bases/class + {r['n_hallucinators']} hallucinators)")
+            name = f"{r['method']} ({_factorization(r)})" if "bases_per_class" in r else r["method"]
             # random and DM are plain image sets: they store exactly the budget
             stored = r.get("stored_floats") or (budget if r["method"] in ("random", "dm") else None)
             lines.append(f"| {ds} | {ipc} ({f'{budget:,}' if budget else '?'}) | {name} "
@@ -144,10 +146,10 @@ def main() -> int:
         readme.write_text(_replace(readme.read_text(), DD_START, DD_END, text))
         print(text)
     records = load_records()
-    mtt_path = RESULTS / MTT_FILE
-    experts = ([json.loads(x) for x in mtt_path.read_text().splitlines() if '"what": "experts"' in x]
-               if mtt_path.is_file() else [])
     if any(r["method"] in ("mtt", "haba") for r in records):
+        mtt_path = RESULTS / MTT_FILE
+        rows = [json.loads(x) for x in mtt_path.read_text().splitlines() if x.strip()] if mtt_path.is_file() else []
+        experts = [r for r in rows if r.get("what") == "experts"]
         readme = ROOT / "README.md"
         readme.write_text(_replace(readme.read_text(), MTT_START, MTT_END, mtt_table(records, experts)))
     if not records:
