@@ -66,17 +66,28 @@ def train_experts(dataset: str, n: int, epochs: int, results: Path) -> None:
     print(json.dumps(rec), flush=True)
 
 
-def jobs(datasets: list[str], ipcs: list[int], methods: list[str], iterations: int | None = None) -> list[Job]:
+def n_experts_in(folder: Path) -> int:
+    return len(list(folder.glob("expert-*.safetensors")))
+
+
+def jobs(datasets: list[str], ipcs: list[int], methods: list[str], iterations: int | None = None,
+         overrides: list[str] = (), experts: dict[str, Path] | None = None) -> list[Job]:
+    """One job per (ipc, dataset, method). The setting names the budget, the number of experts when
+    more than one, and each ``--set`` override (``method_config.lr_hallucinator=1`` -> ``-lr_hallucinator1``)."""
     out = []
     for ipc in ipcs:
         its = iterations or BUDGET[ipc]
         for ds in datasets:
+            folder = (experts or {}).get(ds, experts_dir(ds))
+            n = n_experts_in(folder)
+            tag = f"cpu-{its}it-{SYN_STEPS[ipc]}steps" + (f"-{n}experts" if n > 1 else "")
+            tag += "".join("-" + o.split("=", 1)[0].rsplit(".", 1)[-1] + o.split("=", 1)[1] for o in overrides)
             for m in methods:
                 args = ["--iterations", str(its), f"checkpoint_every={max(1, its // 20)}",
-                        f"method_config.experts={experts_dir(ds).relative_to(ROOT)}",
+                        f"method_config.experts={folder.resolve().relative_to(ROOT)}",
                         f"method_config.max_start_epoch={MAX_START}", f"method_config.expert_epochs={EXPERT_EPOCHS}",
-                        f"method_config.syn_steps={SYN_STEPS[ipc]}", *COMMON]
-                out.append(Job(m, ds, ipc, f"cpu-{its}it-{SYN_STEPS[ipc]}steps", args))
+                        f"method_config.syn_steps={SYN_STEPS[ipc]}", *COMMON, *overrides]
+                out.append(Job(m, ds, ipc, tag, args))
     return out
 
 
@@ -89,18 +100,31 @@ def main() -> None:
                    help="experts per dataset (one 3-epoch ConvNet expert is ~20-25 min on one CPU thread)")
     p.add_argument("--expert-epochs", type=int, default=MAX_START - 1 + EXPERT_EPOCHS)
     p.add_argument("--experts-only", action="store_true")
-    p.add_argument("--iterations", type=int, help="override BUDGET (smoke checks; the setting name says it)")
+    p.add_argument("--iterations", type=int, help="override BUDGET (the setting name says it)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every job, e.g. method_config.lr_hallucinator=1 (repeatable; "
+                        "the setting name says it)")
+    p.add_argument("--experts", action="append", default=[], metavar="DATASET=FOLDER",
+                   help="match these experts instead of benchmarks/runs/experts/DATASET (a folder inside the "
+                        "repository; the setting names how many experts it holds when more than one)")
     p.add_argument("--results", default=str(ROOT / "benchmarks/results/mtt_cpu.jsonl"))
     p.add_argument("--runs", default=str(ROOT / "benchmarks/runs"), help="run folders (inside the repository)")
     a = p.parse_args()
     results = Path(a.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     datasets = a.datasets.split(",")
+    bad = [o for o in a.set + a.experts if "=" not in o]
+    if bad:
+        p.error(f"--set / --experts take KEY=VALUE, got {bad[0]!r}")
+    experts = {k: (ROOT / v).resolve() for k, v in (o.split("=", 1) for o in a.experts)}
     for ds in datasets:
-        train_experts(ds, a.n_experts, a.expert_epochs, results)
+        if ds not in experts:
+            train_experts(ds, a.n_experts, a.expert_epochs, results)
+        elif not n_experts_in(experts[ds]):
+            p.error(f"no experts in {experts[ds]}")
     if not a.experts_only:
-        run_suite(jobs(datasets, [int(i) for i in a.ipcs.split(",")], a.methods.split(","), a.iterations), results,
-                  Path(a.runs).resolve())
+        run_suite(jobs(datasets, [int(i) for i in a.ipcs.split(",")], a.methods.split(","), a.iterations, a.set,
+                       experts), results, Path(a.runs).resolve())
 
 
 if __name__ == "__main__":
