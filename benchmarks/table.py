@@ -105,12 +105,14 @@ MTT_START, MTT_END = "<!-- mtt:start -->", "<!-- mtt:end -->"
 
 def mtt_table(records: list[dict], experts: list[dict]) -> str:
     """MTT and HaBa beside random and DM at each (dataset, images-per-class budget), with storage."""
-    head = "| dataset | budget: IPC (floats) | method | accuracy (%) | stored floats | s / iteration | peak mem (MB) | commit |"
+    head = ("| dataset | budget: IPC (floats) | method | setting | accuracy (%) | stored floats | s / iteration "
+            "| peak mem (MB) | commit |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     order = {"random": 0, "dm": 1, "mtt": 2, "haba": 3}
     rows = [r for r in records if r["method"] in order and r["ipc"] > 0]
     for ds, ipc in sorted({(r["dataset"], r["ipc"]) for r in rows if r["method"] in ("mtt", "haba")}):
-        group = sorted((r for r in rows if (r["dataset"], r["ipc"]) == (ds, ipc)), key=lambda r: order[r["method"]])
+        group = sorted((r for r in rows if (r["dataset"], r["ipc"]) == (ds, ipc)),
+                       key=lambda r: (order[r["method"]], r.get("iterations", 0), r["setting"]))
         budget = next((r["budget_floats"] for r in group if r.get("budget_floats")), None)
         if budget is None:  # no HaBa row yet: MTT's images plus its one learned step size
             budget = next((r["stored_floats"] - 1 for r in group if r["method"] == "mtt" and r.get("stored_floats")),
@@ -119,7 +121,7 @@ def mtt_table(records: list[dict], experts: list[dict]) -> str:
             name = f"{r['method']} ({_factorization(r)})" if "bases_per_class" in r else r["method"]
             # random and DM are plain image sets: they store exactly the budget
             stored = r.get("stored_floats") or (budget if r["method"] in ("random", "dm") else None)
-            lines.append(f"| {ds} | {ipc} ({f'{budget:,}' if budget else '?'}) | {name} "
+            lines.append(f"| {ds} | {ipc} ({f'{budget:,}' if budget else '?'}) | {name} | {r['setting']} "
                          f"| {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | {f'{stored:,}' if stored else '-'} "
                          f"| {r['seconds_per_iteration']:.2f} | {r['peak_mem_mb'] or '-'} | {r['commit']} |")
     for e in experts:
