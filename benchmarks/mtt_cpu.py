@@ -43,10 +43,12 @@ def experts_dir(dataset: str) -> Path:
 
 
 def train_experts(dataset: str, n: int, epochs: int, results: Path) -> None:
-    """Train (or finish) the experts of ``dataset`` and record their cost once."""
+    """Train (or finish) the ``n`` experts of ``dataset`` and record their cost once per number of
+    experts (``--n-experts 3`` after a run with 1 trains the 2 missing ones, or only records them
+    when other processes have trained them with ``datadistill experts --indices``)."""
     done = [json.loads(x) for x in results.read_text().splitlines() if x.strip()] if results.is_file() else []
-    if any(r.get("what") == "experts" and r["dataset"] == dataset for r in done):
-        print(f"skip experts for {dataset}: already recorded in {results.name}", flush=True)
+    if any(r.get("what") == "experts" and r["dataset"] == dataset and r["n_experts"] >= n for r in done):
+        print(f"skip experts for {dataset}: {n} already recorded in {results.name}", flush=True)
         return
     cmd = ["datadistill", "experts", "--dataset", dataset, "--model", "ConvNet", "--experts", str(n),
            "--epochs", str(epochs), "--out", str(experts_dir(dataset).relative_to(ROOT)), "--no-progress"]
