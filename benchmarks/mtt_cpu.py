@@ -69,7 +69,16 @@ def train_experts(dataset: str, n: int, epochs: int, results: Path) -> None:
 
 
 def n_experts_in(folder: Path) -> int:
-    return len(list(folder.glob("expert-*.safetensors")))
+    """The finished experts in ``folder``, counted as a run counts them (`experts.buffer.scan`)."""
+    from datadistill.experts.buffer import scan
+
+    return len(scan(folder))
+
+
+def override_tag(override: str) -> str:
+    """``method_config.lr_hallucinator=1`` -> ``-lr_hallucinator1`` (part of a setting's name)."""
+    key, value = override.split("=", 1)
+    return f"-{key.rsplit('.', 1)[-1]}{value}"
 
 
 def jobs(datasets: list[str], ipcs: list[int], methods: list[str], iterations: int | None = None,
@@ -83,7 +92,7 @@ def jobs(datasets: list[str], ipcs: list[int], methods: list[str], iterations: i
             folder = (experts or {}).get(ds, experts_dir(ds))
             n = n_experts_in(folder)
             tag = f"cpu-{its}it-{SYN_STEPS[ipc]}steps" + (f"-{n}experts" if n > 1 else "")
-            tag += "".join("-" + o.split("=", 1)[0].rsplit(".", 1)[-1] + o.split("=", 1)[1] for o in overrides)
+            tag += "".join(override_tag(o) for o in overrides)
             for m in methods:
                 args = ["--iterations", str(its), f"checkpoint_every={max(1, its // 20)}",
                         f"method_config.experts={folder.resolve().relative_to(ROOT)}",
