@@ -153,6 +153,7 @@ class _HaBaLike:
     n_hallucinators: int = 2
     hallucinator_kernel: int = 3
     hallucinator_channels: int | None = 4
+    hallucinator_init: str = "default"
     lr_teacher: float | None = 0.01
 
 
@@ -164,8 +165,33 @@ def test_engine_builder_reads_the_method_config(toy):
     s = factorized_synset(_HaBaLike(bases_per_class=3, lr_teacher=None), toy, 10, "noise", torch.Generator())
     assert s.bases_per_class == 3 and s.learned_lr() is None and s.ipc == 6
     assert HallucinatorConfig.of(object()) == HallucinatorConfig()  # defaults: 5 hallucinators, 3x3
+    s = factorized_synset(_HaBaLike(hallucinator_init="identity", hallucinator_channels=None), toy, 2, "real",
+                          torch.Generator())
+    assert all(abs(float(h.enc.weight.detach()[0, 0, 1, 1]) - 1) < 0.5 for h in s.hallucinators)
     with pytest.raises(ValueError, match="initialization"):
         factorized_synset(_HaBaLike(), toy, 2, "kmeans", torch.Generator())
+
+
+def test_identity_init_starts_hallucinations_at_their_bases(toy):
+    g = torch.Generator().manual_seed(0)
+    s = _set(toy, hallucinator_init="identity")
+    default = _set(toy)
+    with torch.no_grad():
+        inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))  # no padding: a 1-pixel border is lost
+        b = s.bases[inner]
+        views = [s.hallucinate(h, torch.arange(len(s.labels)))[inner] for h in range(s.n_hallucinators)]
+        far = [(default.hallucinate(h, torch.arange(len(s.labels)))[inner] - b).abs().mean()
+               for h in range(s.n_hallucinators)]
+    for v, d in zip(views, far):
+        assert (v - b).abs().mean() < 0.15 * b.abs().mean() < d  # close to its base; the default is not
+    assert not torch.allclose(views[0], views[1])  # the noise keeps the hallucinators apart
+    wide = Hallucinator(2, 3, (6, 6), hidden_channels=4)
+    assert wide.near_identity_() is wide and wide.dec.weight.shape[:2] == (4, 3)
+    assert HallucinatorConfig.of(_HaBaLike(hallucinator_init="identity")).init == "identity"
+    with pytest.raises(ValueError, match="valid: default, identity"):
+        HallucinatorConfig(init="zeros")
+    with pytest.raises(ValueError, match="valid: default, identity"):
+        FactorizedSet.from_real(toy.train, 1, 2, g, hallucinator_init="zeros")
 
 
 def test_show_draws_bases_and_hallucinations(toy, tmp_path, capsys):

@@ -113,3 +113,5 @@ def test_non_finite_trajectory_stops_before_any_update(toy, experts):
 def test_config_validation():
     with pytest.raises(ValueError, match="n_hallucinators"):
         HaBaConfig(n_hallucinators=1)
+    with pytest.raises(ValueError, match="hallucinator init 'delta'; valid: default, identity"):
+        HaBaConfig(hallucinator_init="delta")

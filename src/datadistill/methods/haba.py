@@ -42,7 +42,7 @@ from ..functional.trajectory import trajectory_loss
 from ..functional.unroll import buffers_of, unrolled_sgd
 from ..models import create_model
 from ..seeding import derive_seed
-from ..synset.factorized import factorized_synset
+from ..synset.factorized import HallucinatorConfig, factorized_synset
 from .base import Context, MethodEntry, register_method
 from .mtt import (check_matching_config, draw_window, dsa_batch, experts_meta, guarded_update, next_chunk,
                   open_experts, store_step_size, student_model)
@@ -73,6 +73,7 @@ class HaBaConfig:
     n_hallucinators: int = 5
     hallucinator_kernel: int = 3
     hallucinator_channels: int | None = None  # None: the image's channels
+    hallucinator_init: str = "default"  # released: PyTorch's conv init; "identity": near-identity (ours)
     # the adversarial contrastive pair
     extractor: str = "convnet"
     lr_extractor: float = 0.001
@@ -85,6 +86,7 @@ class HaBaConfig:
 
     def __post_init__(self) -> None:
         check_matching_config(self)
+        HallucinatorConfig.of(self)  # checks the hallucinator fields
         if self.n_hallucinators < 2:
             raise ValueError(f"HaBa needs n_hallucinators >= 2 (its diversity loss compares two), got "
                              f"{self.n_hallucinators}")
