@@ -185,8 +185,13 @@ def test_identity_init_starts_hallucinations_at_their_bases(toy):
     for v, d in zip(views, far):
         assert (v - b).abs().mean() < 0.15 * b.abs().mean() < d  # close to its base; the default is not
     assert not torch.allclose(views[0], views[1])  # the noise keeps the hallucinators apart
-    wide = Hallucinator(2, 3, (6, 6), hidden_channels=4)
+    wide = Hallucinator(2, 3, (6, 6), hidden_channels=4)  # 2 -> 4 -> 3 channels: both diagonals are partial
     assert wide.near_identity_() is wide and wide.dec.weight.shape[:2] == (4, 3)
+    x = torch.randn(4, 2, 6, 6, generator=g)
+    with torch.no_grad():
+        y = wide(x)[inner]
+    assert (y[:, :2] - x[inner]).abs().mean() < 0.15 * x[inner].abs().mean()  # the input channels pass through
+    assert y[:, 2].abs().mean() < 0.15 * x[inner].abs().mean()  # the extra output channel starts near zero
     assert HallucinatorConfig.of(_HaBaLike(hallucinator_init="identity")).init == "identity"
     with pytest.raises(ValueError, match="valid: default, identity"):
         HallucinatorConfig(init="zeros")

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from ..data.spec import DatasetSpec, LoadedDataset, RealData
+from ..models.layers import check_choice
 from ..seeding import init_module_
 from .base import SYNSETS
 
@@ -107,8 +108,7 @@ class HallucinatorConfig:
     init: str = "default"
 
     def __post_init__(self) -> None:
-        if self.init not in HALLUCINATOR_INITS:
-            raise ValueError(f"unknown hallucinator init {self.init!r}; valid: {', '.join(HALLUCINATOR_INITS)}")
+        check_choice("hallucinator", "init", self.init, HALLUCINATOR_INITS)
         if self.n_hallucinators < 1:
             raise ValueError(f"n_hallucinators must be >= 1, got {self.n_hallucinators}")
         if self.kernel_size < 1:
@@ -134,8 +134,7 @@ def make_hallucinators(n: int, in_channels: int, out_channels: int, image_size: 
                        init: str = "default") -> list[Hallucinator]:
     """``n`` hallucinators, each initialized from ``generator``: PyTorch's default conv init, or
     near the identity (``init="identity"``, see the module doc)."""
-    if init not in HALLUCINATOR_INITS:
-        raise ValueError(f"unknown hallucinator init {init!r}; valid: {', '.join(HALLUCINATOR_INITS)}")
+    check_choice("hallucinator", "init", init, HALLUCINATOR_INITS)
     hals = [init_module_(Hallucinator(in_channels, out_channels, image_size, kernel_size, hidden_channels), generator)
             for _ in range(n)]
     return [h.near_identity_() for h in hals] if init == "identity" else hals
