@@ -82,22 +82,25 @@ def override_tag(override: str) -> str:
 
 
 def jobs(datasets: list[str], ipcs: list[int], methods: list[str], iterations: int | None = None,
-         overrides: list[str] = (), experts: dict[str, Path] | None = None) -> list[Job]:
-    """One job per (ipc, dataset, method). The setting names the budget, the number of experts when
-    more than one, and each ``--set`` override (``method_config.lr_hallucinator=1`` -> ``-lr_hallucinator1``)."""
+         overrides: list[str] = (), experts: dict[str, Path] | None = None,
+         syn_steps: int | None = None) -> list[Job]:
+    """One job per (ipc, dataset, method). The setting names the budget (iterations and unrolled
+    steps), the number of experts when more than one, and each ``--set`` override
+    (``method_config.lr_hallucinator=1`` -> ``-lr_hallucinator1``)."""
     out = []
     for ipc in ipcs:
         its = iterations or BUDGET[ipc]
+        steps = syn_steps or SYN_STEPS[ipc]
         for ds in datasets:
             folder = (experts or {}).get(ds, experts_dir(ds))
             n = n_experts_in(folder)
-            tag = f"cpu-{its}it-{SYN_STEPS[ipc]}steps" + (f"-{n}experts" if n > 1 else "")
+            tag = f"cpu-{its}it-{steps}steps" + (f"-{n}experts" if n > 1 else "")
             tag += "".join(override_tag(o) for o in overrides)
             for m in methods:
                 args = ["--iterations", str(its), f"checkpoint_every={max(1, its // 20)}",
                         f"method_config.experts={folder.resolve().relative_to(ROOT)}",
                         f"method_config.max_start_epoch={MAX_START}", f"method_config.expert_epochs={EXPERT_EPOCHS}",
-                        f"method_config.syn_steps={SYN_STEPS[ipc]}", *COMMON, *overrides]
+                        f"method_config.syn_steps={steps}", *COMMON, *overrides]
                 out.append(Job(m, ds, ipc, tag, args))
     return out
 
@@ -112,6 +115,8 @@ def main() -> None:
     p.add_argument("--expert-epochs", type=int, default=MAX_START - 1 + EXPERT_EPOCHS)
     p.add_argument("--experts-only", action="store_true")
     p.add_argument("--iterations", type=int, help="override BUDGET (the setting name says it)")
+    p.add_argument("--syn-steps", type=int, help="override SYN_STEPS, the unrolled student steps per iteration "
+                                                  "(the setting name says it)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for every job, e.g. method_config.lr_hallucinator=1 (repeatable; "
                         "the setting name says it)")
@@ -135,7 +140,7 @@ def main() -> None:
             p.error(f"no experts in {experts[ds]}")
     if not a.experts_only:
         run_suite(jobs(datasets, [int(i) for i in a.ipcs.split(",")], a.methods.split(","), a.iterations, a.set,
-                       experts), results, Path(a.runs).resolve())
+                       experts, a.syn_steps), results, Path(a.runs).resolve())
 
 
 if __name__ == "__main__":
