@@ -38,7 +38,8 @@ def bases_file(src: Path, out_dir: Path) -> Path:
     s = f.synset
     if not hasattr(s, "bases"):
         sys.exit(f"{src} is not a factorized (HaBa) set: it has no bases")
-    dst = out_dir / f"{src.stem}.safetensors"
+    name = src.parent.name if src.stem == "distilled" else src.stem  # a run folder's file: the folder's name
+    dst = out_dir / f"{name}.safetensors"
     out_dir.mkdir(parents=True, exist_ok=True)
     save_synset(dst, PixelSet(s.bases.detach(), s.labels, s.num_classes, lr=s.learned_lr()), f.spec,
                 zca=f.zca, method="haba-bases", source=str(src))
