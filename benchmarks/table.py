@@ -15,12 +15,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 DD_START, DD_END = "<!-- dd:start -->", "<!-- dd:end -->"
 DD_FILE = "dd_cpu.jsonl"  # Dataset Distillation has its own table (settings, step sizes, before/after)
+ABLATION_FILES = {"haba_bases.jsonl"}  # evaluations of parts of a set (benchmarks/haba_bases.py): README prose
 
 
 def load_records(only: str | None = None) -> list[dict]:
     records = []
     for path in sorted(RESULTS.glob("*.jsonl")):
-        if (only is None and path.name == DD_FILE) or (only is not None and path.name != only):
+        if (only is None and path.name in {DD_FILE, *ABLATION_FILES}) or (only is not None and path.name != only):
             continue
         for line in path.read_text().splitlines():
             if line.strip():
