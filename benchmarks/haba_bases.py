@@ -71,7 +71,7 @@ def main() -> None:
             target, extra = src, ["use_learned_lr=false", f"lr={a.lr:g}"]
         else:
             target, extra = bases_file(src, a.out), ["use_learned_lr=true"]
-        n_images = len(load_synset(target).synset.materialize()[1])
+        n_images = len(load_synset(target).synset)  # its examples: hallucinations x bases, or the bases
         cmd = ["datadistill", "evaluate", str(target), *PROTOCOL, *extra, *a.set, "--json"]
         print("$ " + shlex.join(cmd), flush=True)
         t = time.perf_counter()
