@@ -199,6 +199,54 @@ def test_identity_init_starts_hallucinations_at_their_bases(toy):
         FactorizedSet.from_real(toy.train, 1, 2, g, hallucinator_init="zeros")
 
 
+def test_base_norm_keeps_each_hallucinations_scale_at_its_bases(toy, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    s = _set(toy, hallucinator_norm="base")
+    plain = _set(toy)  # same seed: the same bases and hallucinator weights, without the rescaling
+    with torch.no_grad():
+        for hal in [*s.hallucinators, *plain.hallucinators]:  # weights grown 20x, as scale drift does
+            for p in (hal.enc.weight, hal.dec.weight):
+                p.mul_(20)
+    b = s.bases.detach()
+    for h in range(s.n_hallucinators):
+        x = s.hallucinate(h, torch.arange(len(s.labels))).detach()
+        std, mean = torch.std_mean(x.flatten(1), dim=1)
+        bstd, bmean = torch.std_mean(b.flatten(1), dim=1)
+        assert torch.allclose(std, bstd, rtol=1e-3) and torch.allclose(mean, bmean, atol=1e-4)
+        y = plain.hallucinate(h, torch.arange(len(s.labels))).detach()
+        assert y.pow(2).mean().sqrt() > 20 * b.pow(2).mean().sqrt()  # without it the scale follows the weights
+        # per image, the rescaled hallucination is an affine map (one positive scale, one shift) of the plain one
+        for xi, yi in zip(x, y):
+            z = (yi - yi.mean()) / yi.std()
+            assert torch.allclose((xi - xi.mean()) / xi.std(), z, atol=1e-4)
+    # why the scale drifts: the instance-normalized ConvNet cannot see a per-image scale
+    from datadistill.models import create_model
+
+    net = create_model("convnet", 1, 3, (12, 12), seed=0).eval()
+    with torch.no_grad():
+        x0 = plain.materialize()[0]
+        assert torch.allclose(net(x0), net(37 * x0), atol=1e-4) and torch.allclose(net(b), net(5 * b), atol=1e-4)
+    # gradients still reach the bases and every hallucinator
+    x, y = s(torch.arange(len(s)))
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    assert s.bases.grad.abs().sum() > 0
+    assert all(h.enc.weight.grad.abs().sum() > 0 for h in s.hallucinators)
+    # the file keeps the setting; a file written before it existed loads as the released "none"
+    f = load_synset(save_synset(tmp_path / "n.safetensors", s, toy.spec, method="haba"))
+    assert all(h.norm == "base" for h in f.synset.hallucinators)
+    assert torch.allclose(f.synset.materialize()[0], s.materialize()[0])
+    config = s.config()
+    del config["hallucinator_norm"]
+    assert all(h.norm == "none" for h in FactorizedSet.from_tensors(s.tensors(), config).hallucinators)
+    assert HallucinatorConfig.of(_HaBaLike()).norm == "none"
+    with pytest.raises(ValueError, match="valid: none, base"):
+        HallucinatorConfig(norm="batch")
+    with pytest.raises(ValueError, match="valid: none, base"):
+        FactorizedSet.from_real(toy.train, 1, 2, g, hallucinator_norm="batch")
+    with pytest.raises(ValueError, match="share one architecture"):
+        FactorizedSet(s.bases.detach(), s.labels, 3, [Hallucinator(1, 1, (12, 12)), Hallucinator(1, 1, (12, 12), norm="base")])
+
+
 def test_show_draws_bases_and_hallucinations(toy, tmp_path, capsys):
     path = save_synset(tmp_path / "f.safetensors", _set(toy), toy.spec, method="haba")
     out = tmp_path / "g.png"

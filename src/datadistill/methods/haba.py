@@ -22,6 +22,11 @@ momentum 0.9) on loss 3. The step size is clamped to ``>= min_lr`` (0.001, as th
 Loss weights are the released scripts' (0.1 / 1 / 0.1 / 0.1). Hyper-parameters otherwise follow
 MTT's; the released CIFAR-10 settings are presets.
 
+Options of ours, off by default (the released code has neither): ``hallucinator_init="identity"``
+starts the hallucinators near the identity, and ``hallucinator_norm="base"`` rescales every
+hallucination to its base's mean and standard deviation, which stops the drift of the
+hallucinations' scale that the instance-normalized ConvNet cannot see (`synset.factorized`).
+
 Storage: ``--ipc`` is the image budget the set is compared against; by default the set gets
 ``max(1, ipc - 1)`` bases per class (1 / 9 / 49 for 1 / 10 / 50), the hallucinators taking the rest.
 The file records ``budget_ipc``, ``bases_per_class``, ``n_hallucinators`` and ``stored_floats``
@@ -74,6 +79,7 @@ class HaBaConfig:
     hallucinator_kernel: int = 3
     hallucinator_channels: int | None = None  # None: the image's channels
     hallucinator_init: str = "default"  # released: PyTorch's conv init; "identity": near-identity (ours)
+    hallucinator_norm: str = "none"  # released: none; "base": rescale to the base's mean and std (ours)
     # the adversarial contrastive pair
     extractor: str = "convnet"
     lr_extractor: float = 0.001

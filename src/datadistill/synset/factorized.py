@@ -31,6 +31,22 @@ base ``i // H``, and bases are stored class by class (base ``k`` is base ``k % B
 ``k // B``). So class ``c`` holds examples ``c*B*H .. (c+1)*B*H - 1`` and ``ipc = B * H``, the
 images per class the set can produce.
 
+``norm="base"`` (ours, not the paper's; `HallucinatorConfig.norm`) rescales every hallucination to
+its base's mean and standard deviation (one scalar each per image, over channels and pixels). The
+released hallucinator has no normalization, and the instance-normalized ConvNet that HaBa distils
+with cannot see a per-image scale: its first convolution is followed by instance normalization, which
+divides the scale out (and removes a constant shift up to the zero-padded border). So nothing in
+the distillation loss holds a hallucination's scale, and it drifts: gradients through a
+scale-invariant network are orthogonal to its input, so every step grows the hallucinators' weights.
+After 100 iterations on MNIST the hallucinations have 4 (hallucinator lr 0.1) to 60,000 (the
+released lr 100) times the RMS of real images (README, cross-architecture results). The ConvNet
+trained on them does not mind; networks without normalization layers (MLP, LeNet) train badly or
+not at all on them, and DSA's colour
+augmentations (additive brightness, contrast around the mean) fade to nothing at that scale. With
+``norm="base"`` the hallucination keeps its base's scale; to the instance-normalized ConvNet the
+hallucination differs from the released one only by a constant shift (which that normalization
+also removes, except along the zero-padded border).
+
 Evaluation semantics (``batches``, as the released code's evaluation dataset): one epoch shows every
 base once, each through a hallucinator drawn at random per base and per epoch.
 """
@@ -56,8 +72,10 @@ class Hallucinator(nn.Module):
     """Encoder conv -> learned per-position scale and shift -> transposed-conv decoder (see module doc)."""
 
     def __init__(self, in_channels: int, out_channels: int, image_size: Size, kernel_size: int = 3,
-                 hidden_channels: int | None = None) -> None:
+                 hidden_channels: int | None = None, norm: str = "none") -> None:
         super().__init__()
+        check_choice("hallucinator", "norm", norm, HALLUCINATOR_NORMS)
+        self.norm = norm
         h, w = image_size
         if kernel_size < 1 or kernel_size > min(h, w):
             raise ValueError(f"hallucinator kernel_size must be in 1..{min(h, w)} for {h}x{w} images, "
@@ -89,7 +107,13 @@ class Hallucinator(nn.Module):
         return self
 
     def forward(self, bases: torch.Tensor) -> torch.Tensor:
-        return self.dec(self.scale * self.enc(bases) + self.shift)
+        out = self.dec(self.scale * self.enc(bases) + self.shift)
+        if self.norm == "base":  # the base's per-image mean and std (see the module doc)
+            dims = tuple(range(1, bases.ndim))
+            out_std, out_mean = torch.std_mean(out, dim=dims, keepdim=True)
+            base_std, base_mean = torch.std_mean(bases, dim=dims, keepdim=True)
+            out = (out - out_mean) / (out_std + 1e-6) * base_std + base_mean
+        return out
 
 
 @dataclass(frozen=True)
@@ -97,18 +121,21 @@ class HallucinatorConfig:
     """The hallucinator hyper-parameters and their defaults (the paper's released code).
 
     ``hidden_channels`` None: the image's channels. ``init``: ``default`` (the released code's) or
-    ``identity`` (near-identity, see the module doc). A method config carries them as the flat fields
-    ``n_hallucinators``, ``hallucinator_kernel``, ``hallucinator_channels`` and ``hallucinator_init``
-    (see `of`).
+    ``identity`` (near-identity, see the module doc). ``norm``: ``none`` (the released code's) or
+    ``base`` (each hallucination rescaled to its base's mean and std, see the module doc). A method
+    config carries them as the flat fields ``n_hallucinators``, ``hallucinator_kernel``,
+    ``hallucinator_channels``, ``hallucinator_init`` and ``hallucinator_norm`` (see `of`).
     """
 
     n_hallucinators: int = 5
     kernel_size: int = 3
     hidden_channels: int | None = None
     init: str = "default"
+    norm: str = "none"
 
     def __post_init__(self) -> None:
         check_choice("hallucinator", "init", self.init, HALLUCINATOR_INITS)
+        check_choice("hallucinator", "norm", self.norm, HALLUCINATOR_NORMS)
         if self.n_hallucinators < 1:
             raise ValueError(f"n_hallucinators must be >= 1, got {self.n_hallucinators}")
         if self.kernel_size < 1:
@@ -123,20 +150,22 @@ class HallucinatorConfig:
         return cls(n_hallucinators=getattr(cfg, "n_hallucinators", d.n_hallucinators),
                    kernel_size=getattr(cfg, "hallucinator_kernel", d.kernel_size),
                    hidden_channels=getattr(cfg, "hallucinator_channels", d.hidden_channels),
-                   init=getattr(cfg, "hallucinator_init", d.init))
+                   init=getattr(cfg, "hallucinator_init", d.init),
+                   norm=getattr(cfg, "hallucinator_norm", d.norm))
 
 
 HALLUCINATOR_INITS = ("default", "identity")
+HALLUCINATOR_NORMS = ("none", "base")
 
 
 def make_hallucinators(n: int, in_channels: int, out_channels: int, image_size: Size, generator: torch.Generator,
                        kernel_size: int = 3, hidden_channels: int | None = None,
-                       init: str = "default") -> list[Hallucinator]:
+                       init: str = "default", norm: str = "none") -> list[Hallucinator]:
     """``n`` hallucinators, each initialized from ``generator``: PyTorch's default conv init, or
-    near the identity (``init="identity"``, see the module doc)."""
+    near the identity (``init="identity"``, see the module doc); ``norm`` as `Hallucinator`'s."""
     check_choice("hallucinator", "init", init, HALLUCINATOR_INITS)
-    hals = [init_module_(Hallucinator(in_channels, out_channels, image_size, kernel_size, hidden_channels), generator)
-            for _ in range(n)]
+    hals = [init_module_(Hallucinator(in_channels, out_channels, image_size, kernel_size, hidden_channels, norm),
+                         generator) for _ in range(n)]
     return [h.near_identity_() for h in hals] if init == "identity" else hals
 
 
@@ -167,7 +196,7 @@ class FactorizedSet(nn.Module):
             if (hal.in_channels, hal.image_size) != shape:
                 raise ValueError(f"hallucinator {i} takes {hal.in_channels}x{hal.image_size} inputs, bases are "
                                  f"{shape[0]}x{shape[1]}")
-        if len({(h.out_channels, h.hidden_channels, h.kernel_size) for h in hallucinators}) != 1:
+        if len({(h.out_channels, h.hidden_channels, h.kernel_size, h.norm) for h in hallucinators}) != 1:
             raise ValueError("all hallucinators of a set must share one architecture")
         self.num_classes = num_classes
         self.bases_per_class = int(counts[0])
@@ -186,10 +215,12 @@ class FactorizedSet(nn.Module):
     def from_bases(cls, bases: torch.Tensor, labels: torch.Tensor, num_classes: int, n_hallucinators: int,
                    generator: torch.Generator, *, out_channels: int | None = None, kernel_size: int = 3,
                    hidden_channels: int | None = None, lr: float | None = None,
-                   learn_lr: bool = False, hallucinator_init: str = "default") -> "FactorizedSet":
+                   learn_lr: bool = False, hallucinator_init: str = "default",
+                   hallucinator_norm: str = "none") -> "FactorizedSet":
         """Given bases (class by class) plus ``n_hallucinators`` fresh hallucinators drawn from ``generator``."""
         hals = make_hallucinators(n_hallucinators, int(bases.shape[1]), out_channels or int(bases.shape[1]),
-                                  tuple(bases.shape[2:]), generator, kernel_size, hidden_channels, hallucinator_init)
+                                  tuple(bases.shape[2:]), generator, kernel_size, hidden_channels, hallucinator_init,
+                                  hallucinator_norm)
         return cls(bases, labels, num_classes, hals, lr=lr, learn_lr=learn_lr)
 
     @classmethod
@@ -295,7 +326,7 @@ class FactorizedSet(nn.Module):
         hal = self.hallucinators[0]
         return {"num_classes": self.num_classes, "bases_per_class": self.bases_per_class,
                 "n_hallucinators": self.n_hallucinators, "ipc": self.ipc, "out_channels": hal.out_channels,
-                "kernel_size": hal.kernel_size, "hidden_channels": hal.hidden_channels,
+                "kernel_size": hal.kernel_size, "hidden_channels": hal.hidden_channels, "hallucinator_norm": hal.norm,
                 "learn_lr": bool(self.log_lr is not None and self.log_lr.requires_grad)}
 
     @classmethod
@@ -303,7 +334,8 @@ class FactorizedSet(nn.Module):
         bases = tensors["bases"]
         n = int(config["n_hallucinators"])
         hals = [Hallucinator(int(bases.shape[1]), int(config["out_channels"]), tuple(bases.shape[2:]),
-                             int(config["kernel_size"]), int(config["hidden_channels"])) for _ in range(n)]
+                             int(config["kernel_size"]), int(config["hidden_channels"]),
+                             str(config.get("hallucinator_norm", "none"))) for _ in range(n)]
         for h, hal in enumerate(hals):
             prefix = f"hallucinators.{h}."
             hal.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
@@ -327,12 +359,13 @@ def default_bases_per_class(ipc: int) -> int:
 def factorized_synset(cfg: Any, data: LoadedDataset, ipc: int, init: str, generator: torch.Generator) -> FactorizedSet:
     """`MethodEntry.synset` builder for HaBa: reads from the method config ``bases_per_class`` (None:
     `default_bases_per_class`), ``n_hallucinators``, ``hallucinator_kernel``, ``hallucinator_channels``,
-    ``hallucinator_init`` and the step size: ``lr_teacher`` (MTT's name for the initial learned step size; absent or None:
+    ``hallucinator_init``, ``hallucinator_norm`` and the step size: ``lr_teacher`` (MTT's name for the initial learned step size; absent or None:
     the set stores none), learned unless ``learn_lr`` is false."""
     bases = getattr(cfg, "bases_per_class", None) or default_bases_per_class(ipc)
     hal = HallucinatorConfig.of(cfg)
     lr = getattr(cfg, "lr_teacher", None)
-    kw = dict(kernel_size=hal.kernel_size, hidden_channels=hal.hidden_channels, hallucinator_init=hal.init, lr=lr,
+    kw = dict(kernel_size=hal.kernel_size, hidden_channels=hal.hidden_channels, hallucinator_init=hal.init,
+              hallucinator_norm=hal.norm, lr=lr,
               learn_lr=lr is not None and bool(getattr(cfg, "learn_lr", True)))
     if init == "real":
         return FactorizedSet.from_real(data.train, bases, hal.n_hallucinators, generator, **kw)
