@@ -16,12 +16,14 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 DD_START, DD_END = "<!-- dd:start -->", "<!-- dd:end -->"
 DD_FILE = "dd_cpu.jsonl"  # Dataset Distillation has its own table (settings, step sizes, before/after)
 ABLATION_FILES = {"haba_bases.jsonl"}  # evaluations of parts of a set (benchmarks/haba_bases.py): README prose
+XARCH_FILE = "cross_arch.jsonl"  # benchmarks/cross_arch.py: its own table
+XARCH_START, XARCH_END = "<!-- xarch:start -->", "<!-- xarch:end -->"
 
 
 def load_records(only: str | None = None) -> list[dict]:
     records = []
     for path in sorted(RESULTS.glob("*.jsonl")):
-        if (only is None and path.name in {DD_FILE, *ABLATION_FILES}) or (only is not None and path.name != only):
+        if (only is None and path.name in {DD_FILE, XARCH_FILE, *ABLATION_FILES}) or (only is not None and path.name != only):
             continue
         for line in path.read_text().splitlines():
             if line.strip():
@@ -132,6 +134,28 @@ def mtt_table(records: list[dict], experts: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def xarch_table(xarch: list[dict], records: list[dict]) -> str:
+    """One row per distilled set: its accuracy on each network of cross_arch.jsonl, beside the ConvNet
+    accuracy of its own record (the set's name is ``method-dataset-ipcN-setting``)."""
+    rows = [r for r in xarch if not r.get("overrides")]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    own = {f"{r['method']}-{r['dataset']}-ipc{r['ipc']}-{r['setting']}": r for r in records if "method" in r}
+    head = ("| distilled set | ConvNet (its row above) | " + " | ".join(f"{m} (lr 0.01)" for m in models)
+            + " | RMS of its examples | commit |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for src in dict.fromkeys(r["source"] for r in rows):
+        name = Path(src).stem
+        by_model = {r["model"]: r for r in rows if r["source"] == src}
+        conv = own.get(name)
+        first = next(iter(by_model.values()))
+        commits = ", ".join(dict.fromkeys(r["commit"] for r in by_model.values()))
+        cells = [f"{conv['acc_mean']:.2f}" if conv else "-"]
+        cells += [f"{by_model[m]['acc_mean']:.2f} ± {by_model[m]['acc_std']:.2f}" if m in by_model else "-"
+                  for m in models]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {first['input_rms']:,.1f} | {commits} |")
+    return "\n".join(lines)
+
+
 def _replace(body: str, start: str, end: str, text: str) -> str:
     if start in body and end in body:
         pre, rest = body.split(start, 1)
@@ -155,6 +179,10 @@ def main() -> int:
         experts = [r for r in rows if r.get("what") == "experts"]
         readme = ROOT / "README.md"
         readme.write_text(_replace(readme.read_text(), MTT_START, MTT_END, mtt_table(records, experts)))
+    xarch = load_records(XARCH_FILE)
+    if xarch:
+        readme = ROOT / "README.md"
+        readme.write_text(_replace(readme.read_text(), XARCH_START, XARCH_END, xarch_table(xarch, records)))
     if not records:
         print("no records in benchmarks/results/", file=sys.stderr)
         return 1
