@@ -61,7 +61,7 @@ class HaBaConfig:
     expert_epochs: int = 3
     max_start_epoch: int = 25
     lr_img: float = 100.0  # bases
-    lr_hallucinator: float = 100.0  # released value (ZCA CIFAR); 1 for un-whitened 1-channel data (README)
+    lr_hallucinator: float = 100.0  # released value (ZCA CIFAR); 0.1 for un-whitened 1-channel data (README)
     lr_lr: float = 1e-05
     lr_teacher: float = 0.01
     momentum_img: float = 0.95
