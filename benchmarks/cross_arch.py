@@ -21,12 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from runner import ROOT, commit
+from runner import ROOT, commit, evaluate_json, repo_name
 
 PROTOCOL = ["--protocol", "dc", "n_models=5", "use_learned_lr=false"]
 
@@ -54,23 +52,18 @@ def main() -> None:
     for src in a.files:
         if not src.is_file():
             sys.exit(f"no such file: {src}")
-        src = src.resolve()
-        name = str(src.relative_to(ROOT)) if src.is_relative_to(ROOT) else str(src)
+        name = repo_name(src)
         rms, n = input_rms(src)
         for m in models:
             if (name, m, tuple(a.set)) in done:
                 print(f"skip {name} on {m}: already in {a.results.name}")
                 continue
-            cmd = ["datadistill", "evaluate", name, "--models", m, *PROTOCOL, *a.set, "--json"]
-            print("$ " + shlex.join(cmd), flush=True)
-            t = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "datadistill.cli", *cmd[1:]], cwd=ROOT, check=True,
-                                 capture_output=True, text=True).stdout
-            rep = json.loads(out[out.index("{"):])[m]
+            reports, wall = evaluate_json(["datadistill", "evaluate", name, "--models", m, *PROTOCOL, *a.set, "--json"])
+            rep = reports[m]
             rec = {"source": name, "model": m, "acc_mean": rep["acc_mean"], "acc_std": rep["acc_std"],
                    "accuracies": rep["accuracies"], "lr": rep["lr"], "n_models": rep["n_models"],
                    "input_rms": rms, "n_images": n, "overrides": list(a.set),
-                   "eval_seconds": round(time.perf_counter() - t, 1), "commit": commit(),
+                   "eval_seconds": round(wall, 1), "commit": commit(),
                    "command": shlex.join(["python", "benchmarks/cross_arch.py", name, "--models", m,
                                           *[f"--set={o}" for o in a.set]])}
             with open(a.results, "a") as f:

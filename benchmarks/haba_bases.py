@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from runner import ROOT, commit
+from runner import ROOT, commit, evaluate_json, repo_name
 
 PROTOCOL = ["--protocol", "dc", "n_models=5"]
 
@@ -63,7 +61,7 @@ def main() -> None:
     flags = ([f"--lr={a.lr:g}"] if a.lr else []) + [f"--set={o}" for o in a.set]
     for src in a.files:
         src = src.resolve()
-        name = str(src.relative_to(ROOT)) if src.is_relative_to(ROOT) else str(src)
+        name = repo_name(src)
         if (name, variant) in done:
             print(f"skip {name} ({variant}): already in {a.results.name}")
             continue
@@ -72,15 +70,11 @@ def main() -> None:
         else:
             target, extra = bases_file(src, a.out), ["use_learned_lr=true"]
         n_images = len(load_synset(target).synset)  # its examples: hallucinations x bases, or the bases
-        cmd = ["datadistill", "evaluate", str(target), *PROTOCOL, *extra, *a.set, "--json"]
-        print("$ " + shlex.join(cmd), flush=True)
-        t = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "datadistill.cli", *cmd[1:]], cwd=ROOT, check=True,
-                             capture_output=True, text=True).stdout
-        rep = json.loads(out[out.index("{"):])["convnet"]
+        reports, wall = evaluate_json(["datadistill", "evaluate", str(target), *PROTOCOL, *extra, *a.set, "--json"])
+        rep = reports["convnet"]
         rec = {"source": name, "variant": variant, "acc_mean": rep["acc_mean"], "acc_std": rep["acc_std"],
                "accuracies": rep["accuracies"], "lr": rep["lr"], "n_images": n_images,
-               "eval_seconds": round(time.perf_counter() - t, 1), "commit": commit(),
+               "eval_seconds": round(wall, 1), "commit": commit(),
                "command": shlex.join(["python", "benchmarks/haba_bases.py", name, *flags])}
         with open(a.results, "a") as f:
             f.write(json.dumps(rec) + "\n")

@@ -55,16 +55,27 @@ def done_keys(results: Path) -> set[tuple]:
     return {record_key(r) for r in rows if "method" in r}  # other rows (e.g. expert training) have no key
 
 
+def repo_name(path: Path) -> str:
+    """``path`` as records name it: relative to the repository when inside it, else absolute."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def evaluate_json(cmd: list[str]) -> tuple[dict, float]:
+    """Run ``cmd`` (a `datadistill evaluate ... --json` command line) in its own process; returns its
+    reports (model name -> report) and the wall seconds it took."""
+    print("$ " + shlex.join(cmd), flush=True)
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "datadistill.cli", *cmd[1:]], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out[out.index("{"):]), time.perf_counter() - t
+
+
 def run_full(job: Job, results: Path) -> dict:
     """The ``full`` reference row: the protocol on the whole training set (``job.args`` holds the
     evaluation overrides, e.g. a CPU-sized number of epochs)."""
     cmd = ["datadistill", "evaluate", "--full", "--dataset", job.dataset, "--json", *job.args]
-    print("$ " + shlex.join(cmd), flush=True)
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "datadistill.cli", *cmd[1:]], cwd=ROOT, check=True,
-                          capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    reports = json.loads(proc.stdout)
+    reports, wall = evaluate_json(cmd)
     from datadistill.engine import device_name
     import torch
 
