@@ -46,8 +46,8 @@ fade to nothing at that scale. With ``norm="base"`` the hallucination keeps its 
 the instance-normalized ConvNet it differs from the released one only by a constant shift (which
 that normalization also removes, except along the zero-padded border). Measured on MNIST at 10
 images per class (README): it rescues the released hallucinator lr 100 (ConvNet 85.68 against
-77.55) but costs 3.6 points at lr 1; a hallucinator lr of 0.1 without it keeps the scale within
-4x and is the better setting there.
+77.55) but costs 3.6 points at lr 1; a hallucinator lr of 0.1 without it keeps the scale at about
+4 times the data's and is the better setting there.
 
 Evaluation semantics (``batches``, as the released code's evaluation dataset): one epoch shows every
 base once, each through a hallucinator drawn at random per base and per epoch.
