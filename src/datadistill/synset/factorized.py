@@ -361,8 +361,8 @@ def default_bases_per_class(ipc: int) -> int:
 def factorized_synset(cfg: Any, data: LoadedDataset, ipc: int, init: str, generator: torch.Generator) -> FactorizedSet:
     """`MethodEntry.synset` builder for HaBa: reads from the method config ``bases_per_class`` (None:
     `default_bases_per_class`), ``n_hallucinators``, ``hallucinator_kernel``, ``hallucinator_channels``,
-    ``hallucinator_init``, ``hallucinator_norm`` and the step size: ``lr_teacher`` (MTT's name for the initial learned step size; absent or None:
-    the set stores none), learned unless ``learn_lr`` is false."""
+    ``hallucinator_init``, ``hallucinator_norm`` and the step size: ``lr_teacher`` (MTT's name for the
+    initial learned step size; absent or None: the set stores none), learned unless ``learn_lr`` is false."""
     bases = getattr(cfg, "bases_per_class", None) or default_bases_per_class(ipc)
     hal = HallucinatorConfig.of(cfg)
     lr = getattr(cfg, "lr_teacher", None)
