@@ -17,6 +17,10 @@ def _csv(s: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="datadistill", description="Dataset distillation: distill, evaluate, view.")
+    import datadistill
+
+    p.add_argument("--version", action="version", help="print the version and the package's path, and exit",
+                   version=f"datadistill {datadistill.__version__} from {Path(datadistill.__file__).parent}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("distill", help="distill a dataset into a few images per class", epilog=EPILOG)
