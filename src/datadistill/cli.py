@@ -19,8 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="datadistill", description="Dataset distillation: distill, evaluate, view.")
     import datadistill
 
-    p.add_argument("--version", action="version", help="print the version and the package's path, and exit",
-                   version=f"datadistill {datadistill.__version__} from {Path(datadistill.__file__).parent}")
+    class Version(argparse.Action):  # action="version" would wrap a long path (at hyphens too)
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"datadistill {datadistill.__version__} from {Path(datadistill.__file__).parent}")
+            parser.exit()
+
+    p.add_argument("--version", action=Version, nargs=0, default=argparse.SUPPRESS,
+                   help="print the version and the package's path, and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("distill", help="distill a dataset into a few images per class", epilog=EPILOG)
