@@ -12,6 +12,8 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from ..augment import parse_strategy
+from ..config import ConfigError
 from ..data.spec import LoadedDataset
 from ..registry import Registry
 
@@ -27,7 +29,7 @@ class Context:
     """What a method gets: the data, the set it optimizes, the device and its own RNG stream."""
 
     data: LoadedDataset
-    synset: Any
+    synset: Any  # None while a method's ``check`` runs, before the set is built
     device: torch.device
     generator: torch.Generator
     seed: int
@@ -58,6 +60,12 @@ class MethodEntry:
     ``file_meta() -> dict`` (extra metadata for the distilled file) and
     ``extra_report(synset, data, device) -> dict | None`` (further final numbers, e.g. DD's
     before/after accuracies of pretrained networks).
+
+    ``check(cfg, ctx)`` states the method's own requirements, checked before a run starts and
+    before its folder is created (`engine.check_run`): it raises `ConfigError` (or another error
+    that names the problem and what is valid) for, e.g., a missing pool or expert folder. ``ctx``
+    is the run's context without a set (``ctx.synset`` is None) on the data as loaded; a check
+    reads files and compares, it must not train or write anything.
     """
 
     name: str
@@ -70,10 +78,28 @@ class MethodEntry:
     inits: tuple[str, ...] = ("real", "noise")  # the image initializations ``synset`` accepts
     # ``synset(cfg, data, ipc, init, generator)`` builds the set the method optimizes; None: PixelSet
     synset: Callable[..., Any] | None = None
+    check: Callable[[Any, Context], None] | None = None  # up-front checks of a run (see above)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 METHODS: Registry[MethodEntry] = Registry("method")
+
+
+def check_ranges(method: str, cfg: Any, *, positive: tuple[str, ...] = (), rates: tuple[str, ...] = (),
+                 momenta: tuple[str, ...] = ()) -> None:
+    """Ranges shared by the methods' configs, for a config's ``__post_init__``: ``positive`` counts
+    are >= 1, ``rates`` (learning rates) >= 0, ``momenta`` in [0, 1), and a ``dsa_strategy`` names
+    known ops when ``dsa`` is on. One `ConfigError` names every bad field and its range."""
+    bad = [f"{n} must be >= 1, got {getattr(cfg, n)!r}" for n in positive if not getattr(cfg, n) >= 1]
+    bad += [f"{n} must be >= 0, got {getattr(cfg, n)!r}" for n in rates if not getattr(cfg, n) >= 0]
+    bad += [f"{n} must be in [0, 1), got {getattr(cfg, n)!r}" for n in momenta if not 0 <= getattr(cfg, n) < 1]
+    if bad:
+        raise ConfigError(f"{method}: {'; '.join(bad)}")
+    if getattr(cfg, "dsa", False):
+        try:
+            parse_strategy(cfg.dsa_strategy)
+        except ValueError as e:
+            raise ConfigError(f"{method}: dsa_strategy: {e}") from None
 
 
 def register_method(entry: MethodEntry, *aliases: str) -> MethodEntry:

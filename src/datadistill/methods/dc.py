@@ -45,7 +45,7 @@ from ..config import ConfigError
 from ..functional.gradmatch import METRICS, gradient_distance
 from ..models import create_model, has_batchnorm
 from ..seeding import fork
-from .base import Context, DivergenceError, MethodEntry, register_method
+from .base import Context, DivergenceError, MethodEntry, check_ranges, register_method
 
 # the papers' (outer_loop, inner_loop) per images per class
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -82,6 +82,8 @@ class DCConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"dc: {name} must be >= 1, got {v}")
+        check_ranges("dc", self, positive=("batch_real", "batch_train", "bn_real_per_class"),
+                     rates=("lr_img", "lr_net"), momenta=("momentum",))
 
 
 @dataclass(frozen=True)

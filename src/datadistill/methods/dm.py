@@ -25,7 +25,7 @@ from ..augment import DSAConfig, apply, siamese_params_for_classes
 from ..functional import class_mean_distance
 from ..models import create_model
 from ..seeding import fork
-from .base import Context, MethodEntry, register_method
+from .base import Context, MethodEntry, check_ranges, register_method
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class DMConfig:
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     real_chunk: int = 128  # images per forward chunk of the (gradient-free) real batch
     channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        check_ranges("dm", self, positive=("batch_real", "real_chunk"), rates=("lr_img",), momenta=("momentum",))
 
 
 class DM:
