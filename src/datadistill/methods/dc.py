@@ -15,12 +15,11 @@ Each iteration starts a freshly initialized network theta and alternates ``outer
 Per-class gradients (``class_grads``): ``vmap`` computes those of all classes in one
 ``torch.func.vmap(grad(loss))`` call over the class axis, for the real batch (no graph) and the
 synthetic batch (with the graph back to the images); ``loop`` calls ``autograd.grad`` class by
-class. Both give the same numbers (tested). On the CPU the loop is about 2x faster (per-class
-weight gradients under vmap become grouped convolutions, which the CPU kernels run slowly):
-`benchmarks/speed_dc.py`, 10 classes x 64 MNIST images through ConvNet on one thread of this
-project's 2-core machine, real gradients 1.85 s (loop) vs 3.83 s (vmap), a whole matching step
-2.44 s vs 5.15 s (commit 075f225). So ``auto`` picks ``loop`` on the CPU and ``vmap`` on CUDA,
-where it saves kernel launches (not measured here: no GPU was available).
+class. Both give the same numbers (tested). On the CPU the loop is faster (per-class weight
+gradients under vmap become grouped convolutions, which the CPU kernels run slowly), and each class's
+batch goes through in chunks of a few images whose gradients add up to the batch's
+(`functional.chunked`: the activations stay in cache and reuse memory); so ``auto`` picks ``loop``
+on the CPU and ``vmap`` on CUDA, where it saves kernel launches. Timings: `benchmarks/speed_dc.py`.
 The network lives as a parameter dictionary and is trained functionally, so nothing is modified
 in place.
 
@@ -42,6 +41,7 @@ from torch.func import functional_call, grad, vmap
 
 from ..augment import DSAConfig, apply, sample_params, siamese_params_for_classes
 from ..config import ConfigError
+from ..functional.chunked import mean_ce_grads, pick_chunk
 from ..functional.gradmatch import METRICS, gradient_distance
 from ..models import create_model, has_batchnorm
 from ..seeding import fork
@@ -145,9 +145,16 @@ class DC:
             out = vmap(grad(self._loss), in_dims=(None, None, 0, 0))(params, buffers, x, y)
             return out if create_graph else {k: v.detach() for k, v in out.items()}
         p = {k: v.detach().requires_grad_() for k, v in params.items()}
-        per_class = [torch.autograd.grad(self._loss(p, buffers, x[c], y[c]), list(p.values()), create_graph=create_graph)
+        chunk = self._chunk()
+        per_class = [mean_ce_grads(lambda xb: functional_call(self.net, (p, buffers), (xb,)), list(p.values()), x[c],
+                                   y[c], chunk, create_graph=create_graph)
                      for c in range(x.shape[0])]
         return {k: torch.stack([g[i] for g in per_class]) for i, k in enumerate(p)}
+
+    def _chunk(self) -> int | None:
+        """Chunked forward/backward (`functional.chunked`) unless BatchNorm in training mode ties the
+        samples of a batch together."""
+        return pick_chunk(self.ctx.device, independent=not (self.bn and self.net.training))
 
     def match_loss(self, params: dict, buffers: dict, g: torch.Generator) -> torch.Tensor:
         ctx, spec = self.ctx, self.ctx.spec
@@ -172,6 +179,7 @@ class DC:
         x_all, y_all = self.synset.images.detach(), self.synset.labels
         self.net.train()
         params = {k: v.detach().requires_grad_() for k, v in params.items()}
+        chunk = self._chunk()
         for _ in range(self.inner):
             perm = torch.randperm(len(y_all), generator=g).to(y_all.device)
             for i in range(0, len(perm), self.cfg.batch_train):
@@ -180,8 +188,9 @@ class DC:
                 if self.train_dsa is not None:
                     p = sample_params(self.train_dsa, x.shape[0], g, tuple(x.shape[-2:]), allow_flip=self.ctx.spec.flip)
                     x = apply(x, p.to(x.device), self.train_dsa)
-                # plain autograd: ~25% faster than torch.func.grad for this loop on CPU (speed_dc record)
-                grads = torch.autograd.grad(self._loss(params, buffers, x, y_all[idx]), list(params.values()))
+                # plain autograd: faster than torch.func.grad for this loop on CPU (speed_dc record)
+                grads = mean_ce_grads(lambda xb: functional_call(self.net, (params, buffers), (xb,)),
+                                      list(params.values()), x, y_all[idx], chunk)
                 with torch.no_grad():
                     params = {k: (v - self.cfg.lr_net * dv).requires_grad_() for (k, v), dv in zip(params.items(), grads)}
         return {k: v.detach() for k, v in params.items()}

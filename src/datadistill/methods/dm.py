@@ -36,7 +36,9 @@ class DMConfig:
     model: str = "convnet"
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    real_chunk: int = 128  # images per forward chunk of the (gradient-free) real batch
+    # images per forward chunk of the (gradient-free) real batch; small chunks keep the activations in
+    # cache and reuse memory on the CPU (benchmarks/speed_dm.py; `functional.chunked`)
+    real_chunk: int = 16
     channels_last: bool = True
 
     def __post_init__(self) -> None:
