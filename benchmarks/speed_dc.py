@@ -1,103 +1,131 @@
-"""Speed of gradient matching: per-class gradients by ``vmap`` vs a loop over classes, and the time
-of one DC iteration, on the current device.
+"""Speed of one DC iteration (one ``--iterations`` step: ``outer_loop`` matching steps with
+``inner_loop`` epochs of network training between them) against the machine's floor and against
+the reference-style loop, at 1 and 10 images per class.
 
-    python benchmarks/speed_dc.py --dataset mnist          # appends to benchmarks/results/speed_dc.jsonl
+Floor = the iteration's floating-point work / the fp32 matrix-multiply rate measured in the same run.
+The work is counted with torch's FlopCounterMode on the reference-style loop: one matching step
+(every class's real gradient, its synthetic gradient with the graph, and the second-order backward
+of the matching loss to the images) times ``outer_loop``, plus one training epoch on the synthetic
+set times ``inner_loop * (outer_loop - 1)``. "Reference-style" is the structure of the authors'
+code: one class at a time with the whole real batch of the class in one forward and backward, NCHW,
+the network as an ``nn.Module`` trained by ``torch.optim.SGD`` over shuffled batches of 256.
 
-The per-class real gradients of C classes are the bulk of a matching step; the synthetic ones are
-few images but need the graph back to the pixels (double backward).
+    python benchmarks/speed_dc.py [--dataset mnist] [--ipcs 1,10] [--repeat 3]
+Appends one record per size to benchmarks/results/speed.jsonl (with the CPU capability it ran on).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from datadistill.data import load_dataset  # noqa: E402
+from datadistill.engine import device_name  # noqa: E402
+from datadistill.functional import gradient_distance  # noqa: E402
+from datadistill.methods import Context  # noqa: E402
+from datadistill.methods.dc import DC, DCConfig  # noqa: E402
+from datadistill.models import create_model  # noqa: E402
+from datadistill.seeding import make_generator  # noqa: E402
+from datadistill.synset import PixelSet  # noqa: E402
+from runner import commit  # noqa: E402
+from speed_common import matmul_gflops, timed, write_record  # noqa: E402
 
-def timed(fn, repeat: int) -> float:
-    fn()  # warm-up
-    t = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - t) / repeat
+
+class Reference:
+    """The authors' loop structure (DC without DSA, a ConvNet without BatchNorm)."""
+
+    def __init__(self, data, ipc: int, n_real: int, outer: int, inner: int, g: torch.Generator) -> None:
+        self.data, self.ipc, self.n_real, self.outer, self.inner, self.g = data, ipc, n_real, outer, inner, g
+        self.synset = PixelSet.from_real(data.train, ipc, make_generator(0, "init"))
+        self.opt_img = torch.optim.SGD([self.synset.images], lr=0.1, momentum=0.5)
+
+    def fresh(self) -> torch.nn.Module:
+        s = self.data.spec
+        return create_model("convnet", s.channels, s.num_classes, s.image_size,
+                            seed=int(torch.randint(0, 2**62, (1,), generator=self.g)))
+
+    def match(self, net: torch.nn.Module) -> None:
+        params = list(net.parameters())
+        loss = torch.zeros(())
+        for c in range(self.data.spec.num_classes):
+            real = self.data.train.sample(c, self.n_real, self.g)
+            y_real = torch.full((self.n_real,), c)
+            gw_real = [t.detach() for t in torch.autograd.grad(F.cross_entropy(net(real), y_real), params)]
+            syn = self.synset.images[c * self.ipc : (c + 1) * self.ipc]
+            gw_syn = torch.autograd.grad(F.cross_entropy(net(syn), torch.full((self.ipc,), c)), params,
+                                         create_graph=True)
+            loss = loss + gradient_distance([t[None] for t in gw_real], [t[None] for t in gw_syn])
+        self.opt_img.zero_grad()
+        loss.backward()
+        self.opt_img.step()
+
+    def train_epoch(self, net: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        x, y = self.synset.images.detach(), self.synset.labels
+        perm = torch.randperm(len(y), generator=self.g)
+        for i in range(0, len(y), 256):
+            idx = perm[i : i + 256]
+            loss = F.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    def step(self) -> None:
+        net = self.fresh()
+        net.train()
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        for ol in range(self.outer):
+            self.match(net)
+            if ol == self.outer - 1:
+                break
+            for _ in range(self.inner):
+                self.train_epoch(net, opt)
+
+    def flops(self) -> float:
+        net = self.fresh()
+        with FlopCounterMode(display=False) as fc:
+            self.match(net)
+        match = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            self.train_epoch(net, torch.optim.SGD(net.parameters(), lr=0.01))
+        return self.outer * match + self.inner * (self.outer - 1) * fc.get_total_flops()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="mnist")
-    p.add_argument("--batch-real", type=int, default=64)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--results", default=str(ROOT / "benchmarks/results/speed_dc.jsonl"))
-    p.add_argument("--only-train-step", action="store_true", help="only the inner-training step comparison")
+    p.add_argument("--ipcs", default="1,10")
+    p.add_argument("--batch-real", type=int, default=256)
+    p.add_argument("--repeat", type=int, default=3, help="timed iterations at 1 image per class (one above)")
     a = p.parse_args()
-
-    from datadistill.data import load_dataset
-    from datadistill.engine import device_name, pick_device
-    from datadistill.methods import Context
-    from datadistill.methods.dc import DC, DCConfig
-    from datadistill.seeding import make_generator
-    from datadistill.synset import PixelSet
-    from runner import commit
-
-    dev = pick_device(a.device)
     data = load_dataset(a.dataset)
-    C = data.spec.num_classes
-    rows = []
-    for mode in () if a.only_train_step else ("vmap", "loop"):
-        s = PixelSet.from_real(data.train, 10, make_generator(0, "init")).to(dev)
-        dc = DC(DCConfig(batch_real=a.batch_real, class_grads=mode), Context(data, s, dev, make_generator(0, "m"),
-                                                                             0, 10, iterations=1))
-        params, buffers = dc._fresh(torch.Generator().manual_seed(0))
-        x, _ = data.train.sample_classes(a.batch_real, torch.Generator().manual_seed(1))
-        x = x.to(dev).view(C, a.batch_real, *x.shape[1:])
-        y = torch.arange(C, device=dev)[:, None].expand(C, a.batch_real)
-
-        def real_grads() -> None:
-            dc.class_gradients(params, buffers, x, y)
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-
-        def match() -> None:
-            dc.match_loss(params, buffers, torch.Generator().manual_seed(2)).backward()
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-
-        rows.append({"what": "real class gradients", "class_grads": mode, "seconds": round(timed(real_grads, a.repeat), 3)})
-        rows.append({"what": "matching step (10 ipc)", "class_grads": mode, "seconds": round(timed(match, a.repeat), 3)})
-    # one inner-training SGD step on 10 ipc (100 images): torch.func.grad vs plain autograd (what DC uses)
-    from torch.func import grad
-    s = PixelSet.from_real(data.train, 10, make_generator(0, "init")).to(dev)
-    dc = DC(DCConfig(batch_real=a.batch_real), Context(data, s, dev, make_generator(0, "m"), 0, 10, iterations=1))
-    params, buffers = dc._fresh(torch.Generator().manual_seed(0))
-    xs, ys = s.images.detach(), s.labels
-    leaf = {k: v.detach().requires_grad_() for k, v in params.items()}
-    for impl, fn in (("func.grad", lambda: grad(dc._loss)(params, buffers, xs, ys)),
-                     ("autograd", lambda: torch.autograd.grad(dc._loss(leaf, buffers, xs, ys), list(leaf.values())))):
-        rows.append({"what": "inner training step (100 images)", "impl": impl,
-                     "seconds": round(timed(fn, 5 * a.repeat), 3)})
-    for ipc in () if a.only_train_step else (1, 10):
-        s = PixelSet.from_real(data.train, ipc, make_generator(0, "init")).to(dev)
-        dc = DC(DCConfig(batch_real=a.batch_real), Context(data, s, dev, make_generator(0, "m"), 0, ipc, iterations=1))
-        rows.append({"what": f"iteration (ipc {ipc}: {dc.outer} x {dc.inner} loops)", "class_grads": "auto",
-                     "seconds": round(timed(lambda: dc.step(0), 1), 2)})
-    results = Path(a.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    with open(results, "a") as f:
-        for r in rows:
-            r.update(dataset=a.dataset, model="convnet", batch_real=a.batch_real, device=device_name(dev),
-                     commit=commit(), command=f"python benchmarks/speed_dc.py --dataset {a.dataset} "
-                                              f"--batch-real {a.batch_real}"
-                                              + (" --only-train-step" if a.only_train_step else ""))
-            f.write(json.dumps(r) + "\n")
-            print(json.dumps(r), flush=True)
+    for ipc in (int(v) for v in a.ipcs.split(",")):
+        s = PixelSet.from_real(data.train, ipc, make_generator(0, "init"))
+        dc = DC(DCConfig(batch_real=a.batch_real), Context(data, s, torch.device("cpu"), make_generator(0, "m"), 0,
+                                                           ipc, iterations=1))
+        ref = Reference(data, ipc, dc.n_real, dc.outer, dc.inner, make_generator(0, "ref"))
+        flops = ref.flops()
+        repeat, warm = (a.repeat, True) if dc.outer == 1 else (1, False)  # a long iteration needs no warm-up
+        rate = matmul_gflops()
+        ours = timed(lambda: dc.step(0), repeat, warm)
+        ref_s = timed(ref.step, repeat, warm)
+        rate = max(rate, matmul_gflops())
+        floor = flops / (rate * 1e9)
+        write_record({
+            "benchmark": "dc_iteration", "dataset": a.dataset, "ipc": ipc, "batch_real": dc.n_real,
+            "outer_loop": dc.outer, "inner_loop": dc.inner, "gflop": round(flops / 1e9, 1),
+            "matmul_gflops": round(rate, 1), "floor_s": round(floor, 3), "ours_s": round(ours, 3),
+            "reference_loop_s": round(ref_s, 3), "ours_over_floor": round(ours / floor, 2),
+            "reference_over_floor": round(ref_s / floor, 2), "speedup_vs_reference_loop": round(ref_s / ours, 2),
+        }, commit(), device_name(torch.device("cpu")))
 
 
 if __name__ == "__main__":

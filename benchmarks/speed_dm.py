@@ -2,20 +2,18 @@
 
 Floor = the iteration's floating-point work (counted with torch's FlopCounterMode: the real
 batch's forward, the synthetic batch's forward and backward) / the fp32 matrix-multiply rate
-measured in the same run (2048x2048 torch.mm). "Reference-style" is the loop of the original code:
-one class at a time, NCHW, the whole real batch of a class in one forward.
+measured in the same run. "Reference-style" is the loop of the original code: one class at a
+time, NCHW, the whole real batch of a class in one forward. Each time is the fastest of ``--steps``
+iterations after a warm-up.
 
     python benchmarks/speed_dm.py [--dataset mnist] [--ipc 10] [--steps 5]
-Appends one JSON line to benchmarks/results/speed_dm.jsonl.
+Appends one record to benchmarks/results/speed.jsonl (with the CPU capability it ran on).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from datadistill.augment import DSAConfig, apply, siamese_params_for_classes  # noqa: E402
 from datadistill.data import load_dataset  # noqa: E402
@@ -32,15 +31,8 @@ from datadistill.methods.dm import DM, DMConfig  # noqa: E402
 from datadistill.models import create_model  # noqa: E402
 from datadistill.seeding import make_generator  # noqa: E402
 from datadistill.synset import PixelSet  # noqa: E402
-
-
-def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+from runner import commit  # noqa: E402
+from speed_common import matmul_gflops, timed, write_record  # noqa: E402
 
 
 def step_flops(spec, n_real: int, ipc: int) -> float:
@@ -83,38 +75,24 @@ def main() -> None:
     a = p.parse_args()
     data = load_dataset(a.dataset)
     spec = data.spec
-    rate = matmul_gflops()
     flops = step_flops(spec, a.batch_real, a.ipc)
-    floor = flops / (rate * 1e9)
-
-    def timed(fn) -> float:
-        fn()  # warm-up
-        t = time.perf_counter()
-        for _ in range(a.steps):
-            fn()
-        return (time.perf_counter() - t) / a.steps
 
     s1 = PixelSet.from_real(data.train, a.ipc, make_generator(0, "init"))
     dm = DM(DMConfig(batch_real=a.batch_real), Context(data, s1, torch.device("cpu"), make_generator(0, "m"), 0, a.ipc))
-    ours = timed(lambda: dm.step(0))
     s2 = PixelSet.from_real(data.train, a.ipc, make_generator(0, "init"))
     opt = torch.optim.SGD([s2.images], lr=1.0, momentum=0.5)
     g = make_generator(0, "ref")
-    ref = timed(lambda: reference_step(data, s2, opt, g, a.batch_real, DSAConfig()))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    rec = {
-        "benchmark": "dm_step", "dataset": a.dataset, "ipc": a.ipc, "batch_real": a.batch_real,
-        "gflop_per_step": round(flops / 1e9, 1), "matmul_gflops": round(rate, 1), "floor_s": round(floor, 3),
+    rate = matmul_gflops()
+    ours = timed(lambda: dm.step(0), a.steps)
+    ref = timed(lambda: reference_step(data, s2, opt, g, a.batch_real, DSAConfig()), a.steps)
+    rate = max(rate, matmul_gflops())  # before and after: the machine's rate when undisturbed
+    floor = flops / (rate * 1e9)
+    write_record({
+        "benchmark": "dm_iteration", "dataset": a.dataset, "ipc": a.ipc, "batch_real": a.batch_real,
+        "gflop": round(flops / 1e9, 1), "matmul_gflops": round(rate, 1), "floor_s": round(floor, 3),
         "ours_s": round(ours, 3), "reference_loop_s": round(ref, 3), "ours_over_floor": round(ours / floor, 2),
-        "speedup_vs_reference_loop": round(ref / ours, 2), "device": device_name(torch.device("cpu")),
-        "commit": commit, "command": "python benchmarks/speed_dm.py " + " ".join(sys.argv[1:]),
-    }
-    out = ROOT / "benchmarks" / "results" / "speed_dm.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a") as f:
-        f.write(json.dumps(rec) + "\n")
-    print(json.dumps(rec, indent=2))
+        "reference_over_floor": round(ref / floor, 2), "speedup_vs_reference_loop": round(ref / ours, 2),
+    }, commit(), device_name(torch.device("cpu")))
 
 
 if __name__ == "__main__":

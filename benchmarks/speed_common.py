@@ -1,0 +1,62 @@
+"""What every speed benchmark shares: the machine's fp32 matrix-multiply rate (the floor's
+denominator, measured in the same run), the CPU capability that PyTorch dispatches to, a timer that
+keeps the fastest of several runs, and the record writer (`benchmarks/results/speed.jsonl`).
+
+Force another capability for a whole run with the environment, e.g. the AVX2 path on an AVX-512
+machine: ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "speed.jsonl"
+CAPABILITY_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    """fp32 ``n x n`` matrix multiply rate, best of three rounds of ``reps`` products."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 * reps / best / 1e9
+
+
+def capability() -> str:
+    """The CPU capability ATen dispatches to (``AVX512``, ``AVX2``, ``DEFAULT`` ...)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def timed(fn: Callable[[], object], repeat: int, warmup: bool = True) -> float:
+    """Seconds of the fastest of ``repeat`` calls (after one warm-up call): the least disturbed run."""
+    if warmup:
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def write_record(rec: dict, commit: str, device: str) -> None:
+    rec.update(capability=capability(), threads=torch.get_num_threads(), device=device, commit=commit,
+               env={k: os.environ[k] for k in CAPABILITY_ENV if k in os.environ},
+               command="python " + " ".join(sys.argv))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    print(json.dumps(rec), flush=True)
