@@ -70,6 +70,8 @@ distill: venv
 
 test: venv
 	DATADISTILL_VENV_CACHE=$(VENV_DIR) $(RUN) -m pytest tests
+	@# the numeric tests once more on another CPU path (AVX2 on AVX-512 machines, plain kernels on AVX2 ones)
+	env $$($(RUN) tests/alt_capability.py) $(RUN) -m pytest -q -m numeric tests
 
 bench: venv data
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(RUN) benchmarks/dm_cpu.py

@@ -30,3 +30,28 @@ def tiny_experts(tmp_path_factory):
     train_experts(ExpertConfig(dataset="procedural", model="convnet_w32", n_experts=2, epochs=2, augment="none",
                                batch_size=16, dataset_options=opts), d)
     return str(d)
+
+
+# Modules whose assertions depend on trained networks or long floating-point accumulations. They run
+# twice in `make test`: on this CPU's path and on another (tests/alt_capability.py).
+NUMERIC_MODULES = {
+    "test_augment.py", "test_coreset.py", "test_dc.py", "test_dd.py", "test_dd_settings.py", "test_dm.py",
+    "test_engine_cli.py", "test_evaluation.py", "test_experts.py", "test_factorized.py", "test_haba.py",
+    "test_linear_case.py", "test_mtt.py", "test_unroll.py", "test_zca.py", "test_chunked.py",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in NUMERIC_MODULES:
+            item.add_marker(pytest.mark.numeric)
+
+
+def pytest_report_header(config):
+    return f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+def pytest_configure(config):
+    # registered here, not in pyproject.toml: that file keys the cached environment (Makefile)
+    config.addinivalue_line("markers", "numeric: assertions on trained or accumulated floating-point results; "
+                                       "`make test` reruns them on a second CPU path (tests/alt_capability.py)")
