@@ -120,8 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """argparse prints its usage and then ``PROG: error: ...``; every datadistill error is instead one
+    line, ``datadistill: error: ...``, here pointing at the command's ``--help`` (exit status 2)."""
+
+    def error(message: str) -> None:
+        parser.exit(2, f"datadistill: error: {message} (see `{parser.prog} --help`)\n")
+
+    parser.error = error  # type: ignore[method-assign]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _one_line_errors(sub)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
+    _one_line_errors(parser)
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after options (argparse stops collecting positionals there)
     stray = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
@@ -150,16 +165,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(e: Exception) -> bool:
     from .config import ConfigError
-    from .data import DatasetDownloadError, DatasetMissingError
+    from .data import DatasetDownloadError, DatasetMissingError, DatasetOptionError
     from .engine import RunDirError
     from .experts import ExpertError
     from .methods import DivergenceError
+    from .paths import OutputPathError
+    from .pool import PoolError
     from .registry import UnknownNameError
     from .synset import SynsetFileError
     from .data.zca import ZCAError
 
-    return isinstance(e, (ConfigError, DatasetMissingError, DatasetDownloadError, RunDirError, UnknownNameError,
-                          SynsetFileError, DivergenceError, ExpertError, ZCAError))
+    return isinstance(e, (ConfigError, DatasetMissingError, DatasetDownloadError, DatasetOptionError, RunDirError,
+                          UnknownNameError, SynsetFileError, DivergenceError, ExpertError, ZCAError, PoolError,
+                          OutputPathError))
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -226,6 +244,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .engine import pick_device
     from .evaluation import evaluate_full, evaluate_models, format_table
+    from .models import MODELS
     from .synset import load_synset, update_meta
 
     device = pick_device(args.device)
@@ -234,13 +253,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ConfigError("--full needs --dataset")
         overrides = ([args.file] if args.file else []) + args.overrides
         protocol = _protocol(args.protocol, overrides, "dc")
+        models = args.models or [protocol.model]
+        for m in models:  # every name before the first model trains
+            MODELS.get(m)
         data = load_dataset(args.dataset, args.root)
         if args.zca is not None:  # fitted on the training set, applied to train and test
             from .data import whiten_dataset
 
             data = whiten_dataset(data, args.zca)
-        reports = {m: evaluate_full(data, protocol, model=m, device=device, progress=True)
-                   for m in (args.models or [protocol.model])}
+        reports = {m: evaluate_full(data, protocol, model=m, device=device, progress=True) for m in models}
     else:
         if not args.file:
             raise ConfigError("evaluate needs a distilled-set FILE (or --full --dataset NAME)")
@@ -301,9 +322,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     except PoolError as e:
         raise ConfigError(str(e)) from e
     accs = pool.accuracies(list(range(len(pool))))
+    held = pool.held_out_indices
     print(f"pool {args.out}: {len(pool)} {cfg.model} networks on {args.dataset}, test accuracy "
-          f"{sum(accs) / len(accs):.2f}% (min {min(accs):.2f}); networks {pool.held_out_indices[0]}.."
-          f"{len(pool) - 1} are held out for evaluation")
+          f"{sum(accs) / len(accs):.2f}% (min {min(accs):.2f}); "
+          + (f"networks {held[0]}..{held[-1]} are held out for evaluation" if held else "none is held out"))
     return 0
 
 
@@ -390,6 +412,10 @@ def cmd_data(args: argparse.Namespace) -> int:
         if entry.prepare is None:
             print(f"{entry.name}: cannot be fetched automatically; {entry.instructions}")
             return 1
+        if not entry.available(root):  # before any download
+            from .paths import check_output_dir
+
+            check_output_dir(root, "data root")
         print(entry.prepare(root))
         return 0
     print(f"data root: {root}")

@@ -26,13 +26,24 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError as e:
         raise ConfigError(f"config file not found: {path}") from e
+    except IsADirectoryError as e:
+        raise ConfigError(f"config file {path} is a folder; give a .yaml file") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not a text (YAML) file") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(e)}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
     return data
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as one line: the problem and where (line and column, 1-based)."""
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else what
 
 
 def preset_names() -> list[str]:
@@ -60,7 +71,8 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {item!r}: cannot parse value: {e}") from e
+            raise ConfigError(f"override {item!r}: cannot parse the value as YAML: "
+                              f"{yaml_problem(e)}") from e
         parts = key.strip().split(".")
         node = out
         for p in parts[:-1]:
@@ -112,6 +124,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, a, where)
             except ConfigError as e:
                 errors.append(str(e))
+        if len(errors) == 1 and type(None) in args:  # Optional[X]: X's own message
+            msg = errors[0]
+            raise ConfigError(msg.replace(", got ", " or null, got ", 1) if ", got " in msg else f"{msg} (or null)")
         raise ConfigError(f"{where}: {value!r} does not fit {tp}")
     if origin is typing.Literal:
         if value not in args:
@@ -140,6 +155,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e30 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -171,6 +191,23 @@ class RunConfig:
     models: tuple[str, ...] = ()  # cross-architecture evaluation at the end; () = eval.model only
     method_config: dict = field(default_factory=dict)
     eval: dict = field(default_factory=dict)  # {"preset": "dc", **EvalProtocol fields}
+
+    def __post_init__(self) -> None:
+        """Ranges of the plain fields; names (dataset, method, models ...) are checked by the resolver
+        (`engine.resolve`), sizes that depend on the data by `engine.check_run`."""
+        bad = [f"{name} must be {rule}, got {value!r}" for name, value, ok, rule in (
+            ("ipc", self.ipc, self.ipc >= 1, ">= 1 (images per class)"),
+            ("iterations", self.iterations, self.iterations is None or self.iterations >= 0,
+             ">= 0 or null (the method's default)"),
+            ("eval_every", self.eval_every, self.eval_every >= 0, ">= 0 (0: evaluate only at the end)"),
+            ("eval_models_during", self.eval_models_during, self.eval_models_during >= 1, ">= 1"),
+            ("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 0,
+             ">= 0 (0: checkpoint only at the end)"),
+            ("zca", self.zca, self.zca is None or 0 < self.zca < float("inf"),
+             "a positive regularization (MTT uses 0.1) or null for no whitening"),
+        ) if not ok]
+        if bad:
+            raise ConfigError("; ".join(bad))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -24,11 +24,13 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from .config import ConfigError, RunConfig, from_dict
+from .config import ConfigError, RunConfig, from_dict, load_yaml
 from .data import LoadedDataset, load_dataset
 from .evaluation import EvalProtocol, EvalReport, evaluate, format_table, get_protocol
 from .methods import METHODS, Context, MethodEntry
 from .methods.base import DivergenceError
+from .paths import check_output_dir, missing_dirs, remove_empty_dirs
+from .registry import UnknownNameError
 from .seeding import make_generator
 from .synset import PixelSet, save_synset
 from .synset.io import atomic_write, atomic_write_text
@@ -70,23 +72,13 @@ def resolve(cfg: RunConfig) -> Resolved:
     method_cfg = from_dict(entry.config, cfg.method_config, where=f"method_config ({entry.name})")
     ev = dict(cfg.eval)
     preset = ev.pop("preset", entry.eval_preset)
-    try:
-        protocol = get_protocol(preset, **{k: _tuple(v) for k, v in ev.items()})
-    except ValueError as e:
-        raise ConfigError(f"eval: {e}") from e
+    protocol = get_protocol(preset, **{k: _tuple(v) for k, v in ev.items()})  # ConfigError names the field
     for name in (protocol.model, *cfg.models, getattr(method_cfg, "model", protocol.model)):
         MODELS.get(name)
     init = cfg.init or entry.init
     if init not in entry.inits:
         raise ConfigError(f"init {init!r} is not an image initialization of {entry.name}; valid: {', '.join(entry.inits)}")
-    if cfg.ipc < 1:
-        raise ConfigError(f"ipc must be >= 1, got {cfg.ipc}")
-    if cfg.zca is not None and not 0 < cfg.zca < float("inf"):
-        raise ConfigError(f"zca must be a positive regularization (MTT uses 0.1) or null for no whitening, "
-                          f"got {cfg.zca}")
-    iterations = entry.iterations if cfg.iterations is None else cfg.iterations
-    if iterations < 0:
-        raise ConfigError(f"iterations must be >= 0, got {iterations}")
+    iterations = entry.iterations if cfg.iterations is None else cfg.iterations  # ranges: RunConfig
     if entry.iterations == 0 and iterations > 0:
         raise ConfigError(f"method {entry.name!r} selects real images and has no iterations; use iterations=0")
     return Resolved(cfg, entry, method_cfg, protocol, iterations, init, tuple(cfg.models) or (protocol.model,))
@@ -106,6 +98,49 @@ def pick_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device cuda requested but no CUDA GPU is available; use device=cpu")
     return dev
+
+
+@dataclass
+class Checked:
+    """A run that passed every check that can be made before it starts: its resolved config, the
+    device and the training data (loaded and, with ``zca``, whitened, on the CPU)."""
+
+    res: Resolved
+    device: torch.device
+    data: LoadedDataset
+
+
+def check_run(cfg: RunConfig) -> Checked:
+    """Everything that can be checked before a run starts, before its folder exists: names and
+    ranges (`resolve`), the device, the dataset on disk and its options, ZCA, the images per class
+    against the smallest class, and the method's own requirements (`MethodEntry.check`: e.g. DD's
+    pool folder, MTT's experts). Loads the data the run needs anyway."""
+    res = resolve(cfg)
+    device = pick_device(cfg.device)
+    data = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
+    if cfg.zca is not None:  # fitted on the training set, applied to train and test (cached per process)
+        from .data import whiten_dataset
+
+        data = whiten_dataset(data, cfg.zca)
+    check_ipc(cfg.ipc, data)
+    if res.entry.check is not None:
+        ctx = Context(data=data, synset=None, device=device, generator=make_generator(cfg.seed, "check"),
+                      seed=cfg.seed, ipc=cfg.ipc, iterations=res.iterations, data_root=cfg.data_root,
+                      dataset_options=dict(cfg.dataset_options))
+        res.entry.check(res.method_cfg, ctx)
+    return Checked(res, device, data)
+
+
+def check_ipc(ipc: int, data: LoadedDataset) -> None:
+    """A distilled set holds at most as many images per class as the smallest real class has."""
+    counts = torch.bincount(data.train.labels.cpu(), minlength=data.spec.num_classes)
+    small = int(counts.argmin())
+    n = int(counts[small])
+    if ipc > n:
+        names = data.spec.class_names
+        label = f"{small}" + (f" '{names[small]}'" if small < len(names) and names[small] != str(small) else "")
+        raise ConfigError(f"ipc {ipc} is more than the smallest class of {data.spec.name} has ({n} images, class "
+                          f"{label}); valid: 1..{n}")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -162,15 +197,34 @@ class RunResult:
     extra: dict[str, Any] | None = None  # a method's further final numbers (`extra_report`)
 
 
-def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> None:
+def prepare_run_dir(out: Path, *, resume: bool, force: bool) -> tuple[bool, bool]:
+    """Make ``out`` ready for the run; returns ``(fresh, made)``: whether the run starts from nothing
+    (the folder was missing or empty, or ``force`` emptied it) and whether this call created it."""
     if out.exists() and any(out.iterdir()):
         if resume:
-            return
+            return False, False
         if not force:
             raise RunDirError(f"run directory {out} already exists; pass --resume to continue it or --force to "
                               "overwrite it")
         shutil.rmtree(out)
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    return True, made
+
+
+def discard_failed_run(out: Path, made: bool) -> None:
+    """Remove what a fresh run wrote before it failed without a checkpoint (its ``config.yaml``,
+    ``metrics.jsonl``), and the folder itself if the run created it, so that the next try starts
+    anew instead of being asked to ``--resume`` a run that never got anywhere. A fresh run's folder
+    held nothing of the user's when it started (it was missing, empty, or emptied by ``--force``)."""
+    for p in out.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    if made:
+        with contextlib.suppress(OSError):
+            out.rmdir()
 
 
 def _lock_path(out: Path) -> Path:
@@ -248,38 +302,64 @@ def run(
 ) -> RunResult | None:
     """Run a distillation end to end. ``stop_after`` stops (as if interrupted) after that many
     iterations of this call, leaving a checkpoint; returns ``None`` then. The run directory is
-    locked for the duration (`run_dir_lock`): a second process asking for it gets `RunDirError`."""
-    with run_dir_lock(Path(out)):
-        return _run(cfg, Path(out), resume=resume, force=force, progress=progress, stop_after=stop_after,
-                    callbacks=callbacks, log=log)
+    locked for the duration (`run_dir_lock`): a second process asking for it gets `RunDirError`.
 
-
-def _run(cfg: RunConfig, out: Path, *, resume: bool, force: bool, progress: bool, stop_after: int | None,
-         callbacks: Sequence[Any], log) -> RunResult | None:
+    Bad input never leaves a half-made run: everything that can be checked before the run starts
+    (`check_run`, and that ``out`` can be written) is checked before the folder is created; a fresh
+    run that fails later without having written a checkpoint removes what it wrote
+    (`discard_failed_run`), and the folders above ``out`` that it created."""
     t_run = time.perf_counter()
+    out = Path(out)
     if resume and (out / "config.yaml").is_file():
-        saved = yaml.safe_load((out / "config.yaml").read_text())
-        try:
-            asked = resolve(cfg).to_dict()
-        except ConfigError:
-            asked = {}
-        differ = sorted(k for k in saved if k in asked and asked[k] != saved[k])
-        cfg = from_dict(RunConfig, {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(RunConfig)}})
-        log(f"resuming with the configuration saved in {out / 'config.yaml'}"
-            + (f"; ignoring the requested {', '.join(f'{k}={asked[k]!r}' for k in differ)} (saved: "
-               f"{', '.join(f'{k}={saved[k]!r}' for k in differ)}; use --force or another --out to start over)"
-               if differ else ""))
-    res = resolve(cfg)
-    prepare_run_dir(out, resume=resume, force=force)
+        cfg = _saved_config(cfg, out, log)
+    checked = check_run(cfg)
+    check_output_dir(out, "run directory")
+    made_above = missing_dirs(out.parent)  # the lock, beside the folder, creates them
+    try:
+        with run_dir_lock(out):
+            return _run(checked, out, resume=resume, force=force, progress=progress, stop_after=stop_after,
+                        callbacks=callbacks, log=log, t_run=t_run)
+    except BaseException:
+        remove_empty_dirs(made_above)
+        raise
+
+
+def _saved_config(cfg: RunConfig, out: Path, log) -> RunConfig:
+    """The configuration an interrupted run was started with (a resumed run keeps it)."""
+    saved = load_yaml(out / "config.yaml")
+    try:
+        asked = resolve(cfg).to_dict()
+    except (ConfigError, UnknownNameError):
+        asked = {}
+    differ = sorted(k for k in saved if k in asked and asked[k] != saved[k])
+    cfg = from_dict(RunConfig, {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(RunConfig)}},
+                    where=str(out / "config.yaml"))
+    log(f"resuming with the configuration saved in {out / 'config.yaml'}"
+        + (f"; ignoring the requested {', '.join(f'{k}={asked[k]!r}' for k in differ)} (saved: "
+           f"{', '.join(f'{k}={saved[k]!r}' for k in differ)}; use --force or another --out to start over)"
+           if differ else ""))
+    return cfg
+
+
+def _run(checked: Checked, out: Path, *, resume: bool, force: bool, progress: bool, stop_after: int | None,
+         callbacks: Sequence[Any], log, t_run: float) -> RunResult | None:
+    fresh, made = prepare_run_dir(out, resume=resume, force=force)
+    try:
+        return _distill(checked, out, resume=resume, progress=progress, stop_after=stop_after, callbacks=callbacks,
+                        log=log, t_run=t_run)
+    except BaseException:
+        if fresh and not (out / CHECKPOINT).exists():  # nothing to resume: no half-made run is left
+            discard_failed_run(out, made)
+        raise
+
+
+def _distill(checked: Checked, out: Path, *, resume: bool, progress: bool, stop_after: int | None,
+             callbacks: Sequence[Any], log, t_run: float) -> RunResult | None:
+    res, device, data = checked.res, checked.device, checked.data
+    cfg = res.cfg
     atomic_write_text(out / "config.yaml", yaml.safe_dump(res.to_dict(), sort_keys=False))
-    device = pick_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    data = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
-    if cfg.zca is not None:  # fitted on the training set, applied to train and test (cached per process)
-        from .data import whiten_dataset
-
-        data = whiten_dataset(data, cfg.zca)
     if device.type != "cpu":  # the training images go to the device once, not batch by batch
         data = dataclasses.replace(data, train=data.train.to(device), test=data.test.to(device))
     synset = init_synset(res, data, cfg.seed).to(device)
@@ -390,7 +470,11 @@ def _save_checkpoint(path: Path, synset: Any, method: Any, ctx: Context, iterati
 
 
 def _load_checkpoint(path: Path, synset: Any, method: Any, ctx: Context) -> tuple[int, float]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or not a checkpoint: torch raises several kinds
+        raise RunDirError(f"cannot resume: {path} is not a readable checkpoint ({type(e).__name__}); start the run "
+                          "over with --force") from e
     synset.load_state_dict(state["synset"])
     method.load_state_dict(state["method"])
     ctx.generator.set_state(state["generator"])

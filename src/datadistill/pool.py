@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from .data.spec import LoadedDataset
 from .models import create_model
+from .paths import check_output_dir
 from .seeding import derive_seed, make_generator
 from .synset.io import atomic_write, atomic_write_text
 from .train import accuracy, real_batches, train_classifier
@@ -54,8 +55,15 @@ class PoolConfig:
         if self.n_nets < 1 or not 0 <= self.held_out < self.n_nets:
             raise PoolError(f"a pool needs n_nets >= 1 and 0 <= held_out < n_nets, got n_nets={self.n_nets}, "
                             f"held_out={self.held_out}")
-        if self.epochs < 1:
-            raise PoolError(f"epochs must be >= 1, got {self.epochs}")
+        bad = [f"{name} must be {rule}, got {value!r}" for name, value, ok, rule in (
+            ("epochs", self.epochs, self.epochs >= 1, ">= 1"),
+            ("lr", self.lr, self.lr > 0, "> 0"),
+            ("momentum", self.momentum, 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
+            ("batch_size", self.batch_size, self.batch_size >= 1, ">= 1"),
+        ) if not ok]
+        if bad:
+            raise PoolError("; ".join(bad))
 
     def net_seed(self, i: int) -> int:
         return derive_seed(self.seed, "pool-net", i)
@@ -74,12 +82,14 @@ def pretrain_pool(cfg: PoolConfig, data: LoadedDataset, out: str | Path, *, devi
     manifest_path = out / MANIFEST
     manifest: dict[str, Any] = {"config": asdict(cfg), "spec": _spec_dict(data), "nets": []}
     if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
+        old = _read_manifest(manifest_path)
         if old.get("config") != manifest["config"] or old.get("spec") != manifest["spec"]:
             raise PoolError(f"{out} holds a pool trained with a different configuration; choose another folder "
                             f"(its config: {old.get('config')})")
         manifest["nets"] = [n for n in old.get("nets", []) if (out / n["file"]).exists()]
     done = len(manifest["nets"])
+    if done < cfg.n_nets or not manifest_path.exists():
+        check_output_dir(out, "pool folder")  # before the first network is trained
     s = data.spec
     for i in tqdm(range(done, cfg.n_nets), desc=f"pretrain {cfg.model} on {s.name}", disable=not progress,
                   initial=done, total=cfg.n_nets):
@@ -100,6 +110,16 @@ def pretrain_pool(cfg: PoolConfig, data: LoadedDataset, out: str | Path, *, devi
     return Pool(out)
 
 
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PoolError(f"{path} cannot be read as a pool manifest ({e}); the pool is damaged") from e
+    if not isinstance(manifest, dict):
+        raise PoolError(f"{path} is not a pool manifest; the pool is damaged")
+    return manifest
+
+
 class Pool:
     """A trained pool on disk: ``network(i)``, the training and held-out index lists."""
 
@@ -109,9 +129,12 @@ class Pool:
         if not mp.exists():
             raise PoolError(f"no pretrained pool at {self.path} (no {MANIFEST}); create one with "
                             "`datadistill pretrain --dataset D --out FOLDER`")
-        self.manifest = json.loads(mp.read_text())
-        self.config = PoolConfig(**self.manifest["config"])
-        self.nets: list[dict[str, Any]] = self.manifest["nets"]
+        self.manifest = _read_manifest(mp)
+        try:
+            self.config = PoolConfig(**self.manifest["config"])
+            self.nets: list[dict[str, Any]] = list(self.manifest["nets"])
+        except (KeyError, TypeError) as e:
+            raise PoolError(f"{mp} is not a pool manifest ({type(e).__name__}: {e}); the pool is damaged") from e
         if len(self.nets) < self.config.n_nets:
             raise PoolError(f"the pool at {self.path} is incomplete ({len(self.nets)} of {self.config.n_nets} "
                             "networks); finish it with the same `datadistill pretrain` command")

@@ -2,12 +2,13 @@
 
 from . import mnist  # noqa: F401  (registers mnist, fashion_mnist, digits, procedural)
 from . import vision  # noqa: F401  (registers cifar10, cifar100, svhn, tinyimagenet, imagefolder)
-from .registry import DATASETS, DatasetDownloadError, DatasetEntry, DatasetMissingError, default_root, load_dataset, register_dataset
+from .registry import (DATASETS, DatasetDownloadError, DatasetEntry, DatasetMissingError, DatasetOptionError,
+                       default_root, load_dataset, register_dataset)
 from .spec import DatasetSpec, LoadedDataset, RealData
 from .zca import ZCA, ZCAError, apply_zca, fit_zca, match_whitening, whiten_dataset
 
 __all__ = [
-    "DATASETS", "DatasetEntry", "DatasetMissingError", "DatasetDownloadError", "DatasetSpec", "LoadedDataset",
-    "RealData", "default_root", "load_dataset", "register_dataset",
+    "DATASETS", "DatasetEntry", "DatasetMissingError", "DatasetDownloadError", "DatasetOptionError", "DatasetSpec",
+    "LoadedDataset", "RealData", "default_root", "load_dataset", "register_dataset",
     "ZCA", "ZCAError", "apply_zca", "fit_zca", "match_whitening", "whiten_dataset",
 ]

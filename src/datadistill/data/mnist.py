@@ -279,6 +279,12 @@ def load_digits_dataset(root: Path) -> LoadedDataset:
 def load_procedural(root: Path, num_classes: int = 4, channels: int = 1, size: int = 16, per_class: int = 32,
                     seed: int = 0) -> LoadedDataset:
     """A toy set for tests: each class is a fixed random pattern plus noise (train and test)."""
+    for name, value in (("num_classes", num_classes), ("channels", channels), ("size", size),
+                        ("per_class", per_class)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"procedural: {name} must be an integer >= 1, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"procedural: seed must be an integer, got {seed!r}")
     g = torch.Generator().manual_seed(seed)
     protos = torch.rand(num_classes, channels, size, size, generator=g)
 

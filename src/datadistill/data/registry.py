@@ -15,6 +15,11 @@ class DatasetMissingError(FileNotFoundError):
     """The dataset's files are not under the data root; the message names the prepare command."""
 
 
+class DatasetOptionError(TypeError, ValueError):
+    """``load_dataset`` got an option the dataset does not take (the message lists the valid ones) or
+    a value the dataset cannot use."""
+
+
 class DatasetDownloadError(RuntimeError):
     """``prepare`` could not fetch the files (no network, host down, bad checksum); the message says
     which files to place under the data root by hand."""
@@ -82,11 +87,16 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **kwargs
     unknown = set(kwargs) - set(entry.options)
     if unknown:
         valid = ", ".join(entry.options) or "none"
-        raise TypeError(f"dataset {entry.name!r} takes no option(s) {sorted(unknown)}; valid options: {valid}")
+        raise DatasetOptionError(f"dataset {entry.name!r} takes no option(s) {sorted(unknown)}; valid options: {valid}")
     path = resolve_root(root)
     key = (entry.name, str(path), tuple(sorted((k, str(v)) for k, v in kwargs.items())))
     if key not in _CACHE:
-        _CACHE[key] = entry.load(path, **kwargs)
+        try:
+            _CACHE[key] = entry.load(path, **kwargs)
+        except (TypeError, ValueError) as e:  # with options given: a value the loader cannot use
+            if not kwargs or isinstance(e, DatasetOptionError):
+                raise
+            raise DatasetOptionError(f"dataset {entry.name!r} with options {kwargs}: {e}") from e
     return _CACHE[key]
 
 

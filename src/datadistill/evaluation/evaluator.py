@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.spec import DatasetSpec, LoadedDataset, RealData
-from ..models import create_model
+from ..models import MODELS, create_model
 from ..seeding import make_generator
 from ..train import accuracy, real_batches, replay_steps, train_classifier
 from .protocol import EvalProtocol
@@ -87,6 +87,7 @@ def evaluate(
     """
     synset, data = as_set_and_data(synset, data)
     model = model or protocol.model
+    MODELS.get(model)  # an unknown name lists the valid ones, before any training
     spec = data.spec
     lr = protocol.lr
     if protocol.use_learned_lr and synset.learned_lr() is not None:
@@ -179,6 +180,8 @@ def evaluate_models(synset: Any, data: LoadedDataset, protocol: EvalProtocol, mo
                     *, device: torch.device | str = "cpu", progress: bool = False,
                     init: Callable[[int, str], torch.nn.Module] | None = None) -> dict[str, EvalReport]:
     """Cross-architecture evaluation: one report per model name (``init`` as in `evaluate`)."""
+    for m in models:  # every name is checked before the first model trains
+        MODELS.get(m)
     synset, data = as_set_and_data(synset, data)  # whiten once, not once per model
     return {m: evaluate(synset, data, protocol, model=m, device=device, progress=progress, init=init)
             for m in models}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from ..config import ConfigError, from_dict
 from ..registry import Registry
 
 
@@ -41,11 +42,27 @@ class EvalProtocol:
             raise ValueError(f"unknown augment {self.augment!r}; valid: none, dsa")
         if self.schedule not in ("standard", "replay"):
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: standard, replay")
-        if self.epochs < 1 or self.n_models < 1 or self.batch_size < 1:
-            raise ValueError("epochs, n_models and batch_size must be >= 1")
         object.__setattr__(self, "decay_at", tuple(float(v) for v in self.decay_at))
-        from ..models import WEIGHT_INITS  # noqa: PLC0415  (models import nothing from here)
+        bad = [f"{name} must be {rule}, got {value!r}" for name, value, ok, rule in (
+            ("epochs", self.epochs, self.epochs >= 1, ">= 1"),
+            ("n_models", self.n_models, self.n_models >= 1, ">= 1"),
+            ("batch_size", self.batch_size, self.batch_size >= 1, ">= 1"),
+            ("test_batch_size", self.test_batch_size, self.test_batch_size >= 1, ">= 1"),
+            ("lr", self.lr, self.lr > 0, "> 0"),
+            ("momentum", self.momentum, 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
+            ("decay_at", list(self.decay_at), all(0 <= f <= 1 for f in self.decay_at),
+             "fractions of the epochs in [0, 1]"),
+        ) if not ok]
+        if bad:
+            raise ValueError("; ".join(bad))
+        if self.augment == "dsa":
+            from ..augment import parse_strategy  # noqa: PLC0415
 
+            parse_strategy(self.dsa_strategy)  # unknown ops list the valid ones
+        from ..models import MODELS, WEIGHT_INITS  # noqa: PLC0415  (models import nothing from here)
+
+        MODELS.get(self.model)
         WEIGHT_INITS.get(self.weight_init)  # unknown names list the valid ones
 
     @property
@@ -75,10 +92,12 @@ PROTOCOLS.add("smoke", EvalProtocol(name="smoke", epochs=30, n_models=2))
 
 
 def get_protocol(name: str, **overrides: Any) -> EvalProtocol:
-    """A preset by name, with field overrides (unknown fields are an error naming the valid ones)."""
+    """A preset by name, with field overrides (unknown fields are an error naming the valid ones;
+    values are type-checked and range-checked: `ConfigError`)."""
     base = PROTOCOLS.get(name)
     valid = set(base.to_dict())
     bad = sorted(set(overrides) - valid)
     if bad:
-        raise ValueError(f"unknown evaluation field(s) {bad}; valid: {', '.join(sorted(valid))}")
-    return replace(base, **overrides)
+        raise ConfigError(f"unknown evaluation field(s) {bad}; valid: {', '.join(sorted(valid))}")
+    # through the config's typed coercion: ``lr="abc"`` is an error naming the field, not a crash later
+    return from_dict(EvalProtocol, {**base.to_dict(), **overrides}, where="eval")

@@ -23,6 +23,7 @@ from ..data import DATASETS, load_dataset
 from ..data.spec import LoadedDataset
 from ..evaluation.evaluator import dsa_augment
 from ..models import create_model
+from ..paths import check_output_dir
 from ..seeding import make_generator
 from ..synset.io import atomic_write, versions
 from ..train import accuracy, real_batches, train_classifier
@@ -44,7 +45,8 @@ def train_experts(cfg: ExpertConfig, directory: str | Path, *, root: str | Path 
     wanted = sorted(set(range(cfg.n_experts) if indices is None else (int(i) for i in indices)))
     bad = [i for i in wanted if not 0 <= i < cfg.n_experts]
     if bad:
-        raise ExpertError(f"expert indices {bad} are out of range 0..{cfg.n_experts - 1} (n_experts={cfg.n_experts})")
+        shown = ", ".join(map(str, bad[:5])) + (f" ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        raise ExpertError(f"expert indices {shown} are out of range 0..{cfg.n_experts - 1} (n_experts={cfg.n_experts})")
     stored = scan(directory)
     if stored:
         diff = config_diff(check_consistent(directory, stored), cfg, FOLDER_FIELDS)
@@ -54,6 +56,7 @@ def train_experts(cfg: ExpertConfig, directory: str | Path, *, root: str | Path 
     done = {s.index for s in stored}
     todo = [i for i in wanted if i not in done]
     if todo:
+        check_output_dir(directory, "expert folder")  # before any expert is trained
         data = _prepare_data(cfg, root, data)
         train, test = data.train.to(device), data.test.to(device)
         augment = dsa_augment(data.spec, cfg.dsa_strategy) if cfg.augment == "dsa" else None

@@ -85,6 +85,8 @@ class CoresetConfig:
             raise ConfigError(f"train_epochs must be >= 0, got {self.train_epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.train_lr > 0:
+            raise ConfigError(f"train_lr must be > 0, got {self.train_lr}")
 
 
 # ------------------------------------------------------------------------------------ selection rules

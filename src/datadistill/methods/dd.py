@@ -36,15 +36,15 @@ from torch import nn
 
 from ..cache import keyed_dir
 from ..config import ConfigError
-from ..data import load_dataset
+from ..data import DATASETS, load_dataset
 from ..data.spec import LoadedDataset
 from ..functional.unroll import evaluate_params, params_of, unrolled_sgd
-from ..models import MODELS, create_model, has_batchnorm
+from ..models import MODELS, WEIGHT_INITS, create_model, has_batchnorm
 from ..pool import Pool, PoolConfig, PoolError, pretrain_pool
 from ..seeding import derive_seed
 from ..synset import StepSet
 from ..train import replay_steps
-from .base import Context, MethodEntry, register_method
+from .base import Context, DivergenceError, MethodEntry, register_method
 
 
 INITS = ("fixed", "random", "pretrained_fixed", "pretrained_random")
@@ -95,6 +95,26 @@ class DDConfig:
                 raise ConfigError(f"dd: unknown {name} {value!r}; valid: {', '.join(valid)}")
         if self.objective == "poison" and self.attack_class == self.target_class:
             raise ConfigError("dd: poisoning needs attack_class != target_class")
+        bad = [f"{name} must be {rule}, got {value!r}" for name, value, ok, rule in (
+            ("steps", self.steps, self.steps is None or self.steps >= 1, ">= 1 or null (= ipc)"),
+            ("epochs", self.epochs, self.epochs >= 1, ">= 1"),
+            ("lr_init", self.lr_init, self.lr_init is None or self.lr_init > 0, "> 0 or null"),
+            ("lr", self.lr, self.lr is None or self.lr > 0, "> 0 or null"),
+            ("beta1", self.beta1, 0 <= self.beta1 < 1, "in [0, 1)"),
+            ("decay_every", self.decay_every, self.decay_every is None or self.decay_every >= 1, ">= 1 or null"),
+            ("decay_factor", self.decay_factor, self.decay_factor > 0, "> 0"),
+            ("batch_real", self.batch_real, self.batch_real >= 1, ">= 1"),
+            ("n_nets", self.n_nets, self.n_nets >= 1, ">= 1"),
+            ("init_pool", self.init_pool, self.init_pool >= 0, ">= 0 (0: a fresh theta_0 every time)"),
+            ("pool_epochs", self.pool_epochs, self.pool_epochs is None or self.pool_epochs >= 1, ">= 1 or null"),
+            ("pool_nets", self.pool_nets, self.pool_nets >= 1, ">= 1"),
+            ("pool_held_out", self.pool_held_out, 0 <= self.pool_held_out < self.pool_nets, "in 0..pool_nets-1"),
+        ) if not ok]
+        if bad:
+            raise ConfigError("dd: " + "; ".join(bad))
+        WEIGHT_INITS.get(self.weight_init)  # unknown names list the valid ones
+        if self.source_dataset is not None:
+            DATASETS.get(self.source_dataset)
 
     @property
     def step_size_init(self) -> float:
@@ -209,10 +229,43 @@ def open_pool(cfg: DDConfig, ctx: Context, progress: bool = True) -> Pool:
         src = ctx.data if source == ctx.spec.name else load_dataset(source, ctx.data_root)
         pc = pool_config(cfg, src)
         pool = pretrain_pool(pc, src, default_pool_dir(pc, src.spec), device=ctx.device, progress=progress)
-    pool.check_fits(ctx.spec)
+    check_pool(pool, cfg, ctx.spec)
+    return pool
+
+
+def check_network(cfg: DDConfig, spec, net: nn.Module) -> None:
+    """The unrolled network has no BatchNorm, and the poisoning classes are classes of ``spec``."""
+    if has_batchnorm(net):
+        raise ConfigError(f"dd: model {cfg.model!r} has BatchNorm, whose running statistics are ill-defined "
+                          "inside unrolled steps; use a model without it (lenet, convnet, convnet_nn, mlp ...)")
+    if cfg.objective == "poison":
+        for name in ("attack_class", "target_class"):
+            if not 0 <= getattr(cfg, name) < spec.num_classes:
+                raise ConfigError(f"dd: {name}={getattr(cfg, name)} is not a class of {spec.name} "
+                                  f"(0..{spec.num_classes - 1})")
+
+
+def check_pool(pool: Pool, cfg: DDConfig, spec) -> None:
+    """A pretrained pool must take ``spec``'s images and hold ``cfg.model`` networks."""
+    pool.check_fits(spec)
     if MODELS.canonical(pool.config.model) != MODELS.canonical(cfg.model):
         raise ConfigError(f"dd: the pool at {pool.path} holds {pool.config.model!r} networks, not {cfg.model!r}")
-    return pool
+
+
+def check_dd(cfg: DDConfig, ctx: Context) -> None:
+    """DD's requirements, checked before a run starts (`MethodEntry.check`): the steps divide the
+    images per class, the model fits (`check_network`), and a pretrained setting's pool folder
+    (``pretrained``) exists, is complete and fits the data and the model, or, when the pool is to be
+    trained, its source dataset is on disk."""
+    s = ctx.spec
+    _steps(cfg, ctx.ipc)
+    check_network(cfg, s, create_model(cfg.model, s.channels, s.num_classes, s.image_size, seed=0))
+    if not cfg.pretrained_setting:
+        return
+    if cfg.pretrained:
+        check_pool(Pool(cfg.pretrained), cfg, s)
+    elif cfg.source_dataset and DATASETS.canonical(cfg.source_dataset) != s.name:
+        load_dataset(cfg.source_dataset, ctx.data_root)  # the pool is trained on it
 
 
 class DD:
@@ -220,14 +273,7 @@ class DD:
         self.cfg, self.ctx, self.synset = cfg, ctx, ctx.synset
         self.theta0_seed = derive_seed(ctx.seed, "dd-theta0")
         self.net = self._net(self.theta0_seed)
-        if has_batchnorm(self.net):
-            raise ConfigError(f"dd: model {cfg.model!r} has BatchNorm, whose running statistics are ill-defined "
-                              "inside unrolled steps; use a model without it (lenet, convnet, convnet_nn, mlp ...)")
-        if cfg.objective == "poison":
-            for name in ("attack_class", "target_class"):
-                if not 0 <= getattr(cfg, name) < ctx.spec.num_classes:
-                    raise ConfigError(f"dd: {name}={getattr(cfg, name)} is not a class of {ctx.spec.name} "
-                                      f"(0..{ctx.spec.num_classes - 1})")
+        check_network(cfg, ctx.spec, self.net)
         self.pool: Pool | None = None
         self.pretrained: list[dict[str, torch.Tensor]] = []
         if cfg.pretrained_setting:
@@ -280,11 +326,16 @@ class DD:
         thetas = self._initializations(g)
         loss = sum(evaluate_params(self.net, unrolled_sgd(self.net, th, schedule, checkpoint=self.cfg.checkpoint),
                                    x_real, y_real) for th in thetas) / len(thetas)
-        if not torch.isfinite(loss):  # before the update: the set stays as the last good step left it
-            raise FloatingPointError(f"dd: loss became {float(loss)} at iteration {iteration}; lower method_config.lr "
-                                     "or lr_init and resume from the last checkpoint")
+        # divergence is caught before the update: the set and the optimizer stay in their last good state
+        if not torch.isfinite(loss):
+            raise DivergenceError(f"dd: the loss became {float(loss.detach())} at iteration {iteration + 1}; lower "
+                                  "method_config.lr or lr_init")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if any(p.grad is not None and not bool(torch.isfinite(p.grad).all())
+               for group in self.opt.param_groups for p in group["params"]):
+            raise DivergenceError(f"dd: non-finite gradient at iteration {iteration + 1}; lower method_config.lr or "
+                                  "lr_init")
         self.opt.step()
         self.sched.step()
         lrs = self.synset.lrs().detach()
@@ -438,6 +489,6 @@ def eval_init_from_meta(meta: dict[str, Any], spec) -> Callable[[int, str], nn.M
 
 register_method(MethodEntry(
     name="dd", config=DDConfig, build=DD, iterations=2000, init="noise", eval_preset="dd", synset=make_set,
-    inits=IMAGE_INITS,
+    inits=IMAGE_INITS, check=check_dd,
     description="Dataset Distillation (Wang et al. 2018): unrolled GD steps with learned step sizes",
 ))

@@ -42,15 +42,16 @@ import torch
 import torch.nn.functional as F
 
 from ..augment import DSAConfig
+from ..config import ConfigError
 from ..functional.contrastive import supervised_contrastive_loss
 from ..functional.trajectory import trajectory_loss
 from ..functional.unroll import buffers_of, unrolled_sgd
-from ..models import create_model
+from ..models import MODELS, create_model
 from ..seeding import derive_seed
-from ..synset.factorized import HallucinatorConfig, factorized_synset
+from ..synset.factorized import HallucinatorConfig, default_bases_per_class, factorized_synset
 from .base import Context, MethodEntry, register_method
-from .mtt import (check_matching_config, draw_window, dsa_batch, experts_meta, guarded_update, next_chunk,
-                  open_experts, store_step_size, student_model)
+from .mtt import (check_matching, check_matching_config, draw_window, dsa_batch, experts_meta, guarded_update,
+                  next_chunk, open_experts, store_step_size, student_model)
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,30 @@ class HaBaConfig:
         if self.n_hallucinators < 2:
             raise ValueError(f"HaBa needs n_hallucinators >= 2 (its diversity loss compares two), got "
                              f"{self.n_hallucinators}")
+        if self.bases_per_class is not None and self.bases_per_class < 1:
+            raise ValueError(f"bases_per_class must be >= 1 or null, got {self.bases_per_class}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        for name in ("lambda_club", "lambda_cls", "lambda_likeli", "lambda_contrast"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def epochs_needed(self) -> int:
         return self.max_start_epoch - 1 + self.expert_epochs
+
+
+def check_haba(cfg: HaBaConfig, ctx: Context) -> None:
+    """HaBa's requirements before a run starts: a registered extractor model, no more bases per
+    class than the smallest class has real images (the bases start from them), and trajectory
+    matching's (`check_matching`)."""
+    MODELS.get(cfg.extractor)
+    bases = cfg.bases_per_class or default_bases_per_class(ctx.ipc)
+    n = min(ctx.data.train.class_count(c) for c in range(ctx.spec.num_classes))
+    if bases > n:
+        raise ConfigError(f"haba: bases_per_class {bases} is more than the smallest class of {ctx.spec.name} has "
+                          f"({n} images); valid: 1..{n}")
+    check_matching(cfg, ctx)
 
 
 class HaBa:
@@ -217,6 +238,6 @@ class HaBa:
 
 register_method(MethodEntry(
     name="haba", config=HaBaConfig, build=HaBa, iterations=15000, init="real", eval_preset="mtt",
-    synset=factorized_synset,
+    synset=factorized_synset, check=check_haba,
     description="HaBa, factorized sets of bases x hallucinators (Liu et al., NeurIPS 2022); needs `datadistill experts`",
 ))

@@ -35,13 +35,15 @@ parameters only, and an unrolled BatchNorm would update running statistics in pl
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from ..augment import DSAConfig, apply, sample_params
+from ..augment import DSAConfig, apply, parse_strategy, sample_params
+from ..config import ConfigError
 from ..functional.trajectory import trajectory_loss
 from ..functional.unroll import buffers_of, unrolled_sgd
 from ..models import create_model, has_batchnorm
@@ -85,6 +87,14 @@ def check_matching_config(cfg: Any) -> None:
         raise ValueError(f"batch_syn must be >= 1 or null, got {cfg.batch_syn}")
     if not 0 < cfg.min_lr <= cfg.lr_teacher < cfg.max_lr:
         raise ValueError(f"need 0 < min_lr <= lr_teacher < max_lr, got {cfg.min_lr}, {cfg.lr_teacher}, {cfg.max_lr}")
+    for f in dataclasses.fields(cfg):  # the optimizers' settings: lr_img, lr_lr, momentum ...
+        v = getattr(cfg, f.name)
+        if f.name.startswith("lr_") and v is not None and not v >= 0:
+            raise ValueError(f"{f.name} must be >= 0, got {v}")
+        if f.name.startswith("momentum") and not 0 <= v < 1:
+            raise ValueError(f"{f.name} must be in [0, 1), got {v}")
+    if cfg.dsa:
+        parse_strategy(cfg.dsa_strategy)  # unknown ops list the valid ones
 
 
 def mtt_synset(cfg: MTTConfig, data, ipc: int, init: str, generator: torch.Generator) -> PixelSet:
@@ -92,6 +102,13 @@ def mtt_synset(cfg: MTTConfig, data, ipc: int, init: str, generator: torch.Gener
     if init == "real":
         return PixelSet.from_real(data.train, ipc, generator, lr=cfg.lr_teacher, learn_lr=True)
     return PixelSet.from_noise(data.spec, ipc, generator, lr=cfg.lr_teacher, learn_lr=True)
+
+
+def check_matching(cfg: Any, ctx: Context) -> None:
+    """Trajectory matching's requirements, checked before a run starts (`MethodEntry.check`): a
+    student without BatchNorm, and expert trajectories that exist and fit (`open_experts`)."""
+    student_model(cfg.model, ctx.spec, torch.device("cpu"))
+    open_experts(cfg, ctx)
 
 
 def open_experts(cfg: Any, ctx: Context):
@@ -188,9 +205,9 @@ def student_model(name: str, spec, device: torch.device) -> torch.nn.Module:
     """The student architecture (its parameters come from the experts), BatchNorm refused."""
     net = create_model(name, spec.channels, spec.num_classes, spec.image_size, seed=0).to(device)
     if has_batchnorm(net):
-        raise ValueError(f"trajectory matching does not support BatchNorm models ({name!r}): experts store "
-                         "parameters only and unrolled steps would update running statistics in place; use a "
-                         "model with instance/group norm or none (e.g. convnet, convnet_nn)")
+        raise ConfigError(f"trajectory matching does not support BatchNorm models ({name!r}): experts store "
+                          "parameters only and unrolled steps would update running statistics in place; use a "
+                          "model with instance/group norm or none (e.g. convnet, convnet_nn)")
     return net.train()
 
 
@@ -253,5 +270,6 @@ class MTT:
 
 register_method(MethodEntry(
     name="mtt", config=MTTConfig, build=MTT, iterations=5000, init="real", eval_preset="mtt", synset=mtt_synset,
+    check=check_matching,
     description="Matching training trajectories (Cazenavette et al., CVPR 2022); needs `datadistill experts`",
 ))

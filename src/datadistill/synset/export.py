@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..data.spec import DatasetSpec
+from ..paths import check_output_dir
 
 
 class SynsetDataset(Dataset):
@@ -35,6 +36,7 @@ def export_imagefolder(synset, spec: DatasetSpec, out: str | os.PathLike[str]) -
     from torchvision.utils import save_image
 
     out = Path(out)
+    check_output_dir(out, "export folder")
     images, labels = synset.materialize()
     images = spec.denormalize(images.float().cpu()).clamp(0, 1)
     width = len(str(spec.num_classes - 1))

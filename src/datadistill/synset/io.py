@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file, safe_open
 
 from ..data.spec import DatasetSpec
 from ..data.zca import KEY as ZCA_KEY, ZCA, ZCAError
+from ..paths import OutputPathError
 from .base import SYNSETS, SyntheticSet
 
 # Version 2 adds an optional ZCA transform (tensors ``zca.mean``, ``zca.matrix``; metadata ``zca``).
@@ -54,8 +55,13 @@ class SynsetFile:
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` then rename over ``path``: readers never see a half-written file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise OutputPathError(f"cannot write file {path}: it is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # a file where a folder should be, a read-only or pseudo file system
+        raise OutputPathError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
     try:
         write(Path(tmp))
@@ -114,6 +120,8 @@ def save_synset(path: str | os.PathLike[str], synset: SyntheticSet, spec: Datase
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The JSON metadata of a distilled-set file (reads only the header)."""
     path = Path(path)
+    if path.is_dir():
+        raise SynsetFileError(f"{path} is a folder, not a distilled-set file (.safetensors)")
     if not path.is_file():
         raise SynsetFileError(f"no such file: {path}")
     try:
@@ -123,7 +131,13 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise SynsetFileError(f"{path} is not a safetensors file ({e})") from e
     if raw is None:
         raise SynsetFileError(f"{path} is a safetensors file but has no datadistill metadata")
-    meta = json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except ValueError as e:
+        raise SynsetFileError(f"{path}: its datadistill metadata is not valid JSON ({e}); the file is "
+                              "damaged") from None
+    if not isinstance(meta, dict):
+        raise SynsetFileError(f"{path}: its datadistill metadata is not a JSON object; the file is damaged")
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise SynsetFileError(
@@ -139,11 +153,19 @@ def load_synset(path: str | os.PathLike[str], device: torch.device | str = "cpu"
     kind = meta.get("type")
     if kind not in SYNSETS:
         raise SynsetFileError(f"{path}: unknown set type {kind!r}; known: {', '.join(SYNSETS.names())}")
-    tensors = load_file(str(path), device=str(device))
+    try:
+        tensors = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as e:  # e.g. a file cut short after its header
+        raise SynsetFileError(f"{path}: its tensors cannot be read ({e}); the file is damaged") from e
     stored = {k[len(ZCA_PREFIX):]: tensors.pop(k) for k in list(tensors) if k.startswith(ZCA_PREFIX)}
     zca = _load_zca(path, meta, stored)
-    synset = SYNSETS.get(kind).from_tensors(tensors, meta["synset_config"])
-    return SynsetFile(synset=synset.to(device), spec=DatasetSpec.from_dict(meta["dataset"]), meta=meta, zca=zca)
+    try:
+        synset = SYNSETS.get(kind).from_tensors(tensors, meta["synset_config"])
+        spec = DatasetSpec.from_dict(meta["dataset"])
+    except (KeyError, TypeError, ValueError) as e:  # metadata and tensors that do not fit a set
+        raise SynsetFileError(f"{path}: not a complete {kind} set ({type(e).__name__}: {e}); the file is "
+                              "damaged") from e
+    return SynsetFile(synset=synset.to(device), spec=spec, meta=meta, zca=zca)
 
 
 def _load_zca(path: Any, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ZCA | None:
