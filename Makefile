@@ -17,13 +17,14 @@ PY := $(VENV)/bin/python
 RUN := $(PY)
 OUT ?= runs/quickstart
 
-.PHONY: help venv data distill test bench bench-table clean
+.PHONY: help venv data distill test bench bench-speed bench-table clean
 
 help:
 	@echo "make distill   main job: distill MNIST with DM (10 images/class, CPU preset), print accuracy, write the grid"
 	@echo "make test      run the test suite"
 	@echo "make data      prepare MNIST and Fashion-MNIST"
 	@echo "make bench     CPU benchmark (DM vs random, MNIST and Fashion-MNIST, 1 and 10 images/class)"
+	@echo "make bench-speed  DM and DC iterations against their FLOP floor, on this CPU's path and on AVX2"
 
 # keyed by content (the hash in the folder name), not by mtime: a fresh clone must not rebuild it.
 # Dependencies only (setuptools for the checkouts' editable installs); the project goes into each .venv.
@@ -76,6 +77,16 @@ test: venv
 bench: venv data
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(RUN) benchmarks/dm_cpu.py
 	$(RUN) benchmarks/table.py
+
+AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+
+# each command appends its records to benchmarks/results/speed.jsonl as it finishes (about 15 min in all)
+bench-speed: venv
+	$(RUN) -m datadistill.cli data prepare mnist
+	$(RUN) benchmarks/speed_dm.py --steps 3
+	$(AVX2) $(RUN) benchmarks/speed_dm.py --steps 3
+	$(RUN) benchmarks/speed_dc.py
+	$(AVX2) $(RUN) benchmarks/speed_dc.py
 
 bench-table: venv
 	$(RUN) benchmarks/table.py

@@ -18,12 +18,14 @@ DD_FILE = "dd_cpu.jsonl"  # Dataset Distillation has its own table (settings, st
 ABLATION_FILES = {"haba_bases.jsonl"}  # evaluations of parts of a set (benchmarks/haba_bases.py): README prose
 XARCH_FILE = "cross_arch.jsonl"  # benchmarks/cross_arch.py: its own table
 XARCH_START, XARCH_END = "<!-- xarch:start -->", "<!-- xarch:end -->"
+SPEED_FILE = "speed.jsonl"  # benchmarks/speed_dm.py and speed_dc.py (make bench-speed): its own table
+SPEED_START, SPEED_END = "<!-- speed:start -->", "<!-- speed:end -->"
 
 
 def load_records(only: str | None = None) -> list[dict]:
     records = []
     for path in sorted(RESULTS.glob("*.jsonl")):
-        if (only is None and path.name in {DD_FILE, XARCH_FILE, *ABLATION_FILES}) or (only is not None and path.name != only):
+        if (only is None and path.name in {DD_FILE, XARCH_FILE, SPEED_FILE, *ABLATION_FILES}) or (only is not None and path.name != only):
             continue
         for line in path.read_text().splitlines():
             if line.strip():
@@ -156,6 +158,21 @@ def xarch_table(xarch: list[dict], records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def speed_table(rows: list[dict]) -> str:
+    """The latest record per (benchmark, images per class, CPU capability, device)."""
+    latest: dict[tuple, dict] = {}
+    for r in rows:
+        latest[(r["benchmark"], r["ipc"], r["capability"], r["device"])] = r
+    lines = ["| iteration | CPU path | matmul GFLOP/s | GFLOP | floor s | ours s | ours / floor | reference loop s "
+             "| ours vs reference | device | commit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(latest.values(), key=lambda r: (r["benchmark"], r["ipc"], r["capability"])):
+        what = f"{r['benchmark'].split('_')[0].upper()} MNIST {r['ipc']}/class"
+        lines.append(f"| {what} | {r['capability']} | {r['matmul_gflops']:.0f} | {r['gflop']:,.0f} | {r['floor_s']:.2f} "
+                     f"| {r['ours_s']:.2f} | **{r['ours_over_floor']:.2f}x** | {r['reference_loop_s']:.2f} "
+                     f"| {r['speedup_vs_reference_loop']:.2f}x faster | {r['device']} | {r['commit']} |")
+    return "\n".join(lines)
+
+
 def _replace(body: str, start: str, end: str, text: str) -> str:
     if start in body and end in body:
         pre, rest = body.split(start, 1)
@@ -179,6 +196,11 @@ def main() -> int:
         experts = [r for r in rows if r.get("what") == "experts"]
         readme = ROOT / "README.md"
         readme.write_text(_replace(readme.read_text(), MTT_START, MTT_END, mtt_table(records, experts)))
+    speed_path = RESULTS / SPEED_FILE
+    if speed_path.is_file():
+        rows = [json.loads(x) for x in speed_path.read_text().splitlines() if x.strip()]
+        readme = ROOT / "README.md"
+        readme.write_text(_replace(readme.read_text(), SPEED_START, SPEED_END, speed_table(rows)))
     xarch = load_records(XARCH_FILE)
     if xarch:
         readme = ROOT / "README.md"
