@@ -22,7 +22,7 @@ def jobs(datasets: list[str], ipcs: list[int]) -> list[Job]:
         for ds in datasets:
             out.append(Job("random", ds, ipc, "baseline", ["--preset", "random"]))
             out.append(Job("dm", ds, ipc, f"cpu-{BUDGET[ipc]}it",
-                           ["--preset", "dm-cpu", "--iterations", str(BUDGET[ipc])]))
+                           ["--preset", "dm-cpu", "--iterations", str(BUDGET[ipc]), "eval.n_models=5"]))
     # the whole training set under the same protocol, at a CPU-sized 2 epochs and 1 model
     out += [Job("full", ds, 0, "2-epochs", ["epochs=2", "n_models=1"]) for ds in datasets]
     return out
