@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..augment import DSAConfig, apply, siamese_params_for_classes
-from ..functional import class_mean_distance
+from ..functional import class_mean_distance, pick_chunk
 from ..models import create_model
 from ..seeding import fork
 from .base import Context, MethodEntry, check_ranges, register_method
@@ -36,13 +36,14 @@ class DMConfig:
     model: str = "convnet"
     dsa: bool = True
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
-    # images per forward chunk of the (gradient-free) real batch; small chunks keep the activations in
-    # cache and reuse memory on the CPU (benchmarks/speed_dm.py; `functional.chunked`)
-    real_chunk: int = 16
+    # images per forward chunk of the (gradient-free) real batch; None: `functional.pick_chunk` (small
+    # chunks on the CPU, which keep the activations in cache; the whole batch on a GPU)
+    real_chunk: int | None = None
     channels_last: bool = True
 
     def __post_init__(self) -> None:
-        check_ranges("dm", self, positive=("batch_real", "real_chunk"), rates=("lr_img",), momenta=("momentum",))
+        positive = ("batch_real",) + (("real_chunk",) if self.real_chunk is not None else ())
+        check_ranges("dm", self, positive=positive, rates=("lr_img",), momenta=("momentum",))
 
 
 class DM:
@@ -53,6 +54,8 @@ class DM:
         self.dsa = DSAConfig(strategy=cfg.dsa_strategy) if cfg.dsa else None
         counts = [ctx.data.train.class_count(c) for c in range(ctx.spec.num_classes)]
         self.n_real = min(cfg.batch_real, min(counts))
+        whole = self.n_real * ctx.spec.num_classes
+        self.real_chunk = cfg.real_chunk or pick_chunk(ctx.device, independent=True) or whole
 
     def _embed(self, net: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
         if self.cfg.channels_last:
@@ -79,7 +82,7 @@ class DM:
             real = apply(real, rp.to(ctx.device), self.dsa)
             syn = apply(syn, sp.to(ctx.device), self.dsa)
         with torch.no_grad():
-            f_real = self._embed(net, real, cfg.real_chunk)
+            f_real = self._embed(net, real, self.real_chunk)
         f_syn = self._embed(net, syn, syn.shape[0])
         loss = class_mean_distance(f_real.view(C, self.n_real, -1), f_syn.view(C, ipc, -1))
         self.opt.zero_grad(set_to_none=True)
