@@ -59,3 +59,21 @@ def test_resolve_fills_method_defaults_and_validates_names():
         resolve(from_dict(RunConfig, {"models": ["convnet", "resnet99"]}))
     with pytest.raises(ConfigError, match="has no iterations"):
         resolve(from_dict(RunConfig, {"method": "random", "iterations": 5}))
+
+
+def test_renamed_config_keys_still_load_with_a_one_line_deprecation():
+    import dataclasses
+    from typing import ClassVar
+
+    from datadistill.config import ConfigError, DeprecatedKeyWarning, from_dict
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        RENAMED: ClassVar[dict[str, str]] = {"old": "new"}
+        new: int = 1
+
+    with pytest.warns(DeprecatedKeyWarning, match="'old'.*'new'"):
+        assert from_dict(Cfg, {"old": 3}).new == 3
+    assert from_dict(Cfg, {"new": 4}).new == 4
+    with pytest.raises(ConfigError, match="both 'old'"):
+        from_dict(Cfg, {"old": 3, "new": 4})

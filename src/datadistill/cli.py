@@ -147,8 +147,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _one_line_warnings() -> None:
+    """Deprecation messages as one ``datadistill: warning: ...`` line, not Python's two-line form."""
+    import warnings
+
+    from .config import DeprecatedKeyWarning
+
+    plain = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):  # noqa: ANN001 (the warnings module's signature)
+        if issubclass(category, DeprecatedKeyWarning):
+            return f"datadistill: warning: {message}\n"
+        return plain(message, category, filename, lineno, line)
+
+    warnings.formatwarning = fmt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    _one_line_warnings()
     try:
         return {"distill": cmd_distill, "evaluate": cmd_evaluate, "show": cmd_show, "export": cmd_export,
                 "data": cmd_data, "list": cmd_list, "pretrain": cmd_pretrain,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,37 @@ import yaml
 
 class ConfigError(ValueError):
     """A config value or key is invalid; the message says which and what is valid."""
+
+
+class DeprecatedKeyWarning(FutureWarning):
+    """An old config key or flag was used; it still works, under its new name. Shown to users
+    (a `FutureWarning`, not a hidden `DeprecationWarning`), on one line by the CLI."""
+
+
+def deprecated(old: str, new: str, where: str = "") -> None:
+    """Say once per call site that ``old`` is now ``new`` (one line, category `DeprecatedKeyWarning`)."""
+    at = f" in {where}" if where else ""
+    warnings.warn(f"{old!r}{at} is deprecated; use {new!r} (the old name still works for now)",
+                  DeprecatedKeyWarning, stacklevel=3)
+
+
+def _renamed(cls: type) -> dict[str, str]:
+    """``cls.RENAMED``: old key -> new key, for configs whose keys were renamed (`from_dict` maps them)."""
+    return dict(getattr(cls, "RENAMED", {}) or {})
+
+
+def rename_keys(cls: type, d: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``d`` with the old keys of ``cls.RENAMED`` under their new names (each with a deprecation
+    message). Both an old key and its new one given is an error: which one was meant is unclear."""
+    out = dict(d)
+    for old, new in _renamed(cls).items():
+        if old in out:
+            if new in out:
+                raise ConfigError(f"{where or cls.__name__}: both {old!r} (deprecated) and {new!r} are given; "
+                                  f"keep only {new!r}")
+            deprecated(old, new, where or cls.__name__)
+            out[new] = out.pop(old)
+    return out
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -94,10 +126,10 @@ def _deepcopy(d: Any) -> Any:
 
 def from_dict(cls: type, d: dict[str, Any] | None, where: str = "") -> Any:
     """Build dataclass ``cls`` from ``d``; unknown keys and wrongly typed values are errors."""
-    d = dict(d or {})
+    label = where or cls.__name__
+    d = rename_keys(cls, dict(d or {}), label)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - set(fields))
-    label = where or cls.__name__
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {label}; valid keys: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
