@@ -47,6 +47,28 @@ class Method(Protocol):
     def step(self, iteration: int) -> dict[str, float]: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    # optional hooks, with the defaults of `MethodHooks`
+    def eval_networks(self) -> Callable[[int, str], Any] | None: ...
+    def file_meta(self) -> dict[str, Any]: ...
+    def final_metrics(self, synset: Any, data: LoadedDataset, device: torch.device) -> dict[str, Any] | None: ...
+
+
+class MethodHooks:
+    """The `Method` protocol's optional hooks and their defaults. A method class lists this as its
+    base to say "the defaults for what I do not define"; it holds no state and no behaviour of its
+    own, so the engine calls every hook without probing for it."""
+
+    def eval_networks(self) -> Callable[[int, str], Any] | None:
+        """``(i, model_name) -> nn.Module`` the evaluation's i-th network starts from; None: fresh ones."""
+        return None
+
+    def file_meta(self) -> dict[str, Any]:
+        """Extra metadata for the distilled file (JSON-able)."""
+        return {}
+
+    def final_metrics(self, synset: Any, data: LoadedDataset, device: torch.device) -> dict[str, Any] | None:
+        """Further final numbers beyond the evaluation's accuracy (e.g. DD's before/after), or None."""
+        return None
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from ..seeding import fork
 from ..synset import PixelSet
 from ..synset.io import atomic_write
 from ..train.loop import real_batches, train_classifier
-from .base import Context, MethodEntry, register_method
+from .base import Context, MethodEntry, MethodHooks, register_method
 
 Embed = Callable[[torch.Tensor], torch.Tensor]  # normalized images [n, C, H, W] -> features [n, D]
 Selector = Callable[[torch.Tensor, int], torch.Tensor]  # (features [n, D], k) -> indices [k]
@@ -208,7 +208,7 @@ def coreset_synset(method: str, cfg: CoresetConfig, data: LoadedDataset, ipc: in
 
 
 # ------------------------------------------------------------------------------------ the method
-class Selection:
+class Selection(MethodHooks):
     """The selection is the set's initialization from real data; there is nothing to optimize.
 
     ``file_meta`` records, under ``selection``, the rule and the feature space actually used.

@@ -45,7 +45,7 @@ from ..functional.chunked import mean_ce_grads, pick_chunk
 from ..functional.gradmatch import METRICS, gradient_distance
 from ..models import create_model, has_batchnorm
 from ..seeding import fork
-from .base import Context, DivergenceError, MethodEntry, check_ranges, register_method
+from .base import Context, DivergenceError, MethodEntry, MethodHooks, check_ranges, register_method
 
 # the papers' (outer_loop, inner_loop) per images per class
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -91,7 +91,7 @@ class DSAMethodConfig(DCConfig):
     dsa: bool = True
 
 
-class DC:
+class DC(MethodHooks):
     def __init__(self, cfg: DCConfig, ctx: Context) -> None:
         self.cfg, self.ctx, self.synset = cfg, ctx, ctx.synset
         outer, inner = default_loops(ctx.ipc)

@@ -44,7 +44,7 @@ from ..pool import Pool, PoolConfig, PoolError, pretrain_pool
 from ..seeding import derive_seed
 from ..synset import StepSet
 from ..train import replay_steps
-from .base import Context, DivergenceError, MethodEntry, register_method
+from .base import Context, DivergenceError, MethodEntry, MethodHooks, register_method
 
 
 INITS = ("fixed", "random", "pretrained_fixed", "pretrained_random")
@@ -268,7 +268,7 @@ def check_dd(cfg: DDConfig, ctx: Context) -> None:
         load_dataset(cfg.source_dataset, ctx.data_root)  # the pool is trained on it
 
 
-class DD:
+class DD(MethodHooks):
     def __init__(self, cfg: DDConfig, ctx: Context) -> None:
         self.cfg, self.ctx, self.synset = cfg, ctx, ctx.synset
         self.theta0_seed = derive_seed(ctx.seed, "dd-theta0")

@@ -25,7 +25,7 @@ from ..augment import DSAConfig, apply, siamese_params_for_classes
 from ..functional import class_mean_distance, pick_chunk
 from ..models import create_model
 from ..seeding import fork
-from .base import Context, MethodEntry, check_ranges, register_method
+from .base import Context, MethodEntry, MethodHooks, check_ranges, register_method
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class DMConfig:
         check_ranges("dm", self, positive=positive, rates=("lr_img",), momenta=("momentum",))
 
 
-class DM:
+class DM(MethodHooks):
     def __init__(self, cfg: DMConfig, ctx: Context) -> None:
         self.cfg, self.ctx = cfg, ctx
         self.synset = ctx.synset

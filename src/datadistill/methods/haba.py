@@ -49,7 +49,7 @@ from ..functional.unroll import buffers_of, unrolled_sgd
 from ..models import MODELS, create_model
 from ..seeding import derive_seed
 from ..synset.factorized import HallucinatorConfig, default_bases_per_class, factorized_synset
-from .base import Context, MethodEntry, register_method
+from .base import Context, MethodEntry, MethodHooks, register_method
 from .mtt import (check_matching, check_matching_config, draw_window, dsa_batch, experts_meta, guarded_update,
                   next_chunk, open_experts, store_step_size, student_model)
 
@@ -123,7 +123,7 @@ def check_haba(cfg: HaBaConfig, ctx: Context) -> None:
     check_matching(cfg, ctx)
 
 
-class HaBa:
+class HaBa(MethodHooks):
     def __init__(self, cfg: HaBaConfig, ctx: Context, experts: Any = None) -> None:
         self.cfg, self.ctx, self.synset = cfg, ctx, ctx.synset
         if not hasattr(self.synset, "hallucinators") or self.synset.learned_lr() is None:

@@ -48,7 +48,7 @@ from ..functional.trajectory import trajectory_loss
 from ..functional.unroll import buffers_of, unrolled_sgd
 from ..models import create_model, has_batchnorm
 from ..synset import PixelSet
-from .base import Context, DivergenceError, MethodEntry, register_method
+from .base import Context, DivergenceError, MethodEntry, MethodHooks, register_method
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ def student_model(name: str, spec, device: torch.device) -> torch.nn.Module:
     return net.train()
 
 
-class MTT:
+class MTT(MethodHooks):
     def __init__(self, cfg: MTTConfig, ctx: Context, experts: Any = None) -> None:
         self.cfg, self.ctx, self.synset = cfg, ctx, ctx.synset
         if self.synset.learned_lr() is None:
