@@ -26,7 +26,7 @@ def _hand_made() -> LoadedDataset:
     x[0] = torch.tensor([10.0, 10.0, 10.0, 10.0]).view(1, 2, 2)  # class 0's far outlier
     x[4] = torch.tensor([-6.0, 6.0, -6.0, 6.0]).view(1, 2, 2)  # class 0's second outlier
     y = torch.tensor([0, 1] * 6)
-    spec = DatasetSpec("hand", 2, 1, (2, 2), (0.0,), (1.0,), ("a", "b"), flip=False)
+    spec = DatasetSpec("hand", 2, 1, (2, 2), (0.0,), (1.0,), ("a", "b"), allow_flip=False)
     train = RealData(x, y, 2)
     return LoadedDataset(spec, train, train)
 

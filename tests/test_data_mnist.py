@@ -98,7 +98,7 @@ def test_prepare_reports_every_failed_source(tmp_path, monkeypatch):
 
 
 def test_digits_and_procedural(digits):
-    assert digits.spec.image_size == (28, 28) and not digits.spec.flip
+    assert digits.spec.image_size == (28, 28) and not digits.spec.allow_flip
     assert len(digits.train) == 1437 and len(digits.test) == 360
     assert abs(float(digits.train.images.mean())) < 0.01 and abs(float(digits.train.images.std()) - 1) < 0.01
     toy = load_dataset("procedural", num_classes=3, size=8, per_class=4)

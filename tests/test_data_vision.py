@@ -168,7 +168,7 @@ def test_cifar10_loads_the_python_batches(tmp_path):
 
     ds = load_dataset("CIFAR10", tmp_path, verify=False)
     spec = ds.spec
-    assert spec.name == "cifar10" and spec.shape == (3, 32, 32) and spec.flip
+    assert spec.name == "cifar10" and spec.shape == (3, 32, 32) and spec.allow_flip
     assert spec.class_names == tuple(CIFAR10_NAMES)
     assert spec.mean == vision.CIFAR10_MEAN and spec.std == vision.CIFAR10_STD
     assert spec.extra == {}  # verify is about the files, not part of the spec
@@ -227,7 +227,7 @@ def test_cifar10_prepare_without_network_says_what_to_copy(tmp_path, monkeypatch
 def test_svhn_loads_the_mat_files(tmp_path):
     _write_svhn(tmp_path)
     ds = load_dataset("SVHN", tmp_path, verify=False)
-    assert ds.spec.class_names == tuple("0123456789") and not ds.spec.flip
+    assert ds.spec.class_names == tuple("0123456789") and not ds.spec.allow_flip
     assert ds.train.labels.tolist() == [0, 1, 9] and ds.test.labels.tolist() == [3, 0]  # 10 means digit 0
     assert ds.train.images.shape == (3, 3, 32, 32) and ds.train.images.dtype == torch.float32
     m, s = torch.tensor(ds.spec.mean), torch.tensor(ds.spec.std)
@@ -282,7 +282,7 @@ def test_imagefolder_defaults_compute_mean_std(tmp_path, test_name):
     _write_folder(tmp_path, test_name)
     ds = load_dataset("ImageFolder", tmp_path, image_size=8)
     spec = ds.spec
-    assert spec.shape == (3, 8, 8) and spec.class_names == ("cat", "dog") and spec.flip
+    assert spec.shape == (3, 8, 8) and spec.class_names == ("cat", "dog") and spec.allow_flip
     assert ds.train.labels.tolist() == [0, 0, 0, 1, 1] and ds.test.labels.tolist() == [1, 1]  # test lacks "cat"
     # the default mean/std are the training images' own: normalized train images have mean 0, std 1
     x = ds.train.images.transpose(0, 1).reshape(3, -1)
@@ -300,7 +300,7 @@ def test_imagefolder_options(tmp_path):
     Image.new("RGB", (20, 10), (255, 255, 255)).save(root / "white.png")
     ds = load_dataset("imagefolder", tmp_path, image_size="6", channels=1, mean="0.5", std=[0.25], flip="no")
     spec = ds.spec
-    assert spec.shape == (1, 6, 6) and spec.mean == (0.5,) and spec.std == (0.25,) and not spec.flip
+    assert spec.shape == (1, 6, 6) and spec.mean == (0.5,) and spec.std == (0.25,) and not spec.allow_flip
     white = ds.train.images[3]  # sorted file names: 0.png, 1.png, 2.png, white.png
     torch.testing.assert_close(white, torch.full((1, 6, 6), 2.0))  # (1 - 0.5) / 0.25
     with pytest.raises(TypeError, match="valid options"):

@@ -6,7 +6,7 @@ import torch
 from datadistill.cli import main
 from datadistill.evaluation import evaluate, get_protocol
 from datadistill.synset import (SYNSETS, FactorizedSet, Hallucinator, HallucinatorConfig, SyntheticSet,
-                                factorized_synset, load_synset, save_synset)
+                                factorized_synset, load_synset, read_meta, save_synset)
 from datadistill.synset.factorized import default_bases_per_class
 
 
@@ -17,7 +17,10 @@ def _set(toy, bases=2, hals=3, seed=0, **kw):
 def test_protocol_shapes_labels_and_index_order(toy):
     s = _set(toy)  # 3 classes x 2 bases, 3 hallucinators
     assert isinstance(s, SyntheticSet) and SYNSETS.get("factorized") is FactorizedSet
-    assert (s.num_classes, s.bases_per_class, s.n_hallucinators, s.ipc, len(s)) == (3, 2, 3, 6, 18)
+    assert (s.num_classes, s.bases_per_class, s.n_hallucinators, s.examples_per_class, len(s)) == (3, 2, 3, 6, 18)
+    # no budget given: the images per class its storage fills (864 base + 3 x 220 hallucinator floats
+    # over 3 classes x 144 pixels), rounded up
+    assert s.ipc == 4 and _set(toy, ipc=5).ipc == 5
     assert s.bases.shape == (6, 1, 12, 12) and s.per_class().shape == (3, 2, 1, 12, 12)
     assert s.labels.tolist() == [0, 0, 1, 1, 2, 2]
     assert s.class_index(1).tolist() == list(range(6, 12))
@@ -115,7 +118,7 @@ def test_batches_are_one_seeded_epoch_over_the_bases(toy):
 
 
 def test_file_round_trip(toy, tmp_path):
-    s = _set(toy, lr=0.02, learn_lr=True)
+    s = _set(toy, lr=0.02, learn_lr=True, ipc=5)
     with torch.no_grad():  # move away from the initialization so the round trip is meaningful
         for p in s.hallucinator_parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
@@ -124,12 +127,34 @@ def test_file_round_trip(toy, tmp_path):
     assert isinstance(f.synset, FactorizedSet) and f.meta["type"] == "factorized"
     assert torch.equal(f.synset.materialize()[0], s.materialize()[0])
     assert torch.equal(f.synset.materialize()[1], s.materialize()[1])
-    assert f.meta["num_images"] == 18 and f.meta["ipc"] == 6 and f.meta["storage_numel"] == s.storage_numel()
+    assert f.meta["num_images"] == 18 and f.meta["ipc"] == f.synset.ipc == 5 and f.meta["storage_numel"] == s.storage_numel()
     assert f.synset.storage_numel() == s.storage_numel() and abs(f.synset.learned_lr() - 0.02) < 1e-7
     from safetensors.torch import load_file
 
     names = set(load_file(str(path)))
     assert {"bases", "labels", "log_lr", "hallucinators.0.enc.weight", "hallucinators.2.scale"} <= names
+
+
+def test_a_file_written_before_ipc_meant_the_budget_still_loads(toy, tmp_path):
+    """Old HaBa files: ``ipc`` = bases x hallucinators in the set's config and the header, the budget
+    in ``budget_ipc``, no ``examples_per_class``; the dataset spec with ``flip``."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    s = _set(toy, ipc=3)
+    path = save_synset(tmp_path / "new.safetensors", s, toy.spec, method="haba")
+    meta = read_meta(path)
+    meta["synset_config"]["ipc"] = meta["ipc"] = 6
+    del meta["synset_config"]["examples_per_class"]
+    meta["budget_ipc"] = 3
+    meta["dataset"]["flip"] = meta["dataset"].pop("allow_flip")
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(path)), str(old), metadata={"datadistill": json.dumps(meta)})
+    f = load_synset(old)
+    assert f.synset.examples_per_class == 6 and f.synset.ipc == 4  # the storage it fills; the header says 3
+    assert f.meta["budget_ipc"] == 3 and f.spec == toy.spec and f.spec.allow_flip
+    assert torch.equal(f.synset.materialize()[0], s.materialize()[0])
 
 
 def test_rejects_bad_inputs(toy):
@@ -163,7 +188,7 @@ def test_engine_builder_reads_the_method_config(toy):
     assert (s.bases_per_class, s.n_hallucinators, s.hallucinators[0].hidden_channels) == (9, 2, 4)
     assert s.log_lr.requires_grad and abs(s.learned_lr() - 0.01) < 1e-8
     s = factorized_synset(_HaBaLike(bases_per_class=3, lr_teacher=None), toy, 10, "noise", torch.Generator())
-    assert s.bases_per_class == 3 and s.learned_lr() is None and s.ipc == 6
+    assert s.bases_per_class == 3 and s.learned_lr() is None and (s.examples_per_class, s.ipc) == (6, 10)
     assert HallucinatorConfig.of(object()) == HallucinatorConfig()  # defaults: 5 hallucinators, 3x3
     s = factorized_synset(_HaBaLike(hallucinator_init="identity", hallucinator_channels=None), toy, 2, "real",
                           torch.Generator())

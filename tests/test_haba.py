@@ -52,7 +52,7 @@ def test_budget_maps_to_bases_and_the_file_states_storage(toy, experts):
     h, s = make(toy, experts, ipc=3)
     assert s.bases_per_class == 2 and s.n_hallucinators == 3 and s.learned_lr() == pytest.approx(0.05)
     meta = h.file_meta()
-    assert meta["budget_ipc"] == 3 and meta["stored_floats"] == s.storage_numel()
+    assert s.ipc == 3 and "budget_ipc" not in meta and meta["stored_floats"] == s.storage_numel()
     assert meta["budget_floats"] == 3 * 3 * 12 * 12
 
 
@@ -72,9 +72,9 @@ def test_haba_reduces_its_trajectory_loss(toy, experts):
     h, _ = make(toy, experts)
 
     def fixed():
-        saved, h._chunks = h._chunks, []
+        saved, h.match.chunks = h.match.chunks, []
         v = float(h.trajectory_loss(0, 1, torch.Generator().manual_seed(7)).detach())
-        h._chunks = saved
+        h.match.chunks = saved
         return v
 
     first = fixed()
@@ -97,7 +97,7 @@ def test_state_dict_round_trip_includes_the_extractor(toy, experts):
     b.load_state_dict(a.state_dict())
     for p, q in zip(a.extractor.parameters(), b.extractor.parameters()):
         assert torch.equal(p, q)
-    assert s2.learned_lr() == pytest.approx(float(a.alpha.detach()))
+    assert s2.learned_lr() == pytest.approx(float(a.match.alpha.detach()))
 
 
 def test_non_finite_trajectory_stops_before_any_update(toy, experts):

@@ -66,9 +66,9 @@ def test_mtt_reduces_matching_loss_and_student_moves_toward_target(toy, experts)
     mtt, s = make(toy, experts)
 
     def loss_at_fixed_draw():
-        saved, mtt._chunks = mtt._chunks, []
+        saved, mtt.match.chunks = mtt.match.chunks, []
         v = float(mtt.matching_loss(0, 1, torch.Generator().manual_seed(5)).detach())
-        mtt._chunks = saved
+        mtt.match.chunks = saved
         return v
 
     before = loss_at_fixed_draw()
@@ -80,7 +80,7 @@ def test_mtt_reduces_matching_loss_and_student_moves_toward_target(toy, experts)
     assert after < 1.0  # ended nearer the target than the start it came from
     assert not torch.equal(images0, s.images.detach())
     # the learned step size moved, is stored in the set and is what evaluation will use
-    assert s.learned_lr() == pytest.approx(float(mtt.alpha.detach()))
+    assert s.learned_lr() == pytest.approx(float(mtt.match.alpha.detach()))
     assert s.learned_lr() != pytest.approx(0.05)
 
 
@@ -89,16 +89,16 @@ def test_gradients_reach_images_and_step_size(toy, experts):
     loss = mtt.matching_loss(1, 0, torch.Generator().manual_seed(0))
     loss.backward()
     assert s.images.grad is not None and float(s.images.grad.abs().sum()) > 0
-    assert mtt.alpha.grad is not None and float(mtt.alpha.grad.abs()) > 0
+    assert mtt.match.alpha.grad is not None and float(mtt.match.alpha.grad.abs()) > 0
 
 
 def test_checkpointed_unroll_gives_same_loss_and_gradients(toy, experts):
     out = []
     for ckpt in (False, True):
-        mtt, s = make(toy, experts, checkpoint=ckpt)
+        mtt, s = make(toy, experts, grad_checkpoint=ckpt)
         loss = mtt.matching_loss(0, 1, torch.Generator().manual_seed(3))
         loss.backward()
-        out.append((float(loss.detach()), s.images.grad.clone(), float(mtt.alpha.grad)))
+        out.append((float(loss.detach()), s.images.grad.clone(), float(mtt.match.alpha.grad)))
     assert out[0][0] == pytest.approx(out[1][0], rel=1e-5)
     assert torch.allclose(out[0][1], out[1][1], atol=1e-6, rtol=1e-4)
     assert out[0][2] == pytest.approx(out[1][2], rel=1e-4)
@@ -109,7 +109,7 @@ def test_student_steps_use_the_learned_step_size(toy, experts):
     mtt, s = make(toy, experts, syn_steps=1)
     start = experts.params(0, 0)
     x, y = s.images.detach(), s.labels
-    new = unrolled_sgd(mtt.net, start, [(x, y, mtt.alpha)])
+    new = unrolled_sgd(mtt.match.net, start, [(x, y, mtt.match.alpha)])
     net = create_model("mlp", 1, 3, (12, 12))
     net.load_state_dict(start)
     F.cross_entropy(net(x), y).backward()
@@ -140,7 +140,7 @@ def test_step_size_is_clamped_positive_or_the_run_stops_unchanged(toy, experts):
         assert "max_lr" in str(e)
         assert torch.equal(images0, s.images.detach()) and s.learned_lr() == pytest.approx(lr0)
     else:
-        assert float(mtt.alpha.detach()) == pytest.approx(1e-4) and s.learned_lr() == pytest.approx(1e-4)
+        assert float(mtt.match.alpha.detach()) == pytest.approx(1e-4) and s.learned_lr() == pytest.approx(1e-4)
 
 
 def test_state_dict_round_trip(toy, experts):
@@ -148,8 +148,8 @@ def test_state_dict_round_trip(toy, experts):
     a.step(0)
     b, s2 = make(toy, experts)
     b.load_state_dict(a.state_dict())
-    assert float(b.alpha.detach()) == pytest.approx(float(a.alpha.detach()))
-    assert s2.learned_lr() == pytest.approx(float(a.alpha.detach()))
+    assert float(b.match.alpha.detach()) == pytest.approx(float(a.match.alpha.detach()))
+    assert s2.learned_lr() == pytest.approx(float(a.match.alpha.detach()))
 
 
 def test_batchnorm_students_are_refused(toy, experts):

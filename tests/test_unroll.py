@@ -33,7 +33,7 @@ def test_checkpointing_gives_the_same_gradients(model):
     for ckpt in (False, True):
         net, xs, ys, raw_lr, xr, yr = _setup(model)
         steps = schedule(xs, ys, raw_lr.exp(), epochs=2)
-        final = unrolled_sgd(net, params_of(net, requires_grad=False), steps, checkpoint=ckpt)
+        final = unrolled_sgd(net, params_of(net, requires_grad=False), steps, grad_checkpoint=ckpt)
         loss = evaluate_params(net, final, xr, yr)
         gx0, gx1, glr = torch.autograd.grad(loss, [xs[0], xs[1], raw_lr])
         grads.append((float(loss.detach()), gx0, gx1, glr))

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Sequence
+from typing import Callable, ClassVar, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -94,7 +94,11 @@ class DSAConfig:
 
     ``op_choice`` applies to mode ``"single"``: ``"per_sample"`` draws the op for each sample,
     ``"per_batch"`` once per `sample_params` call (what the reference does in every call).
+    ``flip_prob`` was ``flip`` (which also names the op, and the spec's flag); the old key still loads
+    from a config mapping (`config.from_dict`), with a deprecation message.
     """
+
+    RENAMED: ClassVar[dict[str, str]] = {"flip": "flip_prob"}
 
     strategy: str = "color_crop_cutout_flip_scale_rotate"
     mode: str = "single"
@@ -106,7 +110,7 @@ class DSAConfig:
     brightness: float = 1.0  # x + (u - 0.5) * brightness
     saturation: float = 2.0  # mix with the per-pixel channel mean by u * saturation
     contrast: float = 0.5  # mix with the per-image mean by u + contrast
-    flip: float = 0.5  # probability of a horizontal flip when the op is applied
+    flip_prob: float = 0.5  # probability of a horizontal flip when the op is applied
 
     def __post_init__(self) -> None:
         parse_strategy(self.strategy)
@@ -124,13 +128,13 @@ class DSAConfig:
             "cutout": 0.0 <= self.cutout <= 1.0,
             "brightness": self.brightness >= 0.0,
             "saturation": self.saturation >= 0.0,
-            "flip": 0.0 <= self.flip <= 1.0,
+            "flip_prob": 0.0 <= self.flip_prob <= 1.0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(
                 f"DSAConfig out of range: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)} "
-                "(need scale >= 1, rotate/brightness/saturation >= 0, crop/cutout/flip in [0, 1])"
+                "(need scale >= 1, rotate/brightness/saturation >= 0, crop/cutout/flip_prob in [0, 1])"
             )
 
     @property
@@ -241,7 +245,7 @@ def sample_params(
         chosen = torch.tensor(allowed, dtype=torch.long, device=dev)[pick]
         active[torch.arange(n, device=dev), chosen] = True
 
-    flip = (rand(n) < cfg.flip) & allow_flip
+    flip = (rand(n) < cfg.flip_prob) & allow_flip
     lo = 1.0 / cfg.scale
     scale = rand(n, 2) * (cfg.scale - lo) + lo
     angle = (rand(n) - 0.5) * 2.0 * cfg.rotate

@@ -55,18 +55,18 @@ FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 SPECS = {
     "mnist": DatasetSpec(
         name="mnist", num_classes=10, channels=1, image_size=(28, 28), mean=(0.1307,), std=(0.3081,),
-        class_names=tuple(str(i) for i in range(10)), flip=False,
+        class_names=tuple(str(i) for i in range(10)), allow_flip=False,
     ),
     "fashion_mnist": DatasetSpec(
         name="fashion_mnist", num_classes=10, channels=1, image_size=(28, 28), mean=(0.2861,), std=(0.3530,),
         class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                      "Ankle boot"),
-        flip=True,
+        allow_flip=True,
     ),
     # mean/std of the upsampled training split below
     "digits": DatasetSpec(
         name="digits", num_classes=10, channels=1, image_size=(28, 28), mean=(0.3052,), std=(0.3251,),
-        class_names=tuple(str(i) for i in range(10)), flip=False,
+        class_names=tuple(str(i) for i in range(10)), allow_flip=False,
     ),
 }
 
@@ -296,7 +296,7 @@ def load_procedural(root: Path, num_classes: int = 4, channels: int = 1, size: i
     spec = DatasetSpec(
         name="procedural", num_classes=num_classes, channels=channels, image_size=(size, size),
         mean=(0.5,) * channels, std=(0.3,) * channels, class_names=tuple(f"class{i}" for i in range(num_classes)),
-        flip=True, extra={"num_classes": num_classes, "channels": channels, "size": size,
+        allow_flip=True, extra={"num_classes": num_classes, "channels": channels, "size": size,
                           "per_class": per_class, "seed": seed},
     )
     return LoadedDataset(spec, split(per_class), split(per_class // 2 or 1))

@@ -13,7 +13,11 @@ class DatasetSpec:
     """What a model and a synthetic set need to know about a dataset.
 
     ``mean``/``std`` are the per-channel normalization applied to every image the library hands
-    out; ``flip`` says whether a horizontal flip keeps the label (not for digits).
+    out; ``allow_flip`` says whether a horizontal flip keeps the label (not for digits).
+
+    ``allow_flip`` was ``flip`` before (a word DSA also uses, for a flip's probability): spec dicts
+    written with ``flip`` (distilled files, expert shards) still load through `from_dict`, and the
+    read-only ``flip`` property answers with a deprecation message.
     """
 
     name: str
@@ -23,7 +27,7 @@ class DatasetSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...]
-    flip: bool = True
+    allow_flip: bool = True
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -48,6 +52,14 @@ class DatasetSpec:
         s = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
         return x * s + m
 
+    @property
+    def flip(self) -> bool:
+        """Deprecated name of `allow_flip`."""
+        from ..config import deprecated
+
+        deprecated("DatasetSpec.flip", "allow_flip")
+        return self.allow_flip
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["image_size"] = list(self.image_size)
@@ -55,6 +67,12 @@ class DatasetSpec:
         d["std"] = list(self.std)
         d["class_names"] = list(self.class_names)
         return d
+
+    def cache_key(self) -> dict[str, Any]:
+        """The spec as cache folders hash it (`cache.keyed_dir`): `to_dict` with ``allow_flip`` under its
+        old name ``flip``, so that folders keyed before the rename are still found."""
+        d = self.to_dict()
+        return {k if k != "allow_flip" else "flip": v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DatasetSpec":
@@ -66,7 +84,7 @@ class DatasetSpec:
             mean=tuple(float(v) for v in d["mean"]),
             std=tuple(float(v) for v in d["std"]),
             class_names=tuple(str(v) for v in d["class_names"]),
-            flip=bool(d.get("flip", True)),
+            allow_flip=bool(d.get("allow_flip", d.get("flip", True))),  # "flip": written before the rename
             extra=dict(d.get("extra", {})),
         )
 

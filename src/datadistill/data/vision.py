@@ -152,7 +152,7 @@ def cifar_dataset(name: str, num_classes: int, mean: tuple[float, ...], std: tup
         train = _open_checked(name, root, lambda: cls(root, train=True, download=False))
         test = _open_checked(name, root, lambda: cls(root, train=False, download=False))
         spec = DatasetSpec(name=name, num_classes=num_classes, channels=3, image_size=(32, 32), mean=mean,
-                           std=std, class_names=tuple(train.classes), flip=True)
+                           std=std, class_names=tuple(train.classes), allow_flip=True)
         return LoadedDataset(spec, to_real(_nhwc(train.data), train.targets, spec),
                              to_real(_nhwc(test.data), test.targets, spec))
 
@@ -200,7 +200,7 @@ def load_svhn(root: Path, verify: Any = True) -> LoadedDataset:
     train = _open_checked("svhn", root, lambda: cls(root, split="train", download=False))
     test = _open_checked("svhn", root, lambda: cls(root, split="test", download=False))
     spec = DatasetSpec(name="svhn", num_classes=10, channels=3, image_size=(32, 32), mean=SVHN_MEAN, std=SVHN_STD,
-                       class_names=tuple(str(d) for d in range(10)), flip=False)
+                       class_names=tuple(str(d) for d in range(10)), allow_flip=False)
     # torchvision already transposed the .mat's [H, W, C, N] to [N, C, H, W]
     return LoadedDataset(spec, to_real(torch.from_numpy(train.data).contiguous(), train.labels, spec),
                          to_real(torch.from_numpy(test.data).contiguous(), test.labels, spec))
@@ -307,7 +307,7 @@ def load_tinyimagenet(root: Path) -> LoadedDataset:
     if not test_samples:
         raise missing("tinyimagenet", root, "val/val_annotations.txt lists no images")
     spec = DatasetSpec(name="tinyimagenet", num_classes=len(wnids), channels=3, image_size=(64, 64),
-                       mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=_tiny_names(base, wnids), flip=True)
+                       mean=IMAGENET_MEAN, std=IMAGENET_STD, class_names=_tiny_names(base, wnids), allow_flip=True)
     fit = _fit(64, 3)
     return LoadedDataset(spec, to_real(*read_images(train.samples, fit), spec),
                          to_real(*read_images(test_samples, fit), spec))
@@ -402,7 +402,7 @@ def load_image_folder(root: Path, image_size: Any = 32, channels: Any = 3, mean:
     # as `datadistill evaluate` does), with the mean/std in effect, JSON-ready
     options = {"image_size": size, "channels": chans, "mean": list(mean_t), "std": list(std_t), "flip": do_flip}
     spec = DatasetSpec(name="imagefolder", num_classes=len(train.classes), channels=chans, image_size=(size, size),
-                       mean=mean_t, std=std_t, class_names=tuple(train.classes), flip=do_flip, extra=options)
+                       mean=mean_t, std=std_t, class_names=tuple(train.classes), allow_flip=do_flip, extra=options)
     return LoadedDataset(spec, to_real(x_train, y_train, spec), to_real(x_test, y_test, spec))
 
 

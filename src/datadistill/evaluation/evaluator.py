@@ -57,7 +57,7 @@ def dsa_augment(spec: DatasetSpec, strategy: str) -> Callable[[torch.Tensor, tor
     cfg = DSAConfig(strategy=strategy, op_choice="per_batch")
 
     def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        params = sample_params(cfg, x.shape[0], g, tuple(x.shape[-2:]), allow_flip=spec.flip)
+        params = sample_params(cfg, x.shape[0], g, tuple(x.shape[-2:]), allow_flip=spec.allow_flip)
         return apply(x, params.to(x.device), cfg)
 
     return augment

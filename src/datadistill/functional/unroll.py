@@ -6,11 +6,10 @@ and the step sizes ``lr_t`` (and into ``theta_0`` if it requires grad). Paramete
 tensors passed to ``torch.func.functional_call``; nothing modifies a module in place.
 
 Memory: without checkpointing, every step's activations and its gradient graph stay alive, so
-memory grows linearly with the number of steps. With ``checkpoint=True`` each step is wrapped in
-non-reentrant ``torch.utils.checkpoint``: only the parameters between steps are kept and each step
-is recomputed during the backward pass (one extra forward+backward per step). Measured with
-`benchmarks/dd_memory.py` (LeNet, MNIST, 100 images per step): at 60 unrolled steps 83 MB instead
-of 491 MB of extra memory, for 1.58x the time (1.4-1.6x from 15 to 60 steps).
+memory grows linearly with the number of steps. With ``grad_checkpoint=True`` (gradient
+checkpointing) each step is wrapped in non-reentrant ``torch.utils.checkpoint``: only the parameters
+between steps are kept and each step is recomputed during the backward pass (one extra
+forward+backward per step): memory for time, measured by `benchmarks/dd_memory.py`.
 
 BatchNorm is not handled: in train mode it would update the running statistics in place (the
 buffers passed in share storage with the module's), once per unrolled step and again on the
@@ -27,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint as _checkpoint
+
+from ..config import deprecated
 
 Params = dict[str, torch.Tensor]
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -59,13 +60,19 @@ def unrolled_sgd(
     *,
     buffers: Params | None = None,
     loss_fn: Loss = F.cross_entropy,
-    checkpoint: bool = False,
+    grad_checkpoint: bool = False,
+    checkpoint: bool | None = None,
 ) -> Params:
-    """Apply the SGD steps ``(x_t, y_t, lr_t)`` differentiably, starting from ``params``."""
+    """Apply the SGD steps ``(x_t, y_t, lr_t)`` differentiably, starting from ``params``.
+
+    ``checkpoint`` is the deprecated name of ``grad_checkpoint``."""
+    if checkpoint is not None:
+        deprecated("unrolled_sgd(checkpoint=...)", "grad_checkpoint")
+        grad_checkpoint = checkpoint
     buffers = buffers if buffers is not None else buffers_of(model)
     names = list(params)
     for x, y, lr in steps:
-        if not checkpoint:
+        if not grad_checkpoint:
             params = sgd_step(model, params, buffers, x, y, lr, loss_fn)
             continue
 

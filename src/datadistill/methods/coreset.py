@@ -164,7 +164,7 @@ def _feature_cache(cfg: CoresetConfig, data: LoadedDataset, net_seed: int, order
     at every size draw the same network from the same run seed, so it is trained once. The key holds
     a checksum of the training tensors, so other data never hits it."""
     train = data.train
-    key = {"spec": data.spec.to_dict(), "n": len(train), "images_sum": float(train.images.double().sum()),
+    key = {"spec": data.spec.cache_key(), "n": len(train), "images_sum": float(train.images.double().sum()),
            "labels_sum": int(train.labels.sum()), "model": cfg.model, "epochs": cfg.train_epochs,
            "lr": cfg.train_lr, "batch_size": cfg.batch_size, "net_seed": net_seed, "order_seed": order_seed,
            "device": train.images.device.type, "torch": torch.__version__}

@@ -164,7 +164,7 @@ class DC(MethodHooks):
         syn = self.synset.images
         if self.dsa is not None:
             rp, sp = siamese_params_for_classes(self.dsa, C, self.n_real, ipc, fork(g), spec.image_size,
-                                                allow_flip=spec.flip)
+                                                allow_flip=spec.allow_flip)
             real, syn = apply(real, rp.to(ctx.device), self.dsa), apply(syn, sp.to(ctx.device), self.dsa)
         y = torch.arange(C, device=ctx.device)
         g_real = self.class_gradients(params, buffers, real.view(C, self.n_real, *real.shape[1:]),
@@ -186,7 +186,7 @@ class DC(MethodHooks):
                 idx = perm[i : i + self.cfg.batch_train]
                 x = x_all[idx]
                 if self.train_dsa is not None:
-                    p = sample_params(self.train_dsa, x.shape[0], g, tuple(x.shape[-2:]), allow_flip=self.ctx.spec.flip)
+                    p = sample_params(self.train_dsa, x.shape[0], g, tuple(x.shape[-2:]), allow_flip=self.ctx.spec.allow_flip)
                     x = apply(x, p.to(x.device), self.train_dsa)
                 # plain autograd: faster than torch.func.grad for this loop on CPU (speed_dc record)
                 grads = mean_ce_grads(lambda xb: functional_call(self.net, (params, buffers), (xb,)),

@@ -216,7 +216,7 @@ def pool_config(cfg: DDConfig, source: LoadedDataset) -> PoolConfig:
 
 def default_pool_dir(pc: PoolConfig, spec) -> Path:
     """Where the pool for ``pc`` is cached, shared by every run that needs the same one."""
-    return keyed_dir("pools", f"{pc.dataset}-{pc.model}", [dataclasses.asdict(pc), spec.to_dict()])
+    return keyed_dir("pools", f"{pc.dataset}-{pc.model}", [dataclasses.asdict(pc), spec.cache_key()])
 
 
 def open_pool(cfg: DDConfig, ctx: Context, progress: bool = True) -> Pool:
@@ -324,7 +324,7 @@ class DD(MethodHooks):
             y_real = torch.where(y_real == self.cfg.attack_class, self.cfg.target_class, y_real)
         schedule = self.synset.schedule()
         thetas = self._initializations(g)
-        loss = sum(evaluate_params(self.net, unrolled_sgd(self.net, th, schedule, checkpoint=self.cfg.checkpoint),
+        loss = sum(evaluate_params(self.net, unrolled_sgd(self.net, th, schedule, grad_checkpoint=self.cfg.checkpoint),
                                    x_real, y_real) for th in thetas) / len(thetas)
         # divergence is caught before the update: the set and the optimizer stay in their last good state
         if not torch.isfinite(loss):

@@ -78,7 +78,7 @@ class DM(MethodHooks):
         syn = self.synset.images
         if self.dsa is not None:
             rp, sp = siamese_params_for_classes(self.dsa, C, self.n_real, ipc, fork(g), spec.image_size,
-                                                allow_flip=spec.flip)
+                                                allow_flip=spec.allow_flip)
             real = apply(real, rp.to(ctx.device), self.dsa)
             syn = apply(syn, sp.to(ctx.device), self.dsa)
         with torch.no_grad():

@@ -28,8 +28,10 @@ than the paper's thousands.
 
 Example order: base-major, then hallucinator: example ``i`` is hallucinator ``i % H`` applied to
 base ``i // H``, and bases are stored class by class (base ``k`` is base ``k % B`` of class
-``k // B``). So class ``c`` holds examples ``c*B*H .. (c+1)*B*H - 1`` and ``ipc = B * H``, the
-images per class the set can produce.
+``k // B``). So class ``c`` holds examples ``c*B*H .. (c+1)*B*H - 1``: ``examples_per_class = B * H``
+images per class the set can produce. ``ipc`` is, as everywhere, the storage budget in images per
+class the set is compared at (HaBa: the run's ``--ipc``); a set built without one reports the images
+per class its storage fills, rounded up.
 
 ``norm="base"`` (ours, not the paper's; `HallucinatorConfig.norm`) rescales every hallucination to
 its base's mean and standard deviation (one scalar each per image, over channels and pixels). The
@@ -37,17 +39,14 @@ released hallucinator has no normalization, and the instance-normalized ConvNet 
 with cannot see a per-image scale: its first convolution is followed by instance normalization, which
 divides the scale out (and removes a constant shift up to the zero-padded border). So nothing in
 the distillation loss holds a hallucination's scale, and it drifts: gradients through a
-scale-invariant network are orthogonal to its input, so every step grows the hallucinators' weights.
-After 100 iterations on MNIST the hallucinations have 4 (hallucinator lr 0.1) to 60,000 (the
-released lr 100) times the RMS of real images (README, cross-architecture results). The ConvNet
-trained on them does not mind; networks without normalization layers (MLP, LeNet) train badly or
-not at all on them, and DSA's colour augmentations (additive brightness, contrast around the mean)
-fade to nothing at that scale. With ``norm="base"`` the hallucination keeps its base's scale; to
-the instance-normalized ConvNet it differs from the released one only by a constant shift (which
-that normalization also removes, except along the zero-padded border). Measured on MNIST at 10
-images per class (README): it rescues the released hallucinator lr 100 (ConvNet 85.68 against
-77.55) but costs 3.6 points at lr 1; a hallucinator lr of 0.1 without it keeps the scale at about
-4 times the data's and is the better setting there.
+scale-invariant network are orthogonal to its input, so every step grows the hallucinators' weights,
+the more so the larger the hallucinators' learning rate. The ConvNet trained on such hallucinations
+does not mind; networks without normalization layers (MLP, LeNet) train badly or not at all on them,
+and DSA's colour augmentations (additive brightness, contrast around the mean) fade to nothing at
+that scale. With ``norm="base"`` the hallucination keeps its base's scale; to the instance-normalized
+ConvNet it differs from the released one only by a constant shift (which that normalization also
+removes, except along the zero-padded border). What this gains or costs at each hallucinator
+learning rate is measured in the benchmark records (docs/methods/haba.md).
 
 Evaluation semantics (``batches``, as the released code's evaluation dataset): one epoch shows every
 base once, each through a hallucinator drawn at random per base and per epoch.
@@ -180,6 +179,7 @@ class FactorizedSet(nn.Module):
         hallucinators: Sequence[Hallucinator],
         lr: float | None = None,
         learn_lr: bool = False,
+        ipc: int | None = None,
     ) -> None:
         super().__init__()
         if bases.ndim != 4 or bases.shape[0] != labels.shape[0]:
@@ -203,7 +203,7 @@ class FactorizedSet(nn.Module):
         self.num_classes = num_classes
         self.bases_per_class = int(counts[0])
         self.n_hallucinators = len(hallucinators)
-        self.ipc = self.bases_per_class * self.n_hallucinators
+        self.examples_per_class = self.bases_per_class * self.n_hallucinators
         self.bases = nn.Parameter(bases.detach().clone().float())
         self.register_buffer("labels", labels.detach().clone().long())  # one label per base
         self.hallucinators = nn.ModuleList(hallucinators)
@@ -211,6 +211,10 @@ class FactorizedSet(nn.Module):
             raise ValueError(f"step size must be positive, got {lr}")
         # the step size is stored as its log so it stays positive under gradient steps (as PixelSet)
         self.log_lr = nn.Parameter(torch.tensor(math.log(lr)), requires_grad=learn_lr) if lr is not None else None
+        if ipc is not None and ipc < 1:
+            raise ValueError(f"ipc (the storage budget in images per class) must be >= 1, got {ipc}")
+        per_class_image = num_classes * math.prod(self._out_shape())
+        self.ipc = int(ipc) if ipc is not None else math.ceil(self.storage_numel() / per_class_image)
 
     # -------------------------------------------------------------------- construction
     @classmethod
@@ -218,12 +222,12 @@ class FactorizedSet(nn.Module):
                    generator: torch.Generator, *, out_channels: int | None = None, kernel_size: int = 3,
                    hidden_channels: int | None = None, lr: float | None = None,
                    learn_lr: bool = False, hallucinator_init: str = "default",
-                   hallucinator_norm: str = "none") -> "FactorizedSet":
+                   hallucinator_norm: str = "none", ipc: int | None = None) -> "FactorizedSet":
         """Given bases (class by class) plus ``n_hallucinators`` fresh hallucinators drawn from ``generator``."""
         hals = make_hallucinators(n_hallucinators, int(bases.shape[1]), out_channels or int(bases.shape[1]),
                                   tuple(bases.shape[2:]), generator, kernel_size, hidden_channels, hallucinator_init,
                                   hallucinator_norm)
-        return cls(bases, labels, num_classes, hals, lr=lr, learn_lr=learn_lr)
+        return cls(bases, labels, num_classes, hals, lr=lr, learn_lr=learn_lr, ipc=ipc)
 
     @classmethod
     def from_real(cls, real: RealData, bases_per_class: int, n_hallucinators: int, generator: torch.Generator,
@@ -292,7 +296,8 @@ class FactorizedSet(nn.Module):
         return int(self.bases.shape[0]) * self.n_hallucinators
 
     def class_index(self, c: int) -> torch.Tensor:
-        return torch.arange(c * self.ipc, (c + 1) * self.ipc, device=self.bases.device)
+        k = self.examples_per_class
+        return torch.arange(c * k, (c + 1) * k, device=self.bases.device)
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch: every base once, shuffled, each through a hallucinator drawn for it this epoch."""
@@ -327,7 +332,8 @@ class FactorizedSet(nn.Module):
     def config(self) -> dict[str, Any]:
         hal = self.hallucinators[0]
         return {"num_classes": self.num_classes, "bases_per_class": self.bases_per_class,
-                "n_hallucinators": self.n_hallucinators, "ipc": self.ipc, "out_channels": hal.out_channels,
+                "n_hallucinators": self.n_hallucinators, "ipc": self.ipc,
+                "examples_per_class": self.examples_per_class, "out_channels": hal.out_channels,
                 "kernel_size": hal.kernel_size, "hidden_channels": hal.hidden_channels, "hallucinator_norm": hal.norm,
                 "learn_lr": bool(self.log_lr is not None and self.log_lr.requires_grad)}
 
@@ -342,8 +348,11 @@ class FactorizedSet(nn.Module):
             prefix = f"hallucinators.{h}."
             hal.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
         lr = float(tensors["log_lr"].exp()) if "log_lr" in tensors else None
+        # files written before ``ipc`` meant the budget stored ``bases x hallucinators`` under it (and the
+        # budget in the header's ``budget_ipc``); they lack ``examples_per_class``
+        ipc = int(config["ipc"]) if "examples_per_class" in config else None
         return cls(bases, tensors["labels"], int(config["num_classes"]), hals, lr=lr,
-                   learn_lr=bool(config.get("learn_lr", False)))
+                   learn_lr=bool(config.get("learn_lr", False)), ipc=ipc)
 
     def _out_shape(self) -> tuple[int, ...]:
         return (self.hallucinators[0].out_channels, *self.bases.shape[2:])
@@ -367,7 +376,7 @@ def factorized_synset(cfg: Any, data: LoadedDataset, ipc: int, init: str, genera
     hal = HallucinatorConfig.of(cfg)
     lr = getattr(cfg, "lr_teacher", None)
     kw = dict(kernel_size=hal.kernel_size, hidden_channels=hal.hidden_channels, hallucinator_init=hal.init,
-              hallucinator_norm=hal.norm, lr=lr,
+              hallucinator_norm=hal.norm, lr=lr, ipc=ipc,
               learn_lr=lr is not None and bool(getattr(cfg, "learn_lr", True)))
     if init == "real":
         return FactorizedSet.from_real(data.train, bases, hal.n_hallucinators, generator, **kw)
