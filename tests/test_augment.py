@@ -318,3 +318,12 @@ def test_none_strategy_is_identity():
     cfg = DSAConfig(strategy="none")
     x = images((2, 3, 8, 8))
     assert torch.equal(apply(x, sample_params(cfg, 2, gen(0), 8), cfg), x)
+
+
+def test_the_old_flip_key_means_flip_prob():
+    from datadistill.config import DeprecatedKeyWarning, from_dict
+
+    with pytest.warns(DeprecatedKeyWarning, match="'flip'.*'flip_prob'"):
+        assert from_dict(DSAConfig, {"flip": 0.25}).flip_prob == 0.25
+    with pytest.raises(ValueError, match="flip_prob=1.5"):
+        DSAConfig(flip_prob=1.5)

@@ -341,3 +341,23 @@ def test_partial_cifar_names_the_missing_file(tmp_path):
     assert not DATASETS.get("cifar10").available(tmp_path)
     with pytest.raises(DatasetMissingError, match="lacks test_batch"):
         DATASETS.get("cifar10").load(tmp_path, verify=False)
+
+
+def test_spec_dicts_written_with_flip_still_load():
+    import warnings
+
+    from datadistill.config import DeprecatedKeyWarning
+    from datadistill.data.spec import DatasetSpec
+
+    spec = DatasetSpec("hand", 2, 1, (2, 2), (0.0,), (1.0,), ("a", "b"), allow_flip=False)
+    d = spec.to_dict()
+    assert d["allow_flip"] is False and "flip" not in d
+    old = {k if k != "allow_flip" else "flip": v for k, v in d.items()}  # a file's spec from before the rename
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a file cannot be edited by its reader: no message for it
+        assert DatasetSpec.from_dict(old) == spec and DatasetSpec.from_dict(d) == spec
+    assert DatasetSpec.from_dict({**old, "flip": True}).allow_flip  # the value, not the default
+    # cache folders keep their keys (the old name), so pools and features cached before still hit
+    assert spec.cache_key() == old
+    with pytest.warns(DeprecatedKeyWarning, match="allow_flip"):
+        assert spec.flip is False

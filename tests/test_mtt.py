@@ -208,3 +208,48 @@ def test_missing_experts_error_names_the_command(toy):
     with pytest.raises(ExpertError, match="datadistill experts --dataset procedural --model mlp --experts 10 "
                                           "--epochs 4 --out /nonexistent/experts"):
         MTT(cfg, ctx)
+
+
+def test_mtt_and_haba_extend_the_one_trajectory_config():
+    import dataclasses
+
+    from datadistill.methods.haba import HaBaConfig
+    from datadistill.methods.trajectory import TrajectoryMatching
+
+    shared = [f.name for f in dataclasses.fields(TrajectoryMatching)]
+    for cls in (MTTConfig, HaBaConfig):
+        assert issubclass(cls, TrajectoryMatching)
+        assert [f.name for f in dataclasses.fields(cls)][: len(shared)] == shared  # flat: one mapping in YAML
+        assert "epochs_needed" not in vars(cls)  # defined once
+    assert HaBaConfig(max_start_epoch=20, expert_epochs=2).epochs_needed == 21
+    assert (HaBaConfig().lr_img, HaBaConfig().min_lr, MTTConfig().lr_img) == (100.0, 0.001, 1000.0)
+
+
+@pytest.mark.parametrize("preset", ["mtt-cifar10-ipc1", "mtt-cifar10-ipc10", "haba-cifar10-ipc1",
+                                    "haba-cifar10-ipc10"])
+def test_presets_load_without_deprecation_messages(preset, recwarn):
+    from datadistill.config import DeprecatedKeyWarning, from_dict, load_preset
+    from datadistill.methods import METHODS
+
+    d = load_preset(preset)
+    cfg = from_dict(METHODS.get(d["method"]).config, d["method_config"])
+    assert cfg.syn_steps == d["method_config"]["syn_steps"]
+    assert not [w for w in recwarn if issubclass(w.category, DeprecatedKeyWarning)]
+
+
+def test_the_old_checkpoint_key_means_grad_checkpoint():
+    from datadistill.config import ConfigError, DeprecatedKeyWarning, from_dict
+    from datadistill.methods.haba import HaBaConfig
+
+    for cls in (MTTConfig, HaBaConfig):
+        with pytest.warns(DeprecatedKeyWarning, match="'checkpoint'.*'grad_checkpoint'"):
+            assert from_dict(cls, {"checkpoint": True, "syn_steps": 3}).grad_checkpoint is True
+        with pytest.raises(ConfigError, match="keep only 'grad_checkpoint'"):
+            from_dict(cls, {"checkpoint": True, "grad_checkpoint": True})
+    # a config.yaml saved before the rename (dataclasses.asdict of the old MTTConfig) still loads
+    saved = {"experts": None, "model": "convnet", "syn_steps": 20, "expert_epochs": 3, "max_start_epoch": 25,
+             "lr_img": 1000.0, "lr_lr": 1e-05, "lr_teacher": 0.01, "momentum": 0.5, "batch_syn": None, "dsa": True,
+             "dsa_strategy": "color_crop_cutout_flip_scale_rotate", "checkpoint": False, "min_lr": 1e-6,
+             "max_lr": 1.0}
+    with pytest.warns(DeprecatedKeyWarning):
+        assert from_dict(MTTConfig, saved) == MTTConfig()
