@@ -108,7 +108,7 @@ def best_linear_distilled(X: torch.Tensor, y: torch.Tensor, M: int, lr: float,
     ``1/lr`` (so ``E[d^T d] = (M/lr) I``, the exact solution's scale), ``t`` at zero. Works for any
     ``M``; for ``M < D`` the result is the best set, not an exact one. The loop is ``steps`` tiny
     ops: run it with ``torch.set_num_threads(1)`` (faster, and on a loaded machine several threads
-    make each backward wait for a descheduled thread, ~30x slower).
+    make each backward wait for a descheduled thread, many times slower).
     """
     if theta0s.ndim != 2 or theta0s.shape[1] != X.shape[1]:
         raise ValueError(f"theta0s must be [K, D={X.shape[1]}], got {tuple(theta0s.shape)}")

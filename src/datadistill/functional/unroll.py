@@ -9,7 +9,8 @@ Memory: without checkpointing, every step's activations and its gradient graph s
 memory grows linearly with the number of steps. With ``grad_checkpoint=True`` (gradient
 checkpointing) each step is wrapped in non-reentrant ``torch.utils.checkpoint``: only the parameters
 between steps are kept and each step is recomputed during the backward pass (one extra
-forward+backward per step): memory for time, measured by `benchmarks/dd_memory.py`.
+forward+backward per step): memory stays almost flat in the number of steps, for more time.
+`benchmarks/dd_memory.py` measures both; its records are discussed in docs/methods/dd.md.
 
 BatchNorm is not handled: in train mode it would update the running statistics in place (the
 buffers passed in share storage with the module's), once per unrolled step and again on the
