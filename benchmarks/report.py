@@ -38,6 +38,7 @@ PAPERS = {
 }
 ORDER = {m: i for i, m in enumerate(["full", "random", "herding", "kcenter", "dd", "dc", "dsa", "dm", "mtt", "haba"])}
 SETTINGS_DD = ("fixed", "random")  # DD's settings that distill for training from scratch (not poison / adapt)
+NOT_RESULTS = {"smoke.jsonl"}  # the cpu-smoke suite checks that methods run and learn; its figures are no results
 
 
 # -- records -----------------------------------------------------------------------------------------
@@ -48,6 +49,8 @@ class Row(dict):
 def records() -> list[Row]:
     out = []
     for path in sorted(RESULTS_DIR.glob("*.jsonl")):
+        if path.name in NOT_RESULTS:
+            continue
         for n, r in enumerate(read_records(path), 1):
             row = Row(r)
             row["file"], row["line"] = path.name, n
