@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from suites import RELEASED_DIR, ROOT, Job, Suite, SuiteError, check, latest_record, load_suite, results_path  # noqa: E402
+from suites import (RELEASED_DIR, ROOT, Job, Suite, SuiteError, check, latest_record, load_suite,  # noqa: E402
+                    results_path)
 
 CLI = [sys.executable, "-m", "datadistill.cli"]
 
@@ -177,7 +178,8 @@ class Runner:
         reports = json.loads(out[out.index("{"):])
         return [{
             "method": "full", "dataset": job.dataset, "ipc": 0, "setting": job.setting, "model": model,
-            "protocol": ev["protocol"]["name"], "epochs": ev["protocol"]["epochs"], "augment": ev["protocol"]["augment"],
+            "protocol": ev["protocol"]["name"], "epochs": ev["protocol"]["epochs"],
+            "augment": ev["protocol"]["augment"],
             "n_models": ev["n_models"], "acc_mean": round(ev["acc_mean"], 2), "acc_std": round(ev["acc_std"], 2),
             "accuracies": [round(100 * a, 2) for a in ev["accuracies"]], "iterations": 0,
             "seconds_per_iteration": 0.0, "eval_seconds": round(ev["seconds"], 1), "wall_seconds": round(wall, 1),
