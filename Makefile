@@ -23,8 +23,10 @@ help:
 	@echo "make distill   main job: distill MNIST with DM (10 images/class, CPU preset), print accuracy, write the grid"
 	@echo "make test      run the test suite"
 	@echo "make data      prepare MNIST and Fashion-MNIST"
-	@echo "make bench     CPU benchmark (DM vs random, MNIST and Fashion-MNIST, 1 and 10 images/class)"
+	@echo "make bench     run a benchmark suite (SUITE=cpu, ONLY=job ids): the jobs not yet recorded, then check"
+	@echo "               every record against its expected accuracy (fails on a regression); writes docs/results.md"
 	@echo "make bench-speed  DM and DC iterations against their FLOP floor, on this CPU's path and on AVX2"
+	@echo "make bench-table  docs/results.md and docs/img/ from benchmarks/results/*.jsonl"
 
 # keyed by content (the hash in the folder name), not by mtime: a fresh clone must not rebuild it.
 # Dependencies only (setuptools for the checkouts' editable installs); the project goes into each .venv.
@@ -74,9 +76,12 @@ test: venv
 	@# the numeric tests once more on another CPU path (AVX2 on AVX-512 machines, plain kernels on AVX2 ones)
 	env $$($(RUN) tests/alt_capability.py) $(RUN) -m pytest -q -m numeric tests
 
+# benchmarks/suites/$(SUITE).yaml: resumable (a recorded job is skipped, a run folder resumes), exit 1 on a regression
+SUITE ?= cpu
+ONLY ?=
 bench: venv data
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(RUN) benchmarks/dm_cpu.py
-	$(RUN) benchmarks/table.py
+	$(RUN) benchmarks/run.py $(SUITE) $(if $(ONLY),--only $(ONLY))
+	$(RUN) benchmarks/report.py
 
 AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 
@@ -87,9 +92,10 @@ bench-speed: venv
 	$(AVX2) $(RUN) benchmarks/speed_dm.py --steps 3
 	$(RUN) benchmarks/speed_dc.py
 	$(AVX2) $(RUN) benchmarks/speed_dc.py
+	$(RUN) benchmarks/report.py
 
 bench-table: venv
-	$(RUN) benchmarks/table.py
+	$(RUN) benchmarks/report.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -97,7 +97,7 @@ def main() -> None:
     if a.one:  # child process: one measurement, printed as JSON
         print(json.dumps(measure(a.dataset, int(a.one[0]), a.per_step, a.one[1] == "1", a.iters, a.device)))
         return
-    from runner import commit
+    from run import commit
 
     results = Path(a.results)
     results.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from datadistill.methods.dc import DC, DCConfig  # noqa: E402
 from datadistill.models import create_model  # noqa: E402
 from datadistill.seeding import make_generator  # noqa: E402
 from datadistill.synset import PixelSet  # noqa: E402
-from runner import commit  # noqa: E402
+from run import commit  # noqa: E402
 from speed_common import matmul_gflops, timed, write_record  # noqa: E402
 
 

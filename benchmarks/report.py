@@ -1,0 +1,409 @@
+"""Write docs/results.md and docs/img/acc_vs_ipc.png from the records in benchmarks/results/.
+
+    python benchmarks/report.py                    # docs/results.md + docs/img/acc_vs_ipc.png
+    python benchmarks/report.py --methods-table    # print the best CPU accuracy per method (for README.md)
+    python benchmarks/report.py --check            # exit 1 when docs/results.md is not what the records give
+
+Every table row is the latest record of one suite job (benchmarks/suites/*.yaml); the commands that
+produced them are listed under each table, with the commit and the machine of each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from suites import RELEASED_DIR, RESULTS_DIR, ROOT, SUITES_DIR, SuiteError, load_suite, read_records  # noqa: E402
+
+DOC = ROOT / "docs" / "results.md"
+PLOT = ROOT / "docs" / "img" / "acc_vs_ipc.png"
+COMMAND = "python benchmarks/report.py"
+DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "digits": "digits"}
+# the methods table: method -> paper
+PAPERS = {
+    "dd": "Wang et al., Dataset Distillation (arXiv 2018)",
+    "dc": "Zhao et al., Dataset Condensation with Gradient Matching (ICLR 2021)",
+    "dsa": "Zhao & Bilen, Dataset Condensation with Differentiable Siamese Augmentation (ICML 2021)",
+    "dm": "Zhao & Bilen, Dataset Condensation with Distribution Matching (WACV 2023)",
+    "mtt": "Cazenavette et al., Dataset Distillation by Matching Training Trajectories (CVPR 2022)",
+    "haba": "Liu et al., Dataset Distillation via Factorization (NeurIPS 2022)",
+    "herding": "Welling, Herding Dynamical Weights to Learn (ICML 2009)",
+    "kcenter": "Sener & Savarese, Active Learning for CNNs: A Core-Set Approach (ICLR 2018)",
+    "random": "random real images per class (baseline)",
+}
+ORDER = {m: i for i, m in enumerate(["full", "random", "herding", "kcenter", "dd", "dc", "dsa", "dm", "mtt", "haba"])}
+SETTINGS_DD = ("fixed", "random")  # DD's settings that distill for training from scratch (not poison / adapt)
+NOT_RESULTS = {"smoke.jsonl"}  # the cpu-smoke suite checks that methods run and learn; its figures are no results
+
+
+# -- records -----------------------------------------------------------------------------------------
+class Row(dict):
+    """A record with where it is: ``file`` (name in benchmarks/results/) and ``line`` (1-based)."""
+
+
+def records() -> list[Row]:
+    out = []
+    for path in sorted(RESULTS_DIR.glob("*.jsonl")):
+        if path.name in NOT_RESULTS:
+            continue
+        for n, r in enumerate(read_records(path), 1):
+            row = Row(r)
+            row["file"], row["line"] = path.name, n
+            out.append(row)
+    return out
+
+
+def latest_per_job(rows: list[Row]) -> dict[str, list[Row]]:
+    """Each job's rows of its latest run (one per evaluated model)."""
+    by_job: dict[str, list[Row]] = defaultdict(list)
+    for r in rows:
+        if r.get("job"):
+            by_job[r["job"]].append(r)
+    out = {}
+    for job, rs in by_job.items():
+        run = [rs[-1]]  # the last record, and the records of the other models its run appended before it
+        for r in reversed(rs[:-1]):
+            if (r.get("commit"), r.get("command")) != (run[0].get("commit"), run[0].get("command")) \
+                    or r.get("model") in {x.get("model") for x in run}:
+                break
+            run.insert(0, r)
+        out[job] = run
+    return out
+
+
+def suite_of() -> dict[str, str]:
+    names = {}
+    for path in sorted(SUITES_DIR.glob("*.yaml")):
+        for j in load_suite(path).jobs:
+            names.setdefault(j.id, path.stem)
+    return names
+
+
+def link(r: Row, prefix: str) -> str:
+    return f"{prefix}benchmarks/results/{r['file']}#L{r['line']}"
+
+
+def pm(r: dict, key: str = "acc_mean") -> str:
+    std = r.get(key.replace("_mean", "_std") if key.endswith("_mean") else key + "_std")
+    if r.get("n_models") == 1:  # one network: no spread to show
+        std = None
+    return f"{r[key]:.2f} ± {std:.2f}" if std is not None else f"{r[key]:.2f}"
+
+
+def is_standard(r: dict) -> bool:
+    """A set for training networks from scratch on its own dataset (what the methods table compares)."""
+    return ("method" in r and r["method"] in PAPERS and r.get("ipc", 0) > 0
+            and (r["method"] != "dd" or r["setting"].startswith(SETTINGS_DD)) and not r.get("step_size"))
+
+
+def best(rows: list[Row]) -> dict[tuple, Row]:
+    """The best record per (method, dataset, ipc) among the standard ones, on the job's first model."""
+    out: dict[tuple, Row] = {}
+    for r in rows:
+        if is_standard(r):
+            k = (r["method"], r["dataset"], r["ipc"])
+            if k not in out or r["acc_mean"] > out[k]["acc_mean"]:
+                out[k] = r
+    return out
+
+
+# -- tables ------------------------------------------------------------------------------------------
+def methods_table(rows: list[Row], prefix: str = "") -> str:
+    """Best CPU accuracy per (method, dataset) at 1 and 10 images per class, each linked to its record."""
+    top = best(rows)
+    cols = [(d, i) for d in ("mnist", "fashion_mnist") for i in (1, 10)]
+    head = ("| method | paper | `--method` | " + " | ".join(f"{DATASETS[d]} {i}/class" for d, i in cols)
+            + " | evaluation |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for m in sorted({k[0] for k in top}, key=lambda m: ORDER.get(m, 99)):
+        cells = []
+        for d, i in cols:
+            r = top.get((m, d, i))
+            cells.append(f"[{pm(r)}]({link(r, prefix)})" if r else "-")
+        evals = sorted({_evaluation(r) for k, r in top.items() if k[0] == m})
+        lines.append(f"| {m} | {PAPERS[m]} | `{m}` | " + " | ".join(cells) + f" | {'; '.join(evals)} |")
+    full = {r["dataset"]: r for r in rows if r.get("method") == "full"}
+    if full:
+        cells = [f"[{pm(full[d])}]({link(full[d], prefix)})" if d in full and i == 1 else "" for d, i in cols]
+        lines.append("| whole training set | - | `datadistill evaluate --full` | " + " | ".join(cells)
+                     + f" | {'; '.join(sorted({_evaluation(r) for r in full.values()}))} |")
+    return "\n".join(lines)
+
+
+def _evaluation(r: dict) -> str:
+    ep = f", {r['epochs']} epochs" if r.get("epochs") else ""
+    return f"{r['n_models']} x {r['model']}, `{r['protocol']}` protocol{ep}"
+
+
+def main_tables(jobs: dict[str, list[Row]], suites: dict[str, str]) -> tuple[str, list[Row]]:
+    """ConvNet-protocol records (every method but DD), one table per (dataset, images per class)."""
+    rows = [rs[0] for rs in jobs.values() if "acc_mean" in rs[0] and rs[0].get("method") not in (None, "dd")
+            and not rs[0].get("step_size")]
+    out = []
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["dataset"], r["ipc"])].append(r)
+    for (ds, ipc) in sorted(groups, key=lambda k: (k[0] != "mnist", k[0], k[1])):
+        title = f"### {DATASETS.get(ds, ds)}, " + (f"{ipc} image(s) per class" if ipc else "whole training set")
+        head = ("| method | setting | accuracy (%) | evaluation | iterations | s / it | stored floats | commit "
+                "| machine | job |")
+        lines = [title, "", head, "|" + "---|" * (head.count("|") - 1)]
+        for r in sorted(groups[(ds, ipc)], key=lambda r: (ORDER.get(r["method"], 99), -r["acc_mean"])):
+            stored = f"{r['stored_floats']:,}" if r.get("stored_floats") else "-"
+            if "bases_per_class" in r:
+                stored += f" ({r['bases_per_class']} bases/class + {r['n_hallucinators']} hallucinators)"
+            lines.append(f"| {r['method']} | {r['setting']} | {pm(r)} | {_evaluation(r)} | {r['iterations']} "
+                         f"| {r['seconds_per_iteration']:.2f} | {stored} | {r['commit']} | {r['device']} "
+                         f"| [{r['job']}](#cmd-{r['job']}) |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out), rows
+
+
+def dd_table(jobs: dict[str, list[Row]]) -> tuple[str, list[Row]]:
+    rows = [rs[0] for rs in jobs.values() if rs[0].get("method") in ("dd", "random_real", "kmeans", "average")]
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    order = {"dd": 0, "random_real": 1, "kmeans": 2, "average": 3}
+    head = ("| dataset | IPC | setting | method | step size | test acc. after (%) | eval nets | acc. before (%) "
+            "| 0s predicted as 1, before -> after (%) | iterations | s / it | commit | machine | job |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in sorted(rows, key=lambda r: (settings.index(r["setting"]), order[r["method"]], r.get("step_size", ""))):
+        step = r.get("step_size") or "learned"
+        if r.get("lr") is not None:
+            step += f" ({r['lr']:g})"
+        attack = (f"{r['attack_success_before']:.1f} -> {pm(r, 'attack_success_after')}"
+                  if "attack_success_after" in r else "-")
+        before = pm(r, "acc_before") if "acc_before" in r else "-"
+        lines.append(f"| {r['dataset']} | {r['ipc']} | {r['setting']} | {r['method']} | {step} | **{pm(r)}** "
+                     f"| {r['n_models']} | {before} | {attack} | {r['iterations']} | {r['seconds_per_iteration']:.3f} "
+                     f"| {r['commit']} | {r['device']} | [{r['job']}](#cmd-{r['job']}) |")
+    return "\n".join(lines), rows
+
+
+def xarch_table(jobs: dict[str, list[Row]], suites: dict[str, str]) -> tuple[str, list[Row]]:
+    rows = [rs[0] for j, rs in jobs.items() if j.startswith("xarch-")]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    of = defaultdict(dict)
+    for r in rows:
+        of[r["job"][len("xarch-"):-len(r["model"]) - 1]][r["model"]] = r
+    head = ("| distilled set (job) | ConvNet, its own record | " + " | ".join(f"{m} (lr 0.01)" for m in models)
+            + " | RMS of its examples | commit |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for src, by_model in of.items():
+        own = jobs.get(src, [None])[0]
+        cells = [pm(own) if own else "-"] + [pm(by_model[m]) if m in by_model else "-" for m in models]
+        first = next(iter(by_model.values()))
+        commits = ", ".join(dict.fromkeys(r["commit"] for r in by_model.values()))
+        lines.append(f"| {src} | " + " | ".join(cells) + f" | {first['input_rms']:,.1f} | {commits} |")
+    return "\n".join(lines), rows
+
+
+def bases_table(jobs: dict[str, list[Row]]) -> tuple[str, list[Row]]:
+    rows = [rs[0] for j, rs in jobs.items() if j.startswith("bases-")]
+    lines = ["| HaBa set (job) | full set, its own record | bases alone | images | commit |", "|---|---|---|---|---|"]
+    for r in rows:
+        src = r["job"][len("bases-"):]
+        own = jobs.get(src, [None])[0]
+        lines.append(f"| {src} | {pm(own) if own else '-'} | {pm(r)} | {r['n_images']} | {r['commit']} |")
+    return "\n".join(lines), rows
+
+
+def experts_table(jobs: dict[str, list[Row]]) -> tuple[str, list[Row]]:
+    rows = [rs[0] for rs in jobs.values() if rs[0].get("what") == "experts"]
+    lines = ["| job | dataset | experts x epochs | s / expert epoch | final test acc. (%) | machine | commit |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| [{r['job']}](#cmd-{r['job']}) | {r['dataset']} | {r['n_experts']} x {r['epochs']} "
+                     f"| {r['seconds_per_expert_epoch']:.0f} | {r['mean_final_test_acc']:.2f} | {r['device']} "
+                     f"| {r['commit']} |")
+    return "\n".join(lines), rows
+
+
+def speed_table(rows: list[Row]) -> str:
+    """The latest record per (benchmark, images per class, CPU capability, device) of speed.jsonl."""
+    latest: dict[tuple, Row] = {}
+    for r in rows:
+        latest[(r["benchmark"], r["ipc"], r["capability"], r["device"])] = r
+    lines = ["| iteration | CPU path | matmul GFLOP/s | GFLOP | floor s | ours s | ours / floor | reference loop s "
+             "| ours vs reference | machine | commit | command |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(latest.values(), key=lambda r: (r["benchmark"], r["ipc"], r["capability"])):
+        what = f"{r['benchmark'].split('_')[0].upper()} {DATASETS.get(r['dataset'], r['dataset'])} {r['ipc']}/class"
+        env = " ".join(f"{k}={v}" for k, v in r.get("env", {}).items())
+        lines.append(f"| {what} | {r['capability']} | {r['matmul_gflops']:.0f} | {r['gflop']:,.0f} "
+                     f"| {r['floor_s']:.2f} "
+                     f"| {r['ours_s']:.2f} | **{r['ours_over_floor']:.2f}x** | {r['reference_loop_s']:.2f} "
+                     f"| {r['speedup_vs_reference_loop']:.2f}x faster | {r['device']} | {r['commit']} "
+                     f"| `{(env + ' ') if env else ''}{r['command']}` |")
+    return "\n".join(lines)
+
+
+def memory_table(rows: list[Row]) -> str:
+    lines = ["| unrolled steps | images per step | gradient checkpointing | s / iteration | peak extra MB | machine "
+             "| commit | command |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["unrolled_steps"], r["checkpoint"])):
+        lines.append(f"| {r['unrolled_steps']} | {r['per_step']} | {'yes' if r['checkpoint'] else 'no'} "
+                     f"| {r['seconds_per_iteration']:.3f} | {r['peak_extra_mb']:.0f} | {r['device']} | {r['commit']} "
+                     f"| `{r['command']}` |")
+    return "\n".join(lines)
+
+
+def commands(rows: list[Row], suites: dict[str, str]) -> str:
+    """The command of each row, anchored by its job id; how to rerun it through its suite."""
+    lines = ["<details><summary>Commands</summary>", ""]
+    for r in rows:
+        suite = suites.get(r["job"], "?")
+        lines.append(f"- <a id=\"cmd-{r['job']}\"></a>`{r['job']}` (suite `{suite}`, record "
+                     f"[{r['file']}:{r['line']}]({link(r, '../')})): `{r['command']}`")
+    lines += ["", "</details>"]
+    return "\n".join(lines)
+
+
+def released_table() -> str:
+    index = RELEASED_DIR / "index.json"
+    if not index.is_file():
+        return "No released sets."
+    lines = ["| file | method | dataset | IPC | accuracy (%) | job | record |", "|---|---|---|---|---|---|---|"]
+    for e in json.loads(index.read_text()):
+        lines.append(f"| [{Path(e['file']).name}](../{e['file']}) | {e['method']} | {DATASETS.get(e['dataset'])} "
+                     f"| {e['ipc']} | {e['acc_mean']:.2f} ± {e['acc_std']:.2f} | {e['job']} "
+                     f"| [{e['record']}](../{e['record'].replace(':', '#L')}) |")
+    return "\n".join(lines)
+
+
+def render(rows: list[Row]) -> str:
+    suites = suite_of()
+    jobs = latest_per_job(rows)
+    main_md, main_rows = main_tables(jobs, suites)
+    dd_md, dd_rows = dd_table(jobs)
+    xa_md, xa_rows = xarch_table(jobs, suites)
+    ba_md, ba_rows = bases_table(jobs)
+    ex_md, ex_rows = experts_table(jobs)
+    speed = [r for r in rows if r["file"] == "speed.jsonl"]
+    memory = [r for r in rows if r["file"] == "dd_memory.jsonl"]
+    parts = [
+        f"<!-- generated by `{COMMAND}` from benchmarks/results/*.jsonl: "
+        "edit the records or the script, not this file -->",
+        "# Results",
+        "",
+        f"This page is generated by `{COMMAND}` (also `make bench-table`) from the records in "
+        "`benchmarks/results/*.jsonl`. Each row is the latest record of one job of a suite in "
+        "`benchmarks/suites/`; `python benchmarks/run.py SUITE --only JOB` reruns it, and "
+        "`python benchmarks/run.py SUITE --check` compares every record with its expected figure. "
+        "Budgets are CPU budgets, far below the papers' GPU budgets: these figures are not the papers'.",
+        "",
+        "## Best CPU accuracy per method",
+        "",
+        "The best recorded accuracy (mean ± std over the evaluation networks) for training networks from "
+        "scratch on the distilled set, at 1 and 10 images per class. Each figure links to its record.",
+        "",
+        methods_table(rows, prefix="../"),
+        "",
+        "![accuracy vs images per class](img/acc_vs_ipc.png)",
+        "",
+        "## ConvNet evaluation (`dc` protocol), every job",
+        "",
+        "Fresh ConvNets trained on the set (300 epochs, no augmentation; MTT and HaBa at the set's learned "
+        "step size), final test accuracy. `s / it` is seconds per distillation iteration.",
+        "",
+        main_md,
+        "",
+        commands(main_rows, suites),
+        "",
+        "## Dataset Distillation (LeNet)",
+        "",
+        "Every setting of Wang et al. (2018) beside real-image baselines under the same steps and epochs; "
+        "baselines learn only the step sizes (`learned`) or use one step size chosen on 10,000 training "
+        "images (`fixed`).",
+        "",
+        dd_md,
+        "",
+        commands(dd_rows, suites),
+        "",
+        "## Cross-architecture",
+        "",
+        "Distilled sets evaluated on networks they were not distilled for: 5 fresh networks, `dc` protocol, "
+        "the fixed rate 0.01 for every set. The RMS is that of the set's training examples in the normalized "
+        "space (real data: about 1).",
+        "",
+        xa_md,
+        "",
+        commands(xa_rows, suites),
+        "",
+        "## HaBa: the bases alone",
+        "",
+        "A HaBa set's bases evaluated as a plain image set (same labels, same learned step size).",
+        "",
+        ba_md,
+        "",
+        commands(ba_rows, suites),
+        "",
+        "## Expert trajectories (MTT, HaBa)",
+        "",
+        ex_md,
+        "",
+        commands(ex_rows, suites),
+        "",
+        "## Speed",
+        "",
+        "One DM or DC iteration against its floor (its floating-point work at the machine's fp32 "
+        "matrix-multiply rate, measured in the same run), by `make bench-speed`.",
+        "",
+        speed_table(speed) if speed else "No records.",
+        "",
+        "## Memory of Dataset Distillation's unrolled steps",
+        "",
+        memory_table(memory) if memory else "No records.",
+        "",
+        "## Released distilled sets",
+        "",
+        "The best recorded set per (method, dataset, images per class), loadable with "
+        "`datadistill evaluate FILE` or `datadistill.load_synset(FILE)`; other sets are rebuilt by their job.",
+        "",
+        released_table(),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def plot(rows: list[Row], out: Path) -> None:
+    from datadistill.viz import plot_acc_vs_ipc
+
+    top = [r for (m, ds, ipc), r in best(rows).items() if m != "dd" and ds in ("mnist", "fashion_mnist")]
+    plot_acc_vs_ipc(top, out, title="ConvNet test accuracy, best CPU record per method")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods-table", action="store_true",
+                   help="print the methods table (links from the repository root)")
+    p.add_argument("--link-prefix", default="", help="prefix of the record links of --methods-table")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 when docs/results.md differs from what the records give")
+    p.add_argument("--out", type=Path, default=DOC, help="the page to write (default %(default)s)")
+    a = p.parse_args(argv)
+    try:
+        rows = records()
+        if a.methods_table:
+            print(methods_table(rows, a.link_prefix))
+            return 0
+        text = render(rows)
+    except SuiteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.check:
+        same = a.out.is_file() and a.out.read_text() == text
+        print(f"{a.out}: {'up to date' if same else f'out of date, run `{COMMAND}`'}")
+        return 0 if same else 1
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(text)
+    plot(rows, a.out.parent / "img" / PLOT.name)
+    print(f"wrote {a.out} and {a.out.parent / 'img' / PLOT.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""Run a benchmark suite, then compare each job's latest record with its expectation.
+
+    python benchmarks/run.py SUITE [--only ID ...] [--results FILE] [--runs DIR]
+    python benchmarks/run.py SUITE --check      # run nothing: the existing records vs the suite
+    python benchmarks/run.py SUITE --list       # the jobs, their commands and expectations
+
+SUITE is a YAML file or the name of one in benchmarks/suites/ (``cpu``, ``cpu-ablations``,
+``cpu-smoke``). Each job runs in its own process (a `datadistill` command); when it finishes, one
+JSON line per evaluated model is appended to the job's records file in benchmarks/results/ (or to
+``--results FILE``), with the command, the commit, the machine and its CPU capability, the accuracy
+and the seconds. A job that already has a record is skipped, and an interrupted job resumes from its
+run folder's checkpoint (``--runs``/ID, default benchmarks/runs/ID), so a suite continues where it
+stopped. Exit status: 0 when every checked job meets its expectation, 1 when one regressed (its
+figure is below expected - tolerance) or failed to run, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from suites import (RELEASED_DIR, ROOT, Job, Suite, SuiteError, check, latest_record, load_suite,  # noqa: E402
+                    results_path)
+
+CLI = [sys.executable, "-m", "datadistill.cli"]
+
+
+def commit() -> str:
+    """The checkout's commit; ``-dirty`` when code (anything but the records) differs from it."""
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":!benchmarks/results", ":!docs/results.md", ":!docs/img"],
+                           cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return (out.stdout.strip() or "unknown") + ("-dirty" if dirty else "")
+
+
+def machine() -> dict:
+    """Where a job ran: the CPU (as distilled-set files name it) and the capability ATen dispatches to."""
+    import torch
+
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"device": f"cpu: {model} ({torch.get_num_threads()} threads)",
+            "capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def repo_name(path: Path) -> str:
+    """``path`` as records name it: relative to the repository when inside it, else absolute."""
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+class Runner:
+    def __init__(self, suite: Suite, runs: Path, results: Path | None):
+        self.suite, self.runs, self.results = suite, runs.resolve(), results
+        self.code = commit()  # the code the jobs execute: taken before they start
+        self.where = machine()
+
+    # -- commands ---------------------------------------------------------------------------------
+    def args(self, job: Job) -> list[str]:
+        return [a.replace("{runs}", repo_name(self.runs)) for a in job.args]
+
+    def run_dir(self, job: Job) -> Path:
+        return self.runs / job.id
+
+    def command(self, job: Job) -> list[str]:
+        """The job's `datadistill` command line, as its record names it."""
+        if job.kind == "distill":
+            return ["datadistill", "distill", "--method", job.cli_method or job.method, "--dataset", job.dataset,
+                    "--ipc", str(job.ipc), "--out", repo_name(self.run_dir(job)), *self.args(job)]
+        if job.kind == "full":
+            return ["datadistill", "evaluate", "--full", "--dataset", job.dataset, "--json", *self.args(job)]
+        if job.kind == "experts":
+            return ["datadistill", "experts", "--dataset", job.dataset, *self.args(job), "--no-progress"]
+        src = self.source(job, build=False)
+        if job.kind == "evaluate":
+            return ["datadistill", "evaluate", repo_name(src), "--models", job.model, *self.args(job), "--json"]
+        return ["datadistill", "evaluate", repo_name(self.bases_file(job)), *self.args(job), "--json"]
+
+    def execute(self, cmd: list[str], capture: bool = False) -> tuple[str, float]:
+        print("$ " + shlex.join(cmd), flush=True)
+        t = time.perf_counter()
+        p = subprocess.run([*CLI, *cmd[1:]], cwd=ROOT, capture_output=capture, text=True)
+        if p.returncode:
+            tail = (p.stderr or "").strip().splitlines()[-1:] if capture else []
+            raise JobFailed(f"exit status {p.returncode}" + (f": {tail[0]}" if tail else ""))
+        return p.stdout or "", time.perf_counter() - t
+
+    # -- inputs of evaluate / bases jobs --------------------------------------------------------------
+    def source(self, job: Job, build: bool = True) -> Path:
+        """The distilled set ``job.of`` made: its run folder's file, else the released copy of it,
+        else (``build``) the job is run to make it."""
+        own = self.run_dir(self.suite.job(job.of)) / "distilled.safetensors"
+        if own.is_file():
+            return own
+        released = released_file(job.of)
+        if released is not None:
+            return released
+        if build:
+            print(f"{job.id} needs the set of {job.of}: running it", flush=True)
+            self.run_job(self.suite.job(job.of))
+        return own
+
+    def bases_file(self, job: Job) -> Path:
+        return self.runs / "haba-bases" / f"{job.of}.safetensors"
+
+    # -- jobs ---------------------------------------------------------------------------------------
+    def run_job(self, job: Job) -> list[dict]:
+        if job.needs:
+            self.ensure(self.suite.job(job.needs))
+        if job.kind in ("evaluate", "bases"):
+            self.source(job)
+        records = getattr(self, f"_run_{job.kind}")(job)
+        common = {"job": job.id, "suite": self.suite.name, "commit": self.code, **self.where}
+        records = [{**r, **common, **({"device": r["device"]} if r.get("device") else {})} for r in records]
+        path = results_path(job, self.results)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+        return records
+
+    def ensure(self, job: Job) -> None:
+        """Run a prerequisite (experts): its command resumes, so a finished one returns at once; its
+        record is written only when it has none yet."""
+        if latest_record(job, self.results) is None:
+            self.run_job(job)
+        else:
+            self.execute(self.command(job))
+
+    def _run_distill(self, job: Job) -> list[dict]:
+        from datadistill.synset import read_meta
+
+        out = self.run_dir(job)
+        cmd = self.command(job)
+        resume = ["--resume"] if (out / "config.yaml").is_file() else []
+        _, wall = self.execute([*cmd, *resume, "--no-progress"])
+        meta = read_meta(out / "distilled.safetensors")
+        if "--iterations" in job.args:
+            want = int(job.args[job.args.index("--iterations") + 1])
+            if meta["iterations"] != want:
+                raise JobFailed(f"{out} holds a run of {meta['iterations']} iterations, not the job's {want}: "
+                                "move it away or choose another --runs")
+        records = []
+        for model, ev in meta["evaluation"].items():
+            records.append({
+                "method": job.method, "dataset": job.dataset, "ipc": job.ipc, "setting": job.setting, "model": model,
+                "protocol": ev["protocol"]["name"], "epochs": ev["protocol"]["epochs"],
+                "augment": ev["protocol"]["augment"], "n_models": ev["n_models"],
+                "acc_mean": round(ev["acc_mean"], 2), "acc_std": round(ev["acc_std"], 2),
+                "accuracies": [round(100 * a, 2) for a in ev["accuracies"]],
+                "iterations": meta["iterations"], "seconds_per_iteration": round(meta["seconds_per_iteration"], 3),
+                "eval_seconds": round(ev["seconds"], 1), "wall_seconds": round(meta["wall_seconds"], 1),
+                "job_seconds": round(wall, 1), "peak_mem_mb": round(meta["peak_mem_mb"]), "device": meta["device"],
+                "command": shlex.join(cmd), "stored_floats": meta.get("storage_numel"),
+                **({"learned_lr": round(meta["learned_lr"], 6)} if meta.get("learned_lr") else {}),
+                **{k: meta[k] for k in ("bases_per_class", "n_hallucinators", "budget_floats") if k in meta},
+                **job.extra, **_flat(meta.get("extra_report")),
+            })
+        return records
+
+    def _run_full(self, job: Job) -> list[dict]:
+        cmd = self.command(job)
+        out, wall = self.execute(cmd, capture=True)
+        reports = json.loads(out[out.index("{"):])
+        return [{
+            "method": "full", "dataset": job.dataset, "ipc": 0, "setting": job.setting, "model": model,
+            "protocol": ev["protocol"]["name"], "epochs": ev["protocol"]["epochs"],
+            "augment": ev["protocol"]["augment"],
+            "n_models": ev["n_models"], "acc_mean": round(ev["acc_mean"], 2), "acc_std": round(ev["acc_std"], 2),
+            "accuracies": [round(100 * a, 2) for a in ev["accuracies"]], "iterations": 0,
+            "seconds_per_iteration": 0.0, "eval_seconds": round(ev["seconds"], 1), "wall_seconds": round(wall, 1),
+            "peak_mem_mb": None, "command": shlex.join(cmd),
+        } for model, ev in reports.items()]
+
+    def _run_experts(self, job: Job) -> list[dict]:
+        from datadistill.experts import ExpertBuffer
+
+        cmd = self.command(job)
+        _, wall = self.execute(cmd)
+        s = ExpertBuffer.open(ROOT / self.args(job)[self.args(job).index("--out") + 1]).summary()
+        return [{"what": "experts", "dataset": job.dataset, "model": "convnet", "n_experts": s["finished"],
+                 "epochs": s["epochs"], "train_seconds_total": s["total_seconds"],
+                 "seconds_per_expert_epoch": round(s["total_seconds"] / (s["finished"] * s["epochs"]), 1),
+                 "mean_final_test_acc": s["mean_final_test_acc"], "wall_seconds_this_call": round(wall, 1),
+                 "device": s["experts"][0].get("device"), "command": shlex.join(cmd)}]
+
+    def _run_evaluate(self, job: Job) -> list[dict]:
+        src = self.source(job)
+        rms, n = input_rms(src)
+        cmd = self.command(job)
+        out, wall = self.execute(cmd, capture=True)
+        rep = json.loads(out[out.index("{"):])[job.model]
+        return [{"source": repo_name(src), "model": job.model, "acc_mean": rep["acc_mean"], "acc_std": rep["acc_std"],
+                 "accuracies": rep["accuracies"], "lr": rep["lr"], "n_models": rep["n_models"], "input_rms": rms,
+                 "n_images": n, "overrides": [], "eval_seconds": round(wall, 1), "wall_seconds": round(wall, 1),
+                 "command": shlex.join(cmd)}]
+
+    def _run_bases(self, job: Job) -> list[dict]:
+        src = self.source(job)
+        dst = write_bases(src, self.bases_file(job))
+        from datadistill.synset import load_synset
+
+        n_images = len(load_synset(dst).synset)
+        cmd = self.command(job)
+        out, wall = self.execute(cmd, capture=True)
+        rep = json.loads(out[out.index("{"):])["convnet"]
+        return [{"source": repo_name(src), "variant": "bases", "acc_mean": rep["acc_mean"], "acc_std": rep["acc_std"],
+                 "accuracies": rep["accuracies"], "lr": rep["lr"], "n_images": n_images,
+                 "eval_seconds": round(wall, 1), "wall_seconds": round(wall, 1), "command": shlex.join(cmd)}]
+
+
+class JobFailed(RuntimeError):
+    pass
+
+
+def _flat(extra: dict | None) -> dict:
+    """A method's before/after numbers (DD's pretrained settings) as flat record fields:
+    ``attack_success_after`` (mean, percent), ``attack_success_after_std`` ..."""
+    out = {}
+    for k, v in (extra or {}).items():
+        if isinstance(v, dict) and "mean" in v:
+            out[k], out[f"{k}_std"] = round(v["mean"], 2), round(v["std"], 2)
+        elif not isinstance(v, dict):
+            out[k] = v
+    return out
+
+
+def released_file(job_id: str) -> Path | None:
+    """The released copy of ``job_id``'s distilled set (benchmarks/released/index.json), if any."""
+    index = RELEASED_DIR / "index.json"
+    if not index.is_file():
+        return None
+    for entry in json.loads(index.read_text()):
+        if entry["job"] == job_id and (ROOT / entry["file"]).is_file():
+            return ROOT / entry["file"]
+    return None
+
+
+def input_rms(path: Path) -> tuple[float, int]:
+    """RMS of the set's materialized training examples (for HaBa every hallucination of every base),
+    in the normalized space where real data has an RMS near 1, and how many examples there are."""
+    from datadistill.synset import load_synset
+
+    x = load_synset(path).synset.materialize()[0]
+    return round(float(x.detach().float().pow(2).mean().sqrt()), 3), int(x.shape[0])
+
+
+def write_bases(src: Path, dst: Path) -> Path:
+    """The bases of the HaBa file ``src`` as a plain image set (same labels, same learned step size)."""
+    from datadistill.synset import load_synset
+    from datadistill.synset.io import save_synset
+    from datadistill.synset.pixel import PixelSet
+
+    f = load_synset(src)
+    s = f.synset
+    if not hasattr(s, "bases"):
+        raise JobFailed(f"{src} is not a factorized (HaBa) set: it has no bases")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_synset(dst, PixelSet(s.bases.detach(), s.labels, s.num_classes, lr=s.learned_lr()), f.spec,
+                zca=f.zca, method="haba-bases", source=str(src))
+    return dst
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("suite", help="a suite file, or the name of one in benchmarks/suites/")
+    p.add_argument("--only", nargs="+", action="extend", metavar="ID", help="these jobs only (ids, or comma lists)")
+    p.add_argument("--results", type=Path, help="read and append every record here instead of the jobs' own files")
+    p.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs", help="run folders (default %(default)s)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="run nothing; compare the records with the expectations")
+    mode.add_argument("--list", action="store_true", help="print the jobs, their commands and expectations")
+    a = p.parse_args(argv)
+    a.only = [i for o in a.only or [] for i in o.split(",") if i]
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    try:
+        suite = load_suite(a.suite)
+        jobs = suite.select(a.only)
+        if a.list:
+            runner = Runner(suite, a.runs, a.results)
+            for job in jobs:
+                e = job.expected
+                print(f"{job.id}\n  $ {shlex.join(runner.command(job))}\n  expected: "
+                      + (f"{e.metric} {e.value:g} - {e.tolerance:g} ({e.source})" if e else "-"))
+            return 0
+        failed = []
+        if not a.check:
+            runner = Runner(suite, a.runs, a.results)
+            for job in jobs:
+                if latest_record(job, a.results) is not None:
+                    print(f"skip {job.id}: recorded in {results_path(job, a.results).name}", flush=True)
+                    continue
+                try:
+                    r = runner.run_job(job)[0]
+                except (JobFailed, subprocess.CalledProcessError, OSError, KeyError, ValueError) as e:
+                    print(f"FAILED {job.id}: {e}", file=sys.stderr, flush=True)
+                    failed.append(job.id)
+                    continue
+                if "acc_mean" in r:
+                    print(f"{job.id}: {r['acc_mean']:.2f} ± {r['acc_std']:.2f}%", flush=True)
+    except SuiteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    verdicts = check(jobs, a.results)
+    for v in verdicts:
+        print(v.line())
+    bad = [v for v in verdicts if v.status in ("regression", "no figure")]
+    counts = {s: sum(v.status == s for v in verdicts) for s in dict.fromkeys(v.status for v in verdicts)}
+    print(f"{suite.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+          + (f", {len(failed)} failed to run" if failed else ""))
+    if bad or failed:
+        print(f"REGRESSION: {', '.join(v.job.id for v in bad)}" if bad else f"FAILED: {', '.join(failed)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

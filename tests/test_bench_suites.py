@@ -1,0 +1,138 @@
+"""The benchmark suites (benchmarks/suites/*.yaml), their runner (benchmarks/run.py) and the report
+(benchmarks/report.py): the committed records meet every suite's expectations, one expectation
+raised above its record makes the runner fail, and a one-job suite runs end to end on digits."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import report  # noqa: E402
+import run  # noqa: E402
+from suites import RESULTS_DIR, SUITES_DIR, latest_record, load_suite  # noqa: E402
+
+SUITES = sorted(SUITES_DIR.glob("*.yaml"))
+
+
+def test_there_are_suites():
+    assert {"cpu", "cpu-ablations", "cpu-smoke"} <= {p.stem for p in SUITES}
+
+
+@pytest.mark.parametrize("suite", SUITES, ids=[p.stem for p in SUITES])
+def test_current_records_meet_every_expectation(suite, capsys):
+    assert run.main([str(suite), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "regression" not in out.splitlines()[-1]
+    jobs = load_suite(suite).jobs
+    # every job has an expectation and a record: nothing passes by being absent
+    assert all(j.expected is not None for j in jobs)
+    assert all(latest_record(j) is not None for j in jobs), [j.id for j in jobs if latest_record(j) is None]
+
+
+def test_an_expectation_above_its_record_is_a_regression(tmp_path, capsys):
+    doc = yaml.safe_load((SUITES_DIR / "cpu.yaml").read_text())
+    job = next(j for j in doc["jobs"] if j["id"] == "dm-mnist-ipc10-cpu-300it")
+    record = latest_record(load_suite("cpu").job(job["id"]))
+    job["expected"]["value"] = record["acc_mean"] + job["expected"]["tolerance"] + 0.5
+    raised = tmp_path / "cpu.yaml"
+    raised.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert run.main([str(raised), "--check"]) == 1
+    captured = capsys.readouterr()
+    assert "regression dm-mnist-ipc10-cpu-300it" in captured.out
+    assert "REGRESSION: dm-mnist-ipc10-cpu-300it" in captured.err
+    # only that job: the others still pass
+    assert sum(line.startswith("regression") for line in captured.out.splitlines()) == 1
+    # exactly at the floor is no regression
+    job["expected"]["value"] = record["acc_mean"] + job["expected"]["tolerance"]
+    raised.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert run.main([str(raised), "--check", "--only", "dm-mnist-ipc10-cpu-300it"]) == 0
+
+
+def one_job_suite(path: Path, value: float) -> Path:
+    path.write_text(yaml.safe_dump({"suite": "tiny", "jobs": [{
+        "id": "dm-digits-ipc1-2it", "kind": "distill", "results": "tiny.jsonl", "method": "dm", "dataset": "digits",
+        "ipc": 1, "setting": "2it",
+        "args": ["--iterations", "2", "method_config.batch_real=16", "method_config.model=convnet_w32",
+                 "eval.preset=smoke", "eval.epochs=2", "eval.n_models=1", "eval.model=convnet_w32"],
+        "expected": {"value": value, "tolerance": 1.0, "source": "test"}}]}, sort_keys=False))
+    return path
+
+
+def test_runner_runs_a_job_end_to_end_and_resumes(tmp_path, capsys):
+    suite, results, runs = one_job_suite(tmp_path / "tiny.yaml", 0.0), tmp_path / "tiny.jsonl", tmp_path / "runs"
+    assert run.main([str(suite), "--results", str(results), "--runs", str(runs)]) == 0
+    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["job"] == "dm-digits-ipc1-2it" and r["suite"] == "tiny" and r["iterations"] == 2
+    assert r["command"].startswith("datadistill distill --method dm --dataset digits --ipc 1 --out ")
+    assert r["capability"] and r["device"].startswith("cpu") and r["commit"] and r["job_seconds"] > 0
+    assert 0 <= r["acc_mean"] <= 100 and (runs / "dm-digits-ipc1-2it" / "distilled.safetensors").is_file()
+    # a recorded job is skipped
+    assert run.main([str(suite), "--results", str(results), "--runs", str(runs)]) == 0
+    assert "skip dm-digits-ipc1-2it" in capsys.readouterr().out
+    assert len(results.read_text().splitlines()) == 1
+    # its record below the expectation: the run exits 1 without running anything
+    one_job_suite(suite, r["acc_mean"] + 5)
+    assert run.main([str(suite), "--results", str(results), "--runs", str(runs)]) == 1
+    assert len(results.read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["no-such-suite", "--check"], "no suite 'no-such-suite'"),
+    (["cpu", "--check", "--only", "dm-mnist-ipc10-cpu-30it"], "did you mean dm-mnist-ipc10-cpu-300it"),
+])
+def test_bad_input_is_one_line(argv, message, capsys):
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("job, message", [
+    ({"id": "a", "kind": "distil", "results": "x.jsonl"}, "kind must be one of"),
+    ({"id": "a", "kind": "distill", "results": "x.jsonl", "method": "dm", "dataset": "digits", "ipc": 1},
+     "missing setting"),
+    ({"id": "a", "kind": "evaluate", "results": "x.jsonl", "of": "b", "model": "mlp"}, "refers to 'b'"),
+    ({"id": "a", "kind": "full", "results": "x.jsonl", "dataset": "digits", "setting": "s", "budget": 3},
+     "unknown field(s) budget"),
+    ({"id": "a", "kind": "full", "results": "x.jsonl", "dataset": "digits", "setting": "s",
+      "expected": {"value": 1}}, "expected needs value, tolerance and source"),
+])
+def test_bad_suite_is_one_line(tmp_path, capsys, job, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"jobs": [job]}))
+    assert run.main([str(path), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_released_sets_are_the_best_records():
+    index = json.loads((ROOT / "benchmarks/released/index.json").read_text())
+    best = report.best(report.records())
+    assert len(index) == len({(e["method"], e["dataset"], e["ipc"]) for e in index})
+    for e in index:
+        assert (ROOT / e["file"]).is_file()
+        file, line = e["record"].split(":")
+        r = json.loads((ROOT / file).read_text().splitlines()[int(line) - 1])
+        assert r["job"] == e["job"] and r["acc_mean"] == e["acc_mean"]
+        top = best[(e["method"], e["dataset"], e["ipc"])]
+        assert top["acc_mean"] == e["acc_mean"], e["file"]
+
+
+def test_results_page_is_generated_from_the_records(capsys):
+    assert report.main(["--check"]) == 0, "docs/results.md is stale: run python benchmarks/report.py"
+    text = (ROOT / "docs/results.md").read_text()
+    assert "generated by `python benchmarks/report.py`" in text.splitlines()[0]
+    assert report.main(["--methods-table"]) == 0
+    table = capsys.readouterr().out
+    assert "| dm |" in table and "(benchmarks/results/dm_cpu.jsonl#L6)" in table
+    assert (ROOT / "docs/img/acc_vs_ipc.png").is_file()
+    # every record file the page links to exists
+    assert all((RESULTS_DIR / name).is_file() for name in {"dm_cpu.jsonl", "dc_cpu.jsonl", "mtt_cpu.jsonl"})
