@@ -11,10 +11,8 @@ import contextlib
 import dataclasses
 import json
 import os
-import resource
 import shutil
 import socket
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +24,16 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError, RunConfig, from_dict, load_yaml
 from .data import LoadedDataset, load_dataset
+from .device import device_name, peak_memory_mb, pick_device  # noqa: F401  (pick_device: also its old home)
 from .evaluation import EvalProtocol, EvalReport, evaluate, format_table, get_protocol
+from .fileio import atomic_write, atomic_write_text
 from .methods import METHODS, Context, MethodEntry
 from .methods.base import DivergenceError
 from .paths import check_output_dir, missing_dirs, remove_empty_dirs
 from .registry import UnknownNameError
 from .seeding import make_generator
 from .synset import PixelSet, save_synset
-from .synset.io import atomic_write, atomic_write_text
+from .version import git_commit
 
 CHECKPOINT = "checkpoint.pt"
 DISTILLED = "distilled.safetensors"
@@ -88,18 +88,6 @@ def _tuple(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"unknown device {name!r}: {e}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda requested but no CUDA GPU is available; use device=cpu")
-    return dev
-
-
 @dataclass
 class Checked:
     """A run that passed every check that can be made before it starts: its resolved config, the
@@ -141,37 +129,6 @@ def check_ipc(ipc: int, data: LoadedDataset) -> None:
         label = f"{small}" + (f" '{names[small]}'" if small < len(names) and names[small] != str(small) else "")
         raise ConfigError(f"ipc {ipc} is more than the smallest class of {data.spec.name} has ({n} images, class "
                           f"{label}); valid: 1..{n}")
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory on CUDA, else the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def device_name(device: torch.device) -> str:
-    """A human description of the device, e.g. ``cpu: AMD EPYC (2 threads)`` or the GPU's name."""
-    if device.type == "cuda":
-        return f"cuda: {torch.cuda.get_device_name(device)}"
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"cpu: {model} ({torch.get_num_threads()} threads)"
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def init_synset(res: Resolved, data: LoadedDataset, seed: int) -> Any:

@@ -24,7 +24,7 @@ from .data.spec import LoadedDataset
 from .models import create_model
 from .paths import check_output_dir
 from .seeding import derive_seed, make_generator
-from .synset.io import atomic_write, atomic_write_text
+from .fileio import atomic_write, atomic_write_text
 from .train import accuracy, real_batches, train_classifier
 
 MANIFEST = "manifest.json"

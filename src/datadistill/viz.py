@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .data.spec import DatasetSpec
-from .synset.io import atomic_write
+from .fileio import atomic_write
 
 
 def grid_tensor(images: torch.Tensor, spec: DatasetSpec, nrow: int, padding: int = 2) -> torch.Tensor:
