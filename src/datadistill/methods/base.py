@@ -3,6 +3,11 @@
 A method is a frozen ``Config`` dataclass with the paper's defaults plus a class built as
 ``Method(cfg, ctx)`` with ``step(iteration) -> metrics``, ``state_dict()`` and
 ``load_state_dict()``. Shared math lives in `datadistill.functional`, not in a base class.
+
+A method owns its special cases through declared hooks, so that nothing outside its module
+imports it: on the instance (`MethodHooks`: the networks evaluation starts from, extra file
+metadata, further final metrics) and on its registry entry (`MethodEntry`: how a distilled file
+is evaluated again, how its final metrics read, what ``datadistill pretrain`` trains).
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ class MethodHooks:
 def format_metrics(metrics: dict[str, Any], *, markdown: bool = False, title: str = "final metrics") -> list[str]:
     """Lines showing a method's final metrics (`MethodHooks.final_metrics`): one console line of each
     metric's ``mean ± std`` (or value), or with ``markdown`` a titled table for ``report.md``."""
+
     def shown(v: Any) -> str:
         return f"{v['mean']:.2f} ± {v['std']:.2f}" if isinstance(v, dict) and "mean" in v else f"{v}"
 
