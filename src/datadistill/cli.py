@@ -210,7 +210,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.models:
         base["models"] = args.models
     base = apply_overrides(base, args.overrides)
-    _init_flags(base, image_init=args.image_init, net_init=args.net_init, init=args.init, source=args.source_dataset)
+    _init_flags(base, args.init, args.source_dataset, image_init=args.image_init, net_init=args.net_init)
     cfg = from_dict(RunConfig, base, where="config")
     out = Path(args.out or f"runs/{cfg.method}-{cfg.dataset}-ipc{cfg.ipc}-s{cfg.seed}")
     result = run(cfg, out, resume=args.resume, force=args.force, progress=not args.no_progress)
@@ -219,8 +219,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _init_flags(base: dict[str, Any], *, image_init: str | None, net_init: str | None, init: str | None,
-                source: str | None) -> None:
+def _init_flags(base: dict[str, Any], init: str | None = None, source: str | None = None, *,
+                image_init: str | None = None, net_init: str | None = None) -> None:
     """``--image-init`` sets ``image_init``; ``--net-init`` and ``--source-dataset`` set the method's
     ``method_config.net_init`` and ``source_dataset``. The deprecated ``--init`` is whichever of
     the two its value names (the two sets of names do not overlap)."""

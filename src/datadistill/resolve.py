@@ -36,10 +36,6 @@ class Resolved:
     image_init: str
     models: tuple[str, ...]
 
-    @property
-    def init(self) -> str:  # the old name
-        return self.image_init
-
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as saved in a run's ``config.yaml``."""
         d = self.cfg.to_dict()

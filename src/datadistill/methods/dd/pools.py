@@ -14,7 +14,6 @@ entry's ``pretrain`` hook, so that the CLI reaches it through the method registr
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -221,7 +220,7 @@ def pool_config(cfg: "DDConfig", source: LoadedDataset) -> PoolConfig:
 
 def default_pool_dir(pc: PoolConfig, spec) -> Path:
     """Where the pool for ``pc`` is cached, shared by every run that needs the same one."""
-    return keyed_dir("pools", f"{pc.dataset}-{pc.model}", [dataclasses.asdict(pc), spec.to_dict()])
+    return keyed_dir("pools", f"{pc.dataset}-{pc.model}", [asdict(pc), spec.to_dict()])
 
 
 def open_pool(cfg: "DDConfig", ctx: Context, progress: bool = True) -> Pool:
