@@ -51,14 +51,14 @@ def measure(dataset: str, steps: int, per_step: int, checkpoint: bool, iters: in
     import torch
 
     from datadistill.data import load_dataset
-    from datadistill.engine import device_name, pick_device
+    from datadistill.device import device_name, pick_device
     from datadistill.methods import Context
     from datadistill.methods.dd import DD, DDConfig, make_set
     from datadistill.seeding import make_generator
 
     dev = pick_device(device)
     data = load_dataset(dataset)
-    cfg = DDConfig(init="random", steps=steps, checkpoint=checkpoint)
+    cfg = DDConfig(net_init="random", steps=steps, grad_checkpoint=checkpoint)
     ipc = steps * per_step
     synset = make_set(cfg, data, ipc, "noise", make_generator(0, "init")).to(dev)
     dd = DD(cfg, Context(data, synset, dev, make_generator(0, "m"), 0, ipc, iterations=iters + 1))

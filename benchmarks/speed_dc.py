@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from datadistill.data import load_dataset  # noqa: E402
-from datadistill.engine import device_name  # noqa: E402
+from datadistill.device import device_name  # noqa: E402
 from datadistill.functional import gradient_distance  # noqa: E402
 from datadistill.methods import Context  # noqa: E402
 from datadistill.methods.dc import DC, DCConfig  # noqa: E402

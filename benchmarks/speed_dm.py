@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from datadistill.augment import DSAConfig, apply, siamese_params_for_classes  # noqa: E402
 from datadistill.data import load_dataset  # noqa: E402
-from datadistill.engine import device_name  # noqa: E402
+from datadistill.device import device_name  # noqa: E402
 from datadistill.methods import Context  # noqa: E402
 from datadistill.methods.dm import DM, DMConfig  # noqa: E402
 from datadistill.models import create_model  # noqa: E402

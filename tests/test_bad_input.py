@@ -15,10 +15,11 @@ import torch
 from safetensors.torch import save_file
 
 from datadistill.cli import main
-from datadistill.config import RunConfig, from_dict
+from datadistill.config import ConfigError, RunConfig, from_dict
 from datadistill.data import load_dataset
 from datadistill.engine import run
-from datadistill.methods import DivergenceError, dd as dd_module
+from datadistill.methods import DivergenceError
+from datadistill.methods.dd import method as dd_module
 from datadistill.seeding import make_generator
 from datadistill.synset import PixelSet, save_synset
 
@@ -74,13 +75,15 @@ CASES = [
     ([*D, "--method", "mtt", "method_config.model=convnet_bn"], "does not support BatchNorm models"),
     ([*D, "--method", "mtt", "method_config.lr_img=-5"], "lr_img must be >= 0, got -5.0"),
     ([*D, "--method", "haba", "method_config.extractor=nope"], VALID_MODELS),
-    ([*D, "--method", "dd", "--ipc", "1", "--init", "pretrained_fixed", "method_config.pretrained=nopool"],
+    ([*D, "--method", "dd", "--ipc", "1", "--net-init", "pretrained_fixed", "method_config.pretrained=nopool"],
      "no pretrained pool at nopool"),
-    ([*D, "--method", "dd", "--ipc", "1", "--init", "pretrained_random", "--source-dataset", "nope"],
+    ([*D, "--method", "dd", "--ipc", "1", "--net-init", "pretrained_random", "--source-dataset", "nope"],
      "Valid dataset names"),
-    ([*D, "--method", "dd", "--ipc", "1", "--init", "pretrained_random", "--source-dataset", "mnist", "--root",
+    ([*D, "--method", "dd", "--ipc", "1", "--net-init", "pretrained_random", "--source-dataset", "mnist", "--root",
       "nodata"], "datadistill data prepare mnist --root nodata"),
-    ([*D, "--method", "dd", "--init", "nope"], "unknown init 'nope'; valid: fixed, random, pretrained_fixed"),
+    ([*D, "--method", "dd", "--net-init", "nope"], "unknown net_init 'nope'; valid: fixed, random, pretrained_fixed"),
+    ([*D, "--method", "dd", "--image-init", "nope"], "image_init 'nope' is not an image initialization of dd; valid: "
+     "noise, real, kmeans, average"),
     ([*D, "--method", "dd", "--ipc", "3", "method_config.steps=2"], "ipc must be a multiple of steps"),
     ([*D, "--method", "dd", "--ipc", "1", "method_config.model=convnet_bn"], "has BatchNorm"),
     ([*D, "--method", "dd", "--ipc", "1", "method_config.objective=poison", "method_config.attack_class=20"],
@@ -307,10 +310,10 @@ def test_a_check_of_a_method_runs_before_the_run_folder_exists(tmp_path, monkeyp
 
     def check(cfg, ctx):
         seen.update(ctx=ctx, exists=(tmp_path / "run").exists())
-        raise dd_module.ConfigError("dd: nothing here")
+        raise ConfigError("dd: nothing here")
 
     monkeypatch.setitem(METHODS._entries, "dd", dataclasses.replace(METHODS.get("dd"), check=check))
-    with pytest.raises(dd_module.ConfigError, match="nothing here"):
+    with pytest.raises(ConfigError, match="nothing here"):
         run(_dd_cfg(), tmp_path / "run", progress=False, log=lambda *_: None)
     assert seen["exists"] is False and seen["ctx"].synset is None and seen["ctx"].ipc == 1
     assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from datadistill.data import DatasetDownloadError, DatasetMissingError, RealData, load_dataset
+from datadistill.data import mirrors
 from datadistill.data import mnist as m
 from datadistill.data.registry import DATASETS, clear_cache
 
@@ -21,7 +22,7 @@ def _write_idx(folder, n_train=20, n_test=10, seed=0):
     }
     folder.mkdir(parents=True, exist_ok=True)
     for name, a in arrays.items():
-        (folder / name).write_bytes(m.idx_bytes(a))
+        (folder / name).write_bytes(mirrors.idx_bytes(a))
     return arrays
 
 
@@ -44,12 +45,12 @@ def test_missing_dataset_names_the_prepare_command(tmp_path):
 
 
 def test_idx_encoding_matches_the_published_header():
-    b = m.idx_bytes(np.zeros((2, 28, 28), np.uint8))
+    b = mirrors.idx_bytes(np.zeros((2, 28, 28), np.uint8))
     assert b[:4] == bytes([0, 0, 8, 3]) and int.from_bytes(b[4:8], "big") == 2 and len(b) == 16 + 2 * 784
 
 
 def test_install_checks_md5_before_writing(tmp_path):
-    files = {f: b"not the real bytes" for f in m.IDX_FILES}
+    files = {f: b"not the real bytes" for f in mirrors.IDX_FILES}
     with pytest.raises(DatasetDownloadError, match="has MD5"):
         m._install_idx("mnist", tmp_path, files, "test source")
     assert not m.raw_dir("mnist", tmp_path).exists()
@@ -61,10 +62,10 @@ def test_mnist_pickle_mirror_reconstructs_the_bytes():
     ys = [rng.integers(0, 10, k).astype(np.int64) for k in (5, 3, 4)]
     splits = tuple((x.astype(np.float32) / 256, y) for x, y in zip(u8, ys))
     blob = gzip.compress(pickle.dumps(splits, protocol=2))
-    files = m.mnist_from_pkl(blob)
-    assert files["train-images-idx3-ubyte"] == m.idx_bytes(np.concatenate(u8[:2]).reshape(-1, 28, 28))
-    assert files["train-labels-idx1-ubyte"] == m.idx_bytes(np.concatenate(ys[:2]).astype(np.uint8))
-    assert files["t10k-images-idx3-ubyte"] == m.idx_bytes(u8[2].reshape(-1, 28, 28))
+    files = mirrors.mnist_from_pkl(blob)
+    assert files["train-images-idx3-ubyte"] == mirrors.idx_bytes(np.concatenate(u8[:2]).reshape(-1, 28, 28))
+    assert files["train-labels-idx1-ubyte"] == mirrors.idx_bytes(np.concatenate(ys[:2]).astype(np.uint8))
+    assert files["t10k-images-idx3-ubyte"] == mirrors.idx_bytes(u8[2].reshape(-1, 28, 28))
 
 
 def test_pickle_mirror_refuses_code():
@@ -74,15 +75,15 @@ def test_pickle_mirror_refuses_code():
 
     blob = gzip.compress(pickle.dumps(((Evil(), 1), (2, 3), (4, 5))))
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        m.mnist_from_pkl(blob)
+        mirrors.mnist_from_pkl(blob)
 
 
 def test_fashion_mirror_reads_gzipped_idx(tmp_path):
     arrays = _write_idx(tmp_path / "plain")
-    for f in m.IDX_FILES:
+    for f in mirrors.IDX_FILES:
         (tmp_path / f"{f}.gz").write_bytes(gzip.compress((tmp_path / "plain" / f).read_bytes()))
-    files = m.fashion_from_dir(tmp_path)
-    assert files["t10k-images-idx3-ubyte"] == m.idx_bytes(arrays["t10k-images-idx3-ubyte"])
+    files = mirrors.fashion_from_dir(tmp_path)
+    assert files["t10k-images-idx3-ubyte"] == mirrors.idx_bytes(arrays["t10k-images-idx3-ubyte"])
 
 
 def test_prepare_reports_every_failed_source(tmp_path, monkeypatch):

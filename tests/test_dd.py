@@ -7,7 +7,7 @@ import torch
 from datadistill.config import ConfigError
 from datadistill.evaluation import evaluate, get_protocol
 from datadistill.methods import Context
-from datadistill.methods.dd import DD, DDConfig, eval_init_from_meta, make_set
+from datadistill.methods.dd import DD, DDConfig, make_set, networks_from_meta
 from datadistill.models import create_model
 from datadistill.seeding import make_generator
 from datadistill.synset import StepSet, load_synset, save_synset
@@ -64,17 +64,17 @@ def test_dd_refuses_batchnorm_and_bad_step_counts(toy):
         make_set(DDConfig(steps=3), toy, 2, "noise", make_generator(0, "x"))
 
 
-@pytest.mark.parametrize("init", ["fixed", "random"])
-def test_dd_step_updates_images_and_step_sizes(toy, init):
-    s, dd = _dd(toy, init=init, checkpoint=(init == "random"))
+@pytest.mark.parametrize("net_init", ["fixed", "random"])
+def test_dd_step_updates_images_and_step_sizes(toy, net_init):
+    s, dd = _dd(toy, net_init=net_init, grad_checkpoint=(net_init == "random"))
     x0, lr0 = s.images.detach().clone(), s.lrs().detach().clone()
     m = dd.step(0)
     assert m["loss"] > 0 and not torch.equal(x0, s.images.detach()) and not torch.equal(lr0, s.lrs().detach())
 
 
 def test_fixed_init_evaluation_replays_on_the_distillation_network(toy):
-    s, dd = _dd(toy, init="fixed")
-    init = eval_init_from_meta(dd.file_meta(), toy.spec)
+    s, dd = _dd(toy, net_init="fixed")
+    init = networks_from_meta(dd.file_meta(), toy.spec)
     net = init(0, "lenet")
     for (n, p) in net.named_parameters():
         assert torch.equal(p.detach(), dd.theta0[n]), n

@@ -6,14 +6,15 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from datadistill.cli import main
 from datadistill.config import ConfigError
 from datadistill.evaluation import evaluate, get_protocol
 from datadistill.methods import Context
-from datadistill.methods.dd import DD, DDConfig, baseline_images, before_after, eval_init_from_meta, kmeans, make_set
+from datadistill.methods.dd import (DD, DDConfig, Pool, PoolConfig, PoolError, baseline_images, before_after, kmeans,
+                                   make_set, networks_from_meta, pretrain_pool)
 from datadistill.models import create_model
-from datadistill.pool import Pool, PoolConfig, PoolError, pretrain_pool
 from datadistill.registry import UnknownNameError
 from datadistill.seeding import make_generator
 from datadistill.synset import load_synset
@@ -79,12 +80,12 @@ def _dd(toy, ipc=1, seed=0, **kw):
 
 @pytest.mark.parametrize("setting", ["pretrained_fixed", "pretrained_random"])
 def test_pretrained_settings_train_from_and_evaluate_on_the_right_networks(pool, toy, setting, tmp_path):
-    s, dd = _dd(toy, init=setting, pretrained=str(pool.path), n_nets=2)
+    s, dd = _dd(toy, net_init=setting, pretrained=str(pool.path), n_nets=2)
     assert len(dd.pretrained) == (1 if setting == "pretrained_fixed" else 2)
     x0 = s.images.detach().clone()
     dd.step(0)
     assert not torch.equal(x0, s.images.detach())
-    nets = dd.eval_init()
+    nets = dd.eval_networks()
     expect = [0] if setting == "pretrained_fixed" else [2, 3]  # held-out networks for the random setting
     assert nets.indices == expect and len(nets) == len(expect)
     assert torch.equal(nets(0, "lenet").fc_1.weight, pool.network(expect[0]).fc_1.weight)
@@ -92,7 +93,7 @@ def test_pretrained_settings_train_from_and_evaluate_on_the_right_networks(pool,
     assert len(r.accuracies) == len(expect)  # capped at the networks there are
     meta = dd.file_meta()
     assert meta["net_init"]["setting"] == setting and meta["setting"] == setting
-    again = eval_init_from_meta(json.loads(json.dumps(meta)), toy.spec)
+    again = networks_from_meta(json.loads(json.dumps(meta)), toy.spec)
     assert again.indices == expect
     with pytest.raises(ConfigError, match="pretrained 'lenet'"):
         nets(0, "convnet")
@@ -104,10 +105,10 @@ def test_pool_for_other_images_is_refused(pool, digits):
 
 
 def test_adaptation_setting_is_named_after_source_and_target():
-    assert DDConfig(init="pretrained_random", source_dataset="digits").setting("mnist") == "adapt-digits-mnist"
-    assert DDConfig(init="pretrained_random").setting("mnist") == "pretrained_random"
-    assert DDConfig(init="random").setting("mnist") == "random"
-    assert DDConfig(init="pretrained_random", objective="poison").setting("mnist") == "poison"
+    assert DDConfig(net_init="pretrained_random", source_dataset="digits").setting("mnist") == "adapt-digits-mnist"
+    assert DDConfig(net_init="pretrained_random").setting("mnist") == "pretrained_random"
+    assert DDConfig(net_init="random").setting("mnist") == "random"
+    assert DDConfig(net_init="pretrained_random", objective="poison").setting("mnist") == "poison"
 
 
 def test_poisoning_relabels_the_attack_class_and_raises_attack_success(pool, toy):
@@ -116,11 +117,11 @@ def test_poisoning_relabels_the_attack_class_and_raises_attack_success(pool, toy
     # pairs, never on one seed's figure. Measured on AVX-512, AVX2 and the plain path: 6-7 of 8 pairs.
     success, before = [], []
     for seed in range(4):
-        s, dd = _dd(toy, init="pretrained_random", pretrained=str(pool.path), objective="poison", attack_class=0,
+        s, dd = _dd(toy, net_init="pretrained_random", pretrained=str(pool.path), objective="poison", attack_class=0,
                     target_class=1, lr=0.01, lr_init=0.1, n_nets=2, decay_every=1000, seed=seed)
         for it in range(50):
             dd.step(it)
-        r = before_after(s, toy, dd.eval_init(), poison=(0, 1))
+        r = before_after(s, toy, dd.eval_networks(), poison=(0, 1))
         assert r["n_networks"] == 2
         for k in ("acc_before", "acc_after", "attack_success_before", "attack_success_after", "other_acc_before",
                   "other_acc_after"):
@@ -137,9 +138,9 @@ def test_poison_config_errors(toy, pool):
     with pytest.raises(ConfigError, match="attack_class != target_class"):
         DDConfig(objective="poison", attack_class=1, target_class=1)
     with pytest.raises(ConfigError, match="not a class of procedural"):
-        _dd(toy, init="pretrained_random", pretrained=str(pool.path), objective="poison", attack_class=7)
+        _dd(toy, net_init="pretrained_random", pretrained=str(pool.path), objective="poison", attack_class=7)
     with pytest.raises(ConfigError, match="valid: fixed, random, pretrained_fixed, pretrained_random"):
-        DDConfig(init="pretrained")
+        DDConfig(net_init="pretrained")
 
 
 def test_kmeans_recovers_separated_clusters():
@@ -163,34 +164,82 @@ def test_baselines_average_and_kmeans_images(toy):
 
 
 def test_learned_step_size_baseline_keeps_its_images(toy):
-    s, dd = _dd(toy, init="fixed", learn_images=False)
+    s, dd = _dd(toy, net_init="fixed", learn_images=False)
     x0, lr0 = s.images.detach().clone(), s.lrs().detach().clone()
     dd.step(0)
     assert torch.equal(x0, s.images.detach()) and not torch.equal(lr0, s.lrs().detach())
     with pytest.raises(ConfigError, match="nothing to learn"):
-        _dd(toy, init="fixed", learn_images=False, learn_lr=False)
+        _dd(toy, net_init="fixed", learn_images=False, learn_lr=False)
 
 
-def test_cli_init_flag_maps_to_the_right_setting(tmp_path, capsys):
+def test_cli_image_init_and_net_init_flags(tmp_path, capsys):
     common = ["--dataset", "digits", "--method", "dd", "--ipc", "1", "--iterations", "2", "--no-progress",
               "method_config.batch_real=32", "eval.n_models=2"]
     out = tmp_path / "fixed"
-    assert main(["distill", "--init", "fixed", "--out", str(out), *common]) == 0
+    assert main(["distill", "--net-init", "fixed", "--out", str(out), *common]) == 0
     f = load_synset(out / "distilled.safetensors")
     assert f.meta["net_init"]["setting"] == "fixed" and f.meta["init"] == "noise"
     assert f.meta["net_init"]["weight_init"] == "xavier" and f.meta["setting"] == "fixed"
     assert "over 1 models" in capsys.readouterr().out  # one fixed network
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["image_init"] == "noise" and saved["method_config"]["net_init"] == "fixed" and "init" not in saved
     out = tmp_path / "kmeans"
-    assert main(["distill", "--init", "kmeans", "--out", str(out), *common, "method_config.init=random"]) == 0
+    assert main(["distill", "--image-init", "kmeans", "--net-init", "random", "--out", str(out), *common]) == 0
     f = load_synset(out / "distilled.safetensors")
     assert f.meta["init"] == "kmeans" and f.meta["net_init"]["setting"] == "random"
     assert main(["evaluate", str(out / "distilled.safetensors"), "n_models=2"]) == 0
     assert "lenet" in capsys.readouterr().out
-    assert main(["distill", "--init", "sideways", "--out", str(tmp_path / "x"), *common]) == 2
-    assert "valid: fixed, random" in capsys.readouterr().err
+    assert main(["distill", "--net-init", "sideways", "--out", str(tmp_path / "x"), *common]) == 2
+    assert "unknown net_init 'sideways'; valid: fixed, random" in capsys.readouterr().err
+    assert main(["distill", "--image-init", "fixed", "--out", str(tmp_path / "x"), *common]) == 2
+    assert "image_init 'fixed' is not an image initialization of dd" in capsys.readouterr().err
     assert main(["distill", "--source-dataset", "mnist", "--dataset", "digits", "--method", "dm",
                  "--out", str(tmp_path / "y")]) == 2
     assert "does not start from pretrained networks" in capsys.readouterr().err
+    assert main(["distill", "--net-init", "fixed", "--dataset", "digits", "--out", str(tmp_path / "y")]) == 2
+    assert "'dm' has no network-initialization setting" in capsys.readouterr().err
+
+
+def test_cli_old_init_flag_and_keys_still_work_with_one_line(tmp_path, capsys):
+    """``--init`` (either kind, by its value), ``init=`` and ``method_config.init=`` are the old names."""
+    from datadistill.config import DeprecatedKeyWarning
+
+    common = ["--dataset", "digits", "--method", "dd", "--ipc", "1", "--iterations", "1", "--no-progress",
+              "method_config.batch_real=16", "eval.n_models=1"]
+    out = tmp_path / "old"
+    with pytest.warns(DeprecatedKeyWarning) as caught:
+        assert main(["distill", "--init", "fixed", "init=average", "--out", str(out), *common]) == 0
+    said = [str(w.message) for w in caught]
+    assert any("'--init'" in m and "'--net-init'" in m for m in said)
+    assert any("'init'" in m and "'image_init'" in m for m in said)
+    f = load_synset(out / "distilled.safetensors")
+    assert f.meta["init"] == "average" and f.meta["net_init"]["setting"] == "fixed"
+    with pytest.warns(DeprecatedKeyWarning) as caught:
+        assert main(["distill", "--init", "kmeans", "method_config.init=random", "--out", str(tmp_path / "k"),
+                     *common]) == 0
+    said = [str(w.message) for w in caught]
+    assert any("'--init'" in m and "'--image-init'" in m for m in said)
+    assert any("'init'" in m and "'net_init'" in m for m in said)
+    f = load_synset(tmp_path / "k" / "distilled.safetensors")
+    assert f.meta["init"] == "kmeans" and f.meta["net_init"]["setting"] == "random"
+    with pytest.warns(DeprecatedKeyWarning, match="'--net-init'"):
+        assert main(["distill", "--init", "sideways", "--out", str(tmp_path / "x"), *common]) == 2
+    assert "unknown net_init 'sideways'; valid: fixed, random" in capsys.readouterr().err
+    assert main(["distill", "--init", "real", "--image-init", "real", "--out", str(tmp_path / "x"), *common]) == 2
+    assert "give only the new ones" in capsys.readouterr().err
+
+
+def test_the_deprecation_is_one_line_on_the_console(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "datadistill.cli", "distill", "--dataset", "digits", "--method", "dd",
+                        "--init", "pretrained_fixed", "method_config.pretrained=nopool", "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 2, r.stderr
+    assert lines[0].startswith("datadistill: warning: '--init'") and "'--net-init'" in lines[0]
+    assert lines[1].startswith("datadistill: error: ")
 
 
 def test_cli_pretrain_writes_a_pool(tmp_path, capsys):
@@ -209,7 +258,7 @@ def test_poison_run_end_to_end_reports_before_and_after(pool, toy, tmp_path, cap
 
     cfg = from_dict(RunConfig, {
         "dataset": "procedural", "dataset_options": dict(toy.spec.extra), "method": "dd", "ipc": 1,
-        "iterations": 3, "method_config": {"init": "pretrained_random", "pretrained": str(pool.path),
+        "iterations": 3, "method_config": {"net_init": "pretrained_random", "pretrained": str(pool.path),
                                            "objective": "poison", "batch_real": 16}})
     r = run(cfg, tmp_path / "run", progress=False, log=lambda *_: None)
     assert r.reports["lenet"].accuracies and len(r.reports["lenet"].accuracies) == 2  # the held-out networks
@@ -225,7 +274,7 @@ def test_poison_run_end_to_end_reports_before_and_after(pool, toy, tmp_path, cap
 
 
 def test_pool_epochs_grow_on_small_sources(toy, digits):
-    from datadistill.methods.dd import pool_config
+    from datadistill.methods.dd.pools import pool_config
 
     assert pool_config(DDConfig(), digits).epochs == math.ceil(1400 * 128 / len(digits.train))
     assert pool_config(DDConfig(pool_epochs=2), digits).epochs == 2

@@ -164,3 +164,77 @@ def test_the_lock_is_released_when_a_run_fails(tmp_path):
     with pytest.raises(RunDirError):
         run(_cfg(iterations=1), out, progress=False)  # exists, no --resume/--force
     assert not (tmp_path / ".run.lock").exists()
+
+
+def test_a_run_folder_saved_with_the_old_init_keys_resumes(tmp_path):
+    """A ``config.yaml`` written before ``init`` became ``image_init`` (and DD's ``init`` became
+    ``net_init``) still resumes, as the same run, with one deprecation message per old key."""
+    import yaml
+
+    from datadistill.config import DeprecatedKeyWarning
+
+    cfg = _cfg(method="dd", iterations=2, method_config={"model": "convnet_w32", "batch_real": 16, "net_init": "random"})
+    assert run(cfg, tmp_path / "r", progress=False, stop_after=1, log=lambda *_: None) is None
+    path = tmp_path / "r" / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    assert saved["image_init"] == "noise" and saved["method_config"]["net_init"] == "random"
+    saved["init"] = saved.pop("image_init")
+    saved["method_config"]["init"] = saved["method_config"].pop("net_init")
+    path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    lines = []
+    with pytest.warns(DeprecatedKeyWarning) as caught:
+        result = run(cfg, tmp_path / "r", resume=True, progress=False, log=lines.append)
+    assert {str(w.message).split()[0] for w in caught} == {"'init'"}
+    assert lines[0].startswith("resuming with") and "ignoring" not in lines[0]  # the same settings, renamed
+    f = load_synset(tmp_path / "r" / "distilled.safetensors")
+    assert result is not None and f.meta["init"] == "noise" and f.meta["net_init"]["setting"] == "random"
+
+
+def test_evaluate_file_asks_the_method_named_in_the_file(tmp_path, capsys, monkeypatch):
+    import dataclasses
+
+    from datadistill.data import load_dataset
+    from datadistill.methods import METHODS, FileEvaluation
+    from datadistill.seeding import make_generator
+    from datadistill.synset import PixelSet, save_synset
+
+    data = load_dataset("procedural", None, num_classes=3, size=12, per_class=24)
+    path = tmp_path / "s.safetensors"
+    save_synset(path, PixelSet.from_real(data.train, 1, make_generator(0, "x")), data.spec, method="random")
+    asked = []
+
+    def from_file(meta, spec):
+        asked.append((meta["method"], spec.name))
+        return FileEvaluation(preset="smoke", protocol={"epochs": 2, "n_models": 3},
+                              final_metrics=lambda s, d, dev: {"probe": {"mean": 12.0, "std": 0.5}})
+
+    monkeypatch.setitem(METHODS._entries, "random", dataclasses.replace(METHODS.get("random"), from_file=from_file))
+    assert main(["evaluate", str(path), "n_models=1", "model=convnet_w32", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert asked == [("random", "procedural")]
+    assert out.splitlines()[0] == "final metrics: probe 12.00 ± 0.50"
+    report = json.loads(out[out.index("{"):])["convnet_w32"]
+    # the preset and the fields the set was made for, under the explicit overrides
+    assert report["protocol"]["name"] == "smoke" and report["protocol"]["epochs"] == 2 and report["n_models"] == 1
+
+
+def test_a_file_without_a_known_method_is_evaluated_the_generic_way():
+    from datadistill.data import load_dataset
+    from datadistill.methods import default_from_file, file_evaluation
+
+    spec = load_dataset("procedural", None).spec
+    assert default_from_file({"learned_lr": 0.01}, spec).preset == "mtt"  # trains with its learned step size
+    assert default_from_file({"learned_lr": None}, spec).preset == "dc"
+    for meta in ({}, {"method": "no_such_method"}, {"method": 3}):
+        how = file_evaluation(meta, spec)
+        assert how.preset == "dc" and how.networks is None and how.final_metrics is None
+    dd = file_evaluation({"method": "dd", "net_init": {"setting": "random", "weight_init": "kaiming"}}, spec)
+    assert dd.preset == "dd" and dd.networks is None and dd.protocol == {"weight_init": "kaiming"}
+
+
+def test_cli_lists_methods_with_their_papers_and_pretrain_is_for_dd(capsys):
+    assert main(["list", "methods"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.startswith("dd ") and "Wang et al. 2018" in line for line in out.splitlines())
+    assert main(["pretrain", "--method", "dm", "--dataset", "digits", "--out", "x"]) == 2
+    assert "method 'dm' starts from no pretrained networks; pretrain is for: dd" in capsys.readouterr().err

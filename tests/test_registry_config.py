@@ -48,7 +48,7 @@ def test_resolve_fills_method_defaults_and_validates_names():
     from datadistill.engine import resolve
 
     res = resolve(from_dict(RunConfig, {"method": "dm", "dataset": "digits"}))
-    assert res.iterations == 20000 and res.init == "real" and res.method_cfg.lr_img == 1.0
+    assert res.iterations == 20000 and res.image_init == "real" and res.method_cfg.lr_img == 1.0
     assert res.method_cfg.momentum == 0.5 and res.method_cfg.batch_real == 256
     assert res.protocol.name == "dc" and res.models == ("convnet",)
     with pytest.raises(ConfigError, match="valid keys"):

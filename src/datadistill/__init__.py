@@ -5,8 +5,7 @@ Public API::
     from datadistill import load_dataset, create_model, distill, evaluate, load_synset, save_synset
 """
 
-__version__ = "0.1.0"
-
+from .version import __version__  # noqa: E402
 from .data import DatasetSpec, RealData, load_dataset  # noqa: E402
 from .evaluation import EvalProtocol, evaluate, get_protocol  # noqa: E402
 from .models import create_model  # noqa: E402

@@ -35,9 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method")
     d.add_argument("--ipc", type=int, help="images per class")
     d.add_argument("--iterations", type=int)
-    d.add_argument("--init", help="image initialization (real, noise; dd also kmeans, average) or, for methods "
-                   "with a network-initialization setting (dd), that setting: fixed, random, pretrained_fixed, "
-                   "pretrained_random")
+    d.add_argument("--image-init", help="how the images start: real, noise (dd also kmeans, average)")
+    d.add_argument("--net-init", help="methods with a network-initialization setting (dd): fixed, random, "
+                   "pretrained_fixed, pretrained_random")
+    d.add_argument("--init", help="deprecated: --image-init or --net-init, whichever the value names")
     d.add_argument("--source-dataset", help="dd pretrained settings: the dataset the starting networks are trained "
                    "on (another dataset than --dataset: domain adaptation)")
     d.add_argument("--eval-every", type=int, help="evaluate every K iterations (0: only at the end)")
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--root")
 
     pt = sub.add_parser("pretrain", help="train and store a pool of networks (DD's pretrained settings)")
+    pt.add_argument("--method", default="dd", help="the method whose starting networks are trained (default dd)")
     pt.add_argument("--dataset", required=True)
     pt.add_argument("--model", default="lenet")
     pt.add_argument("--weight-init", default="xavier", help="initialization distribution (default, xavier, kaiming)")
@@ -183,18 +185,17 @@ def main(argv: list[str] | None = None) -> int:
 def _is_user_error(e: Exception) -> bool:
     from .config import ConfigError
     from .data import DatasetDownloadError, DatasetMissingError, DatasetOptionError
-    from .engine import RunDirError
+    from .data.zca import ZCAError
     from .experts import ExpertError
     from .methods import DivergenceError
     from .paths import OutputPathError
-    from .pool import PoolError
     from .registry import UnknownNameError
+    from .rundir import RunDirError
     from .synset import SynsetFileError
-    from .data.zca import ZCAError
 
+    # a method's own errors about what the user asked for are ConfigErrors (e.g. DD's PoolError)
     return isinstance(e, (ConfigError, DatasetMissingError, DatasetDownloadError, DatasetOptionError, RunDirError,
-                          UnknownNameError, SynsetFileError, DivergenceError, ExpertError, ZCAError, PoolError,
-                          OutputPathError))
+                          UnknownNameError, SynsetFileError, DivergenceError, ExpertError, ZCAError, OutputPathError))
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -209,8 +210,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.models:
         base["models"] = args.models
     base = apply_overrides(base, args.overrides)
-    if args.init or args.source_dataset:
-        _init_flags(base, args.init, args.source_dataset)
+    _init_flags(base, args.init, args.source_dataset, image_init=args.image_init, net_init=args.net_init)
     cfg = from_dict(RunConfig, base, where="config")
     out = Path(args.out or f"runs/{cfg.method}-{cfg.dataset}-ipc{cfg.ipc}-s{cfg.seed}")
     result = run(cfg, out, resume=args.resume, force=args.force, progress=not args.no_progress)
@@ -219,29 +219,42 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _init_flags(base: dict[str, Any], init: str | None, source: str | None) -> None:
-    """``--init``: an image initialization goes to ``init``; a network-initialization setting goes to
-    the method's ``method_config.init`` (the two sets of names do not overlap)."""
+def _init_flags(base: dict[str, Any], init: str | None = None, source: str | None = None, *,
+                image_init: str | None = None, net_init: str | None = None) -> None:
+    """``--image-init`` sets ``image_init``; ``--net-init`` and ``--source-dataset`` set the method's
+    ``method_config.net_init`` and ``source_dataset``. The deprecated ``--init`` is whichever of
+    the two its value names (the two sets of names do not overlap)."""
     import dataclasses
 
-    from .config import ConfigError
+    from .config import ConfigError, deprecated
     from .methods import METHODS
 
+    if image_init is None and net_init is None and init is None and source is None:
+        return
     entry = METHODS.get(base.get("method") or "dm")
-    fields = {f.name: f for f in dataclasses.fields(entry.config)}
-    mc = dict(base.get("method_config") or {})
+    fields = {f.name for f in dataclasses.fields(entry.config)}
     if init is not None:
-        if init in entry.inits:
-            base["init"] = init
-        elif "init" in fields:
-            mc["init"] = init  # validated by the method's config (an unknown name lists the valid ones)
+        if image_init is not None or net_init is not None:
+            raise ConfigError("--init is the old name of --image-init and --net-init; give only the new ones")
+        if init in entry.inits or "net_init" not in fields:
+            deprecated("--init", "--image-init")
+            image_init = init  # an unknown name is reported as an image initialization
         else:
-            raise ConfigError(f"--init {init!r}: {entry.name} takes an image initialization: {', '.join(entry.inits)}")
+            deprecated("--init", "--net-init")
+            net_init = init  # validated by the method's config (an unknown name lists the valid ones)
+    if image_init is not None:
+        base["image_init"] = image_init
+    mc = dict(base.get("method_config") or {})
+    if net_init is not None:
+        if "net_init" not in fields:
+            raise ConfigError(f"--net-init: method {entry.name!r} has no network-initialization setting")
+        mc["net_init"] = net_init
     if source is not None:
         if "source_dataset" not in fields:
             raise ConfigError(f"--source-dataset: method {entry.name!r} does not start from pretrained networks")
         mc["source_dataset"] = source
-        mc.setdefault("init", "pretrained_random")
+        if "net_init" not in mc and "init" not in mc:
+            mc["net_init"] = "pretrained_random"
     base["method_config"] = mc
 
 
@@ -259,8 +272,9 @@ def _protocol(name: str | None, overrides: list[str], default: str):
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .config import ConfigError
     from .data import load_dataset
-    from .engine import pick_device
+    from .device import pick_device
     from .evaluation import evaluate_full, evaluate_models, format_table
+    from .methods import file_evaluation
     from .models import MODELS
     from .synset import load_synset, update_meta
 
@@ -286,10 +300,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ConfigError("--zca is for --full only: a distilled-set file carries the whitening it was distilled "
                               "with and evaluation applies that one")
         f = load_synset(args.file, device=device)
-        from .methods.dd import eval_init_from_meta
-
-        default = "dd" if hasattr(f.synset, "schedule") else "mtt" if f.synset.learned_lr() is not None else "dc"
-        protocol = _protocol(args.protocol, args.overrides, default)
         from .data.zca import match_whitening, unwhitened_spec
 
         raw = unwhitened_spec(f.spec)  # its extra: the options that load the dataset (ZCA is applied next)
@@ -298,19 +308,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.file} was distilled with a different spec of {f.spec.name} (normalization or "
                               "size differ) than the dataset on disk")
         data = match_whitening(data, f.zca)  # a ZCA set: train and test whitened with the file's own transform
-        init = eval_init_from_meta(f.meta, data.spec)
-        net_init = f.meta.get("net_init") or {}
-        if "weight_init" in net_init and not any(o.startswith("weight_init=") for o in args.overrides):
-            protocol = protocol.with_(weight_init=net_init["weight_init"])  # the distribution it was distilled for
+        how = file_evaluation(f.meta, data.spec)  # as the file's method says (`MethodEntry.from_file`)
+        protocol = _protocol(args.protocol, args.overrides, how.preset)
+        asked = {o.partition("=")[0] for o in args.overrides}
+        kept = {k: v for k, v in how.protocol.items() if k not in asked}  # what the set was made for
+        protocol = protocol.with_(**kept) if kept else protocol
         reports = evaluate_models(f.synset, data, protocol, args.models or [protocol.model], device=device,
-                                  progress=True, init=init)
-        if net_init.get("setting", "").startswith("pretrained") and init is not None:
-            from .methods.dd import before_after, format_before_after
-
-            p = f.meta.get("poison")
-            extra = before_after(f.synset, data, init, device=device,
-                                 poison=(p["attack_class"], p["target_class"]) if p else None)
-            print("before/after the distilled steps: " + format_before_after(extra))
+                                  progress=True, init=how.networks)
+        extra = how.final_metrics(f.synset, data, device) if how.final_metrics is not None else None
+        for line in how.format_metrics(extra) if extra else []:
+            print(line)
         if args.save:
             ev = dict(f.meta.get("evaluation") or {})
             ev.update({m: r.to_dict() for m, r in reports.items()})
@@ -323,26 +330,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Reaches the method's ``pretrain`` hook through the registry (DD: its pools of networks)."""
     from .config import ConfigError
-    from .data import load_dataset
-    from .engine import pick_device
-    from .models import MODELS, WEIGHT_INITS
-    from .pool import PoolConfig, PoolError, pretrain_pool
+    from .methods import METHODS
 
-    WEIGHT_INITS.get(args.weight_init)
-    try:
-        cfg = PoolConfig(dataset=args.dataset, model=MODELS.canonical(args.model), weight_init=args.weight_init,
-                         n_nets=args.nets, held_out=args.held_out, epochs=args.epochs, lr=args.lr,
-                         batch_size=args.batch_size, seed=args.seed)
-        data = load_dataset(args.dataset, args.root)
-        pool = pretrain_pool(cfg, data, args.out, device=pick_device(args.device))
-    except PoolError as e:
-        raise ConfigError(str(e)) from e
-    accs = pool.accuracies(list(range(len(pool))))
-    held = pool.held_out_indices
-    print(f"pool {args.out}: {len(pool)} {cfg.model} networks on {args.dataset}, test accuracy "
-          f"{sum(accs) / len(accs):.2f}% (min {min(accs):.2f}); "
-          + (f"networks {held[0]}..{held[-1]} are held out for evaluation" if held else "none is held out"))
+    entry = METHODS.get(args.method)
+    if entry.pretrain is None:
+        able = [n for n in METHODS.names() if METHODS.get(n).pretrain is not None]
+        raise ConfigError(f"method {entry.name!r} starts from no pretrained networks; pretrain is for: "
+                          f"{', '.join(able)}")
+    print(entry.pretrain(dataset=args.dataset, out=args.out, model=args.model, weight_init=args.weight_init,
+                         nets=args.nets, held_out=args.held_out, epochs=args.epochs, lr=args.lr,
+                         batch_size=args.batch_size, seed=args.seed, root=args.root, device=args.device))
     return 0
 
 
@@ -368,7 +367,7 @@ def _indices(text: str) -> list[int]:
 def cmd_experts(args: argparse.Namespace) -> int:
     import time
 
-    from .engine import pick_device
+    from .device import pick_device
     from .experts import ExpertConfig, default_experts_dir, train_experts
 
     cfg = ExpertConfig(dataset=args.dataset, model=args.model, n_experts=args.experts, epochs=args.epochs, lr=args.lr,
@@ -455,8 +454,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         names = preset_names()
     elif args.what == "models":
         names = [f"{n} ({', '.join(MODELS.aliases(n))})" if MODELS.aliases(n) else n for n in MODELS.names()]
+    elif args.what == "methods":
+        width = max(map(len, METHODS.names()))
+        names = [f"{n:<{width}}  {METHODS.get(n).description}".rstrip() for n in METHODS.names()]
     else:
-        names = {"methods": METHODS, "datasets": DATASETS, "protocols": PROTOCOLS}[args.what].names()
+        names = {"datasets": DATASETS, "protocols": PROTOCOLS}[args.what].names()
     print("\n".join(names))
     return 0
 

@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -34,16 +34,23 @@ def deprecated(old: str, new: str, where: str = "") -> None:
                   DeprecatedKeyWarning, stacklevel=3)
 
 
-def _renamed(cls: type) -> dict[str, str]:
+def renamed_keys(cls: type) -> dict[str, str]:
     """``cls.RENAMED``: old key -> new key, for configs whose keys were renamed (`from_dict` maps them)."""
     return dict(getattr(cls, "RENAMED", {}) or {})
+
+
+def new_names(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with the old keys of ``cls.RENAMED`` under their new names, silently (for comparing a
+    saved config with one asked for; loading goes through `from_dict`, which says so)."""
+    renamed = renamed_keys(cls)
+    return {renamed.get(k, k): v for k, v in d.items()}
 
 
 def rename_keys(cls: type, d: dict[str, Any], where: str = "") -> dict[str, Any]:
     """``d`` with the old keys of ``cls.RENAMED`` under their new names (each with a deprecation
     message). Both an old key and its new one given is an error: which one was meant is unclear."""
     out = dict(d)
-    for old, new in _renamed(cls).items():
+    for old, new in renamed_keys(cls).items():
         if old in out:
             if new in out:
                 raise ConfigError(f"{where or cls.__name__}: both {old!r} (deprecated) and {new!r} are given; "
@@ -207,6 +214,8 @@ class RunConfig:
     """One distillation run. ``method_config`` and ``eval`` are validated against the method's
     ``Config`` and `EvalProtocol` when the run is resolved."""
 
+    RENAMED: ClassVar[dict[str, str]] = {"init": "image_init"}  # old key -> new key (`from_dict`)
+
     dataset: str = "mnist"
     dataset_options: dict = field(default_factory=dict)
     data_root: str | None = None
@@ -214,7 +223,8 @@ class RunConfig:
     method: str = "dm"
     ipc: int = 10
     iterations: int | None = None  # None: the method's default
-    init: str | None = None  # "real" or "noise"; None: the method's default
+    # how the set's images start: "real" or "noise" (some methods offer more); None: the method's default
+    image_init: str | None = None
     seed: int = 0
     device: str = "auto"
     eval_every: int = 0  # 0: evaluate only at the end
@@ -226,7 +236,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         """Ranges of the plain fields; names (dataset, method, models ...) are checked by the resolver
-        (`engine.resolve`), sizes that depend on the data by `engine.check_run`."""
+        (`resolve.resolve`), sizes that depend on the data by `resolve.check_run`."""
         bad = [f"{name} must be {rule}, got {value!r}" for name, value, ok, rule in (
             ("ipc", self.ipc, self.ipc >= 1, ">= 1 (images per class)"),
             ("iterations", self.iterations, self.iterations is None or self.iterations >= 0,

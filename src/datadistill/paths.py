@@ -3,7 +3,7 @@
 Every command that writes a folder (a run, a pool, expert trajectories, an exported tree) checks
 its output place first with `check_output_dir`, so that a file where a folder is needed or a place
 that cannot be written (``/proc/x``, a read-only disk) is one clear error before any work starts,
-and leaves nothing behind. Single files go through `synset.io.atomic_write`, which reports the
+and leaves nothing behind. Single files go through `fileio.atomic_write`, which reports the
 same failures as `OutputPathError`.
 """
 

@@ -9,7 +9,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .data.spec import DatasetSpec
-from .synset.io import atomic_write
+from .fileio import atomic_write
+from .synset.base import SYNSETS
 
 
 def grid_tensor(images: torch.Tensor, spec: DatasetSpec, nrow: int, padding: int = 2) -> torch.Tensor:
@@ -27,18 +28,18 @@ def save_grid(synset: Any, spec: DatasetSpec, path: str | Path, max_per_class: i
     ``view`` maps the set's images to normalized images before they are drawn: a set distilled on
     ZCA-whitened data looks like noise unless it is un-whitened (``view=zca.invert``).
 
-    A set grouped by GD steps (Dataset Distillation) is drawn one row per step instead, each row
-    labelled with the step sizes learned for it in every epoch; a factorized set (HaBa) one row per
-    base (`save_factorized_grid`).
+    Set types with a layout of their own are drawn their way (`GRIDS`, by registered set type): a
+    set grouped by GD steps (``steps``, Dataset Distillation) one row per step, each row labelled with
+    the step sizes learned for it in every epoch (`save_step_grid`); a factorized set (HaBa) one row
+    per base (`save_factorized_grid`).
     """
     from torchvision.utils import save_image
 
     if view is not None:
         spec = _ViewedSpec(spec, view)  # type: ignore[assignment]  # every grid kind draws through it
-    if hasattr(synset, "step_images"):
-        return save_step_grid(synset, spec, path)
-    if hasattr(synset, "hallucinators"):
-        return save_factorized_grid(synset, spec, path)
+    own = GRIDS.get(set_type(synset))
+    if own is not None:
+        return own(synset, spec, path)
     images, labels = synset.materialize()
     rows = []
     per = min(synset.ipc, max_per_class)
@@ -125,6 +126,17 @@ def save_factorized_grid(synset: Any, spec: DatasetSpec, path: str | Path, max_p
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
     return path
+
+
+def set_type(synset: Any) -> str | None:
+    """The name ``synset``'s type is registered under (`synset.SYNSETS`), or None."""
+    return next((n for n in SYNSETS.names() if type(synset) is SYNSETS.get(n)), None)
+
+
+# registered set type -> how a set of it is drawn; any other type: one row per class
+GRIDS: dict[str, Callable[[Any, DatasetSpec, str | Path], Path]] = {
+    "steps": save_step_grid, "factorized": save_factorized_grid,
+}
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -21,12 +21,14 @@ from tqdm.auto import tqdm
 
 from ..data import DATASETS, load_dataset
 from ..data.spec import LoadedDataset
+from ..device import device_name
 from ..evaluation.evaluator import dsa_augment
+from ..fileio import atomic_write
 from ..models import create_model
 from ..paths import check_output_dir
 from ..seeding import make_generator
-from ..synset.io import atomic_write, versions
 from ..train import accuracy, real_batches, train_classifier
+from ..version import versions
 from .buffer import (FORMAT_VERSION, KIND, META_KEY, ExpertBuffer, check_consistent, scan, shard_name, tensor_key,
                      write_manifest)
 from .config import FOLDER_FIELDS, ExpertConfig, ExpertError, config_diff
@@ -101,8 +103,6 @@ def _snapshot(model: nn.Module, epoch: int, into: dict[str, torch.Tensor]) -> No
 
 def _train_one(cfg: ExpertConfig, i: int, data: LoadedDataset, train, test, augment,
                device: torch.device | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    from ..engine import device_name  # noqa: PLC0415  (the engine imports the methods, which import us lazily)
-
     start = time.perf_counter()
     seed, s = cfg.expert_seed(i), data.spec
     net = create_model(cfg.model, s.channels, s.num_classes, s.image_size, seed=seed)

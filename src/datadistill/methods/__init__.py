@@ -1,6 +1,8 @@
 """Distillation methods: importing this package registers each one."""
 
 from . import coreset, dc, dd, dm, haba, mtt  # noqa: F401  (register)
-from .base import METHODS, Context, DivergenceError, Method, MethodEntry, MethodHooks, register_method
+from .base import (METHODS, Context, DivergenceError, FileEvaluation, Method, MethodEntry, MethodHooks,
+                   default_from_file, file_evaluation, format_metrics, register_method)
 
-__all__ = ["METHODS", "Context", "DivergenceError", "Method", "MethodEntry", "register_method"]
+__all__ = ["METHODS", "Context", "DivergenceError", "FileEvaluation", "Method", "MethodEntry", "MethodHooks",
+           "default_from_file", "file_evaluation", "format_metrics", "register_method"]

@@ -3,6 +3,11 @@
 A method is a frozen ``Config`` dataclass with the paper's defaults plus a class built as
 ``Method(cfg, ctx)`` with ``step(iteration) -> metrics``, ``state_dict()`` and
 ``load_state_dict()``. Shared math lives in `datadistill.functional`, not in a base class.
+
+A method owns its special cases through declared hooks, so that nothing outside its module
+imports it: on the instance (`MethodHooks`: the networks evaluation starts from, extra file
+metadata, further final metrics) and on its registry entry (`MethodEntry`: how a distilled file
+is evaluated again, how its final metrics read, what ``datadistill pretrain`` trains).
 """
 
 from __future__ import annotations
@@ -71,17 +76,66 @@ class MethodHooks:
         return None
 
 
+def format_metrics(metrics: dict[str, Any], *, markdown: bool = False, title: str = "final metrics") -> list[str]:
+    """Lines showing a method's final metrics (`MethodHooks.final_metrics`): one console line of each
+    metric's ``mean ± std`` (or value), or with ``markdown`` a titled table for ``report.md``."""
+
+    def shown(v: Any) -> str:
+        return f"{v['mean']:.2f} ± {v['std']:.2f}" if isinstance(v, dict) and "mean" in v else f"{v}"
+
+    rows = {k: v for k, v in metrics.items() if isinstance(v, (dict, int, float)) and not isinstance(v, bool)}
+    if not markdown:
+        return [f"{title}: " + ", ".join(f"{k} {shown(v)}" for k, v in rows.items())]
+    return [f"{title[0].upper()}{title[1:]}:", "", "| metric | value |", "|---|---|",
+            *(f"| {k} | {shown(v)} |" for k, v in rows.items()), ""]
+
+
+@dataclass(frozen=True)
+class FileEvaluation:
+    """How ``datadistill evaluate FILE`` judges a distilled file, as its method rebuilds it from the
+    file's metadata (`MethodEntry.from_file`)."""
+
+    preset: str = "dc"  # the evaluation protocol when none is asked for
+    # ``(i, model_name) -> nn.Module``: the networks evaluation starts from (e.g. DD's fixed or
+    # pretrained ones); None: fresh ones from the protocol's seeds
+    networks: Callable[[int, str], Any] | None = None
+    protocol: dict[str, Any] = field(default_factory=dict)  # fields the set was made for (explicit overrides win)
+    # ``(synset, data, device) -> dict | None``: further numbers beyond accuracy (e.g. DD's before/after)
+    final_metrics: Callable[[Any, LoadedDataset, torch.device], dict[str, Any] | None] | None = None
+    format_metrics: Callable[..., list[str]] = format_metrics  # how those numbers are shown
+
+
+def default_from_file(meta: dict[str, Any], spec: Any) -> FileEvaluation:
+    """A file's evaluation when its method says nothing more (and for files whose method is not
+    registered): a set with one learned step size trains with it under ``mtt``, any other under
+    ``dc``, with fresh networks, as files have always been evaluated."""
+    return FileEvaluation(preset="mtt" if meta.get("learned_lr") is not None else "dc")
+
+
+def file_evaluation(meta: dict[str, Any], spec: Any) -> FileEvaluation:
+    """How to evaluate a distilled file: asked of the method named in its metadata; a file without
+    a registered method name gets `default_from_file`."""
+    name = meta.get("method")
+    entry = METHODS.get(name) if isinstance(name, str) and name in METHODS else None
+    return (entry.from_file if entry is not None else default_from_file)(meta, spec)
+
+
 @dataclass(frozen=True)
 class MethodEntry:
-    """A registered method: its config class, its constructor and run defaults.
+    """A registered method: its config class, its constructor, run defaults and the hooks through
+    which the engine, ``datadistill evaluate FILE``, ``datadistill pretrain`` and the report reach
+    it without importing it.
 
     ``iterations`` is the default number of ``step`` calls (0 for selection methods whose result
-    is the initialization); ``init`` is the default initialization of the set's images
-    (``real``/``noise``). A method may also offer ``eval_init() -> (callable(i) -> nn.Module) | None``
-    (the networks its evaluation starts from, e.g. DD's fixed initialization),
-    ``file_meta() -> dict`` (extra metadata for the distilled file) and
-    ``extra_report(synset, data, device) -> dict | None`` (further final numbers, e.g. DD's
-    before/after accuracies of pretrained networks).
+    is the initialization); ``init`` is the default initialization of the set's images, one of
+    ``inits``. A method instance's own hooks are `MethodHooks`; the entry's work from a file alone:
+
+    - ``from_file(meta, spec) -> FileEvaluation``: the evaluation a distilled file of this method
+      asks for (default `default_from_file`);
+    - ``format_metrics(metrics, markdown=False) -> list[str]``: how the method's final metrics
+      read on the console and in ``report.md`` (default `format_metrics`);
+    - ``pretrain(**options) -> str``: trains what the method starts from (DD's pools of pretrained
+      networks, for ``datadistill pretrain``) and returns a summary line; None: nothing to train.
 
     ``check(cfg, ctx)`` states the method's own requirements, checked before a run starts and
     before its folder is created (`engine.check_run`): it raises `ConfigError` (or another error
@@ -95,13 +149,15 @@ class MethodEntry:
     build: Callable[[Any, Context], Method]
     iterations: int
     init: str = "real"
-    description: str = ""
+    description: str = ""  # one line for `datadistill list methods`
     eval_preset: str = "dc"  # the evaluation protocol the method's results are reported with
     inits: tuple[str, ...] = ("real", "noise")  # the image initializations ``synset`` accepts
     # ``synset(cfg, data, ipc, init, generator)`` builds the set the method optimizes; None: PixelSet
     synset: Callable[..., Any] | None = None
     check: Callable[[Any, Context], None] | None = None  # up-front checks of a run (see above)
-    extra: dict[str, Any] = field(default_factory=dict)
+    from_file: Callable[[dict[str, Any], Any], FileEvaluation] = default_from_file
+    format_metrics: Callable[..., list[str]] = format_metrics
+    pretrain: Callable[..., str] | None = None
 
 
 METHODS: Registry[MethodEntry] = Registry("method")

@@ -107,10 +107,5 @@ def _check_kwargs(name: str, builder: ModelBuilder, kw: dict[str, Any]) -> None:
         raise TypeError(f"model {name!r} takes no option(s) {bad}; valid options: {', '.join(valid) or 'none'}")
 
 
-def model_for_spec(name: str, spec: Any, seed: int | None = None, **kw: Any) -> nn.Module:
-    """`create_model` with the channels, classes and size taken from a `DatasetSpec`."""
-    return create_model(name, spec.channels, spec.num_classes, spec.image_size, seed=seed, **kw)
-
-
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ from safetensors.torch import load_file, save_file, safe_open
 
 from ..data.spec import DatasetSpec
 from ..data.zca import KEY as ZCA_KEY, ZCA, ZCAError
-from ..paths import OutputPathError
+from ..fileio import atomic_write, atomic_write_text  # noqa: F401  (also re-exported: their old home)
+from ..version import versions
 from .base import SYNSETS, SyntheticSet
 
 # Version 2 adds an optional ZCA transform (tensors ``zca.mean``, ``zca.matrix``; metadata ``zca``).
@@ -50,35 +50,6 @@ class SynsetFile:
     @property
     def method(self) -> str:
         return str(self.meta.get("method", "unknown"))
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers never see a half-written file."""
-    path = Path(path)
-    if path.is_dir():
-        raise OutputPathError(f"cannot write file {path}: it is a folder")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:  # a file where a folder should be, a read-only or pseudo file system
-        raise OutputPathError(f"cannot write {path}: {e.strerror or e}") from None
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda p: p.write_text(text))
-
-
-def versions() -> dict[str, str]:
-    from .. import __version__
-
-    return {"datadistill": __version__, "torch": torch.__version__}
 
 
 def save_synset(path: str | os.PathLike[str], synset: SyntheticSet, spec: DatasetSpec, *, zca: ZCA | None = None,

@@ -5,33 +5,47 @@ A pool is a folder with ``manifest.json`` and one ``net-NNN.safetensors`` per ne
 on the real training set with the shared loop (`train.train_classifier`) from its own seed.
 Networks are written one by one (atomically) and the manifest after each, so an interrupted
 ``datadistill pretrain`` resumes where it stopped. The last ``held_out`` networks are never used
-for distillation: evaluation of the pretrained settings starts from them (`methods.dd.PoolNets`).
+for distillation: evaluation of the pretrained settings starts from them (`PoolNets`).
+
+This module also chooses the pool a run uses (`open_pool`: a given folder, or one trained and
+cached per configuration) and is ``datadistill pretrain``'s implementation (`pretrain`, the DD
+entry's ``pretrain`` hook, so that the CLI reaches it through the method registry).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data.spec import LoadedDataset
-from .models import create_model
-from .paths import check_output_dir
-from .seeding import derive_seed, make_generator
-from .synset.io import atomic_write, atomic_write_text
-from .train import accuracy, real_batches, train_classifier
+from ...cache import keyed_dir
+from ...config import ConfigError
+from ...data import load_dataset
+from ...data.spec import LoadedDataset
+from ...device import pick_device
+from ...fileio import atomic_write, atomic_write_text
+from ...models import MODELS, WEIGHT_INITS, create_model
+from ...paths import check_output_dir
+from ...seeding import derive_seed, make_generator
+from ...train import accuracy, real_batches, train_classifier
+from ..base import Context
+
+if TYPE_CHECKING:
+    from .method import DDConfig
 
 MANIFEST = "manifest.json"
 
 
-class PoolError(ValueError):
-    """A pool folder is missing, incomplete or does not fit the data it is used with."""
+class PoolError(ConfigError):
+    """A pool folder is missing, incomplete or does not fit the data it is used with (a
+    `ConfigError`: the command names a pool that cannot be used)."""
 
 
 @dataclass(frozen=True)
@@ -168,3 +182,79 @@ class Pool:
 
     def accuracies(self, indices: list[int]) -> list[float]:
         return [float(self.nets[i]["test_acc"]) for i in indices]
+
+
+class PoolNets:
+    """Evaluation networks from a pretrained pool (held-out ones for ``pretrained_random``)."""
+
+    def __init__(self, pool: Pool, indices: list[int]) -> None:
+        self.pool, self.indices = pool, list(indices)
+        self.model = pool.config.model
+
+    @classmethod
+    def for_setting(cls, pool: Pool, setting: str) -> "PoolNets":
+        """``pretrained_fixed``: the one training network the data were distilled for;
+        ``pretrained_random``: the held-out networks, never used for distillation."""
+        return cls(pool, pool.train_indices[:1] if setting == "pretrained_fixed" else pool.held_out_indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __call__(self, i: int, name: str) -> nn.Module:
+        if MODELS.canonical(name) != MODELS.canonical(self.pool.config.model):
+            raise ConfigError(f"this set was distilled for pretrained {self.pool.config.model!r} networks; it "
+                              f"cannot be evaluated on {name!r}")
+        return self.pool.network(self.indices[i])
+
+
+def pool_config(cfg: "DDConfig", source: LoadedDataset) -> PoolConfig:
+    """The pool a pretrained setting trains when none is given: ``pool_nets`` networks, the last
+    ``pool_held_out`` kept for evaluation, each trained for ``pool_epochs`` epochs (default: 3 epochs
+    on MNIST-sized sets, more on small ones so that every network gets about 1,400 SGD steps)."""
+    batch = PoolConfig.batch_size
+    epochs = cfg.pool_epochs or max(3, math.ceil(1400 * batch / len(source.train)))
+    return PoolConfig(dataset=source.spec.name, model=MODELS.canonical(cfg.model), weight_init=cfg.weight_init,
+                      n_nets=cfg.pool_nets, held_out=cfg.pool_held_out, epochs=epochs, batch_size=batch,
+                      dataset_options=dict(source.spec.extra))
+
+
+def default_pool_dir(pc: PoolConfig, spec) -> Path:
+    """Where the pool for ``pc`` is cached, shared by every run that needs the same one."""
+    return keyed_dir("pools", f"{pc.dataset}-{pc.model}", [asdict(pc), spec.cache_key()])
+
+
+def open_pool(cfg: "DDConfig", ctx: Context, progress: bool = True) -> Pool:
+    """The pretrained pool a pretrained setting starts from, trained (and cached) on first use when
+    ``cfg.pretrained`` names no folder."""
+    if cfg.pretrained:
+        pool = Pool(cfg.pretrained)
+    else:
+        source = cfg.source_dataset or ctx.spec.name
+        src = ctx.data if source == ctx.spec.name else load_dataset(source, ctx.data_root)
+        pc = pool_config(cfg, src)
+        pool = pretrain_pool(pc, src, default_pool_dir(pc, src.spec), device=ctx.device, progress=progress)
+    check_pool(pool, cfg.model, ctx.spec)
+    return pool
+
+
+def check_pool(pool: Pool, model: str, spec) -> None:
+    """A pretrained pool must take ``spec``'s images and hold ``model`` networks."""
+    pool.check_fits(spec)
+    if MODELS.canonical(pool.config.model) != MODELS.canonical(model):
+        raise ConfigError(f"dd: the pool at {pool.path} holds {pool.config.model!r} networks, not {model!r}")
+
+
+def pretrain(*, dataset: str, out: str | Path, model: str = "lenet", weight_init: str = "xavier", nets: int = 30,
+             held_out: int = 20, epochs: int = 3, lr: float = 0.01, batch_size: int = 128, seed: int = 0,
+             root: str | None = None, device: str = "auto", progress: bool = True) -> str:
+    """``datadistill pretrain``: train (or finish) the pool in ``out``; returns the summary line."""
+    WEIGHT_INITS.get(weight_init)
+    cfg = PoolConfig(dataset=dataset, model=MODELS.canonical(model), weight_init=weight_init, n_nets=nets,
+                     held_out=held_out, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+    data = load_dataset(dataset, root)
+    pool = pretrain_pool(cfg, data, out, device=pick_device(device), progress=progress)
+    accs = pool.accuracies(list(range(len(pool))))
+    held = pool.held_out_indices
+    return (f"pool {out}: {len(pool)} {cfg.model} networks on {dataset}, test accuracy "
+            f"{sum(accs) / len(accs):.2f}% (min {min(accs):.2f}); "
+            + (f"networks {held[0]}..{held[-1]} are held out for evaluation" if held else "none is held out"))
