@@ -56,7 +56,7 @@ def reference_step(data, synset, opt, g, n_real, dsa) -> float:
     for c in range(spec.num_classes):
         real = data.train.sample(c, n_real, g)
         syn = synset.images[c * ipc : (c + 1) * ipc]
-        rp, sp = siamese_params_for_classes(dsa, 1, n_real, ipc, g, spec.image_size, allow_flip=spec.flip)
+        rp, sp = siamese_params_for_classes(dsa, 1, n_real, ipc, g, spec.image_size, allow_flip=spec.allow_flip)
         fr = net.forward_features(apply(real, rp, dsa)).detach()
         fs = net.forward_features(apply(syn, sp, dsa))
         loss = loss + ((fr.mean(0) - fs.mean(0)) ** 2).sum()

@@ -104,7 +104,7 @@ def test_config_errors_are_clear(toy):
     with pytest.raises(ConfigError, match="fewer than ipc=30"):
         select_indices(PIXELS, toy, 30, _gen(), herding)
     with pytest.raises(ConfigError, match="init"):
-        resolve(from_dict(RunConfig, {"method": "kcenter", "init": "noise"}))
+        resolve(from_dict(RunConfig, {"method": "kcenter", "image_init": "noise"}))
     with pytest.raises(ConfigError, match="has no iterations"):
         resolve(from_dict(RunConfig, {"method": "herding", "iterations": 3}))
     assert {"herding", "kcenter", "random"} <= set(METHODS.names()) and METHODS.get("k-center").name == "kcenter"

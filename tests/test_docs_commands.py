@@ -36,12 +36,6 @@ SHELL_LANGS = {"bash", "sh", "shell", "console"}
 SKIP_DOCS = {"docs/results.md"}
 NO_TEST = "# no-test"
 
-# Commands that use what the parallel refactor of issue 16 introduces (new option names, the suite
-# runner and report). They are expected to fail until that lands; once one passes, the test fails and
-# asks for it to be removed from here. Delete this tuple when the refactor is merged.
-PENDING = ("--image-init", "--net-init", "image_init", "net_init", "grad_checkpoint", "flip_prob", "allow_flip",
-           "benchmarks/run.py", "benchmarks/report.py")
-
 # tiny sizes per method, as method_config overrides (keys that method's config has)
 TINY_METHOD = {
     "dm": {"batch_real": 8},
@@ -331,7 +325,7 @@ def test_doc_commands_run(doc, items, tmp_path, shared_cache, monkeypatch, capsy
     module = types.ModuleType("datadistill_docs_example")  # dataclasses look their module up
     monkeypatch.setitem(sys.modules, module.__name__, module)
     namespace = module.__dict__
-    failures, pending_passed = [], []
+    failures = []
     for kind, line, text in items:
         where = f"{doc}:{line}"
         if kind == "python":
@@ -345,14 +339,9 @@ def test_doc_commands_run(doc, items, tmp_path, shared_cache, monkeypatch, capsy
         else:
             rc, err = run_shell(text, tmp_path, experts)
         capsys.readouterr()
-        pending = any(p in text for p in PENDING)
-        if rc != 0 and not pending:
+        if rc != 0:
             failures.append(f"{where}: exit {rc}: {text}\n    {err.strip()}")
-        elif rc == 0 and pending:
-            pending_passed.append(f"{where}: {text}")
     assert not failures, "commands in the docs fail:\n" + "\n".join(failures)
-    assert not pending_passed, ("these commands use names of the issue-16 refactor and now run: remove them "
-                                "from PENDING in tests/test_docs_commands.py:\n" + "\n".join(pending_passed))
 
 
 def test_extraction():
