@@ -78,11 +78,14 @@ def test_fixed_init_evaluation_replays_on_the_distillation_network(toy):
     net = init(0, "lenet")
     for (n, p) in net.named_parameters():
         assert torch.equal(p.detach(), dd.theta0[n]), n
-    r = evaluate(s, toy, get_protocol("dd", n_models=2), init=init)
+    r = evaluate(s, toy, get_protocol("dd", n_models=2), networks=init)
     assert len(r.accuracies) == 1  # one fixed network: a second replay would only repeat the number
     assert isinstance(init(0, "LeNet"), torch.nn.Module)  # the paper's alias names the same model
     with pytest.raises(ConfigError, match="fixed initialization"):
         init(0, "convnet")
+    from datadistill.config import DeprecatedKeyWarning
+    with pytest.warns(DeprecatedKeyWarning, match="'networks'"):  # the keyword's old name still works
+        assert evaluate(s, toy, get_protocol("dd", n_models=2), init=init).accuracies == r.accuracies
 
 
 def test_show_draws_one_row_per_step(toy, tmp_path):

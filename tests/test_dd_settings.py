@@ -89,7 +89,7 @@ def test_pretrained_settings_train_from_and_evaluate_on_the_right_networks(pool,
     expect = [0] if setting == "pretrained_fixed" else [2, 3]  # held-out networks for the random setting
     assert nets.indices == expect and len(nets) == len(expect)
     assert torch.equal(nets(0, "lenet").fc_1.weight, pool.network(expect[0]).fc_1.weight)
-    r = evaluate(s, toy, get_protocol("dd", n_models=20), init=nets)
+    r = evaluate(s, toy, get_protocol("dd", n_models=20), networks=nets)
     assert len(r.accuracies) == len(expect)  # capped at the networks there are
     meta = dd.file_meta()
     assert meta["net_init"]["setting"] == setting and meta["setting"] == setting

@@ -74,4 +74,4 @@ def test_dm_is_registered_with_the_paper_defaults():
     entry = METHODS.get("dm")
     cfg = entry.config()
     assert (cfg.lr_img, cfg.momentum, cfg.batch_real, cfg.dsa) == (1.0, 0.5, 256, True)
-    assert entry.iterations == 20000 and entry.init == "real"
+    assert entry.iterations == 20000 and entry.image_init == "real"

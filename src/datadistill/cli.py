@@ -236,7 +236,7 @@ def _init_flags(base: dict[str, Any], init: str | None = None, source: str | Non
     if init is not None:
         if image_init is not None or net_init is not None:
             raise ConfigError("--init is the old name of --image-init and --net-init; give only the new ones")
-        if init in entry.inits or "net_init" not in fields:
+        if init in entry.image_inits or "net_init" not in fields:
             deprecated("--init", "--image-init")
             image_init = init  # an unknown name is reported as an image initialization
         else:
@@ -314,7 +314,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         kept = {k: v for k, v in how.protocol.items() if k not in asked}  # what the set was made for
         protocol = protocol.with_(**kept) if kept else protocol
         reports = evaluate_models(f.synset, data, protocol, args.models or [protocol.model], device=device,
-                                  progress=True, init=how.networks)
+                                  progress=True, networks=how.networks)
         extra = how.final_metrics(f.synset, data, device) if how.final_metrics is not None else None
         for line in how.format_metrics(extra) if extra else []:
             print(line)

@@ -154,7 +154,7 @@ def _distill(checked: Checked, out: Path, *, resume: bool, progress: bool, stop_
         _call(callbacks, "on_step", it + 1, metrics)
         if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and it + 1 < res.iterations:
             rep = evaluate(synset, data, res.protocol.with_(n_models=cfg.eval_models_during), device=device,
-                           init=networks)
+                           networks=networks)
             _append_jsonl(out / "metrics.jsonl", {"iteration": it + 1, "eval": rep.to_dict()})
             bar.write(f"iteration {it + 1}: {rep.summary()}")
             _call(callbacks, "on_eval", it + 1, rep)
@@ -169,7 +169,7 @@ def _distill(checked: Checked, out: Path, *, resume: bool, progress: bool, stop_
 
     reports: dict[str, EvalReport] = {}
     for m in res.models:
-        rep = evaluate(synset, data, res.protocol, model=m, device=device, progress=progress, init=networks)
+        rep = evaluate(synset, data, res.protocol, model=m, device=device, progress=progress, networks=networks)
         reports[m] = rep
         log(f"final accuracy {rep.summary()}")
         _call(callbacks, "on_eval", res.iterations, rep)

@@ -55,10 +55,10 @@ def resolve(cfg: RunConfig) -> Resolved:
     protocol = get_protocol(preset, **{k: _tuple(v) for k, v in ev.items()})  # ConfigError names the field
     for name in (protocol.model, *cfg.models, getattr(method_cfg, "model", protocol.model)):
         MODELS.get(name)
-    image_init = cfg.image_init or entry.init
-    if image_init not in entry.inits:
+    image_init = cfg.image_init or entry.image_init
+    if image_init not in entry.image_inits:
         raise ConfigError(f"image_init {image_init!r} is not an image initialization of {entry.name}; valid: "
-                          f"{', '.join(entry.inits)}")
+                          f"{', '.join(entry.image_inits)}")
     iterations = entry.iterations if cfg.iterations is None else cfg.iterations  # ranges: RunConfig
     if entry.iterations == 0 and iterations > 0:
         raise ConfigError(f"method {entry.name!r} selects real images and has no iterations; use iterations=0")

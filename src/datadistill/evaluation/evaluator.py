@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..config import deprecated
 from ..data.spec import DatasetSpec, LoadedDataset, RealData
 from ..models import MODELS, create_model
 from ..seeding import make_generator
@@ -71,14 +72,15 @@ def evaluate(
     model: str | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    networks: Callable[[int, str], torch.nn.Module] | None = None,
     init: Callable[[int, str], torch.nn.Module] | None = None,
 ) -> EvalReport:
     """Train ``protocol.n_models`` fresh ``model``s (default ``protocol.model``) on ``synset``.
 
     The set is used only through ``synset.batches(batch_size, generator)`` and
     ``synset.learned_lr()`` (or, for the ``replay`` schedule, ``synset.schedule()``), so any set
-    type works. ``init(i, model)`` supplies the i-th starting network when a method ties its data to
-    particular initializations (DD's fixed or pretrained networks; an ``init`` with ``len()`` caps
+    type works. ``networks(i, model)`` supplies the i-th starting network when a method ties its data to
+    particular initializations (DD's fixed or pretrained networks; ``networks`` with ``len()`` caps
     the number of models at it); by default each model is a fresh initialization seeded from the
     protocol, drawn from ``protocol.weight_init``, never one seen during distillation.
 
@@ -97,12 +99,15 @@ def evaluate(
     accs, seeds = [], []
     t0 = time.perf_counter()
     n_models = protocol.n_models
-    if init is not None and hasattr(init, "__len__"):  # a finite set of starting networks (held-out pool)
-        n_models = min(n_models, len(init))
+    if init is not None:  # the keyword's old name
+        deprecated("init", "networks", "evaluate()")
+        networks = networks if networks is not None else init
+    if networks is not None and hasattr(networks, "__len__"):  # a finite set of starting networks (held-out pool)
+        n_models = min(n_models, len(networks))
     for i in tqdm(range(n_models), desc=f"evaluate {model}", disable=not progress, leave=False):
         seed = protocol.seed * 1000 + i
-        if init is not None:
-            net = init(i, model)
+        if networks is not None:
+            net = networks(i, model)
         else:
             net = create_model(model, spec.channels, spec.num_classes, spec.image_size, seed=seed,
                                weight_init=protocol.weight_init)
@@ -178,12 +183,12 @@ def evaluate_full(data: LoadedDataset, protocol: EvalProtocol, *, model: str | N
 
 def evaluate_models(synset: Any, data: LoadedDataset, protocol: EvalProtocol, models: Sequence[str],
                     *, device: torch.device | str = "cpu", progress: bool = False,
-                    init: Callable[[int, str], torch.nn.Module] | None = None) -> dict[str, EvalReport]:
-    """Cross-architecture evaluation: one report per model name (``init`` as in `evaluate`)."""
+                    networks: Callable[[int, str], torch.nn.Module] | None = None) -> dict[str, EvalReport]:
+    """Cross-architecture evaluation: one report per model name (``networks`` as in `evaluate`)."""
     for m in models:  # every name is checked before the first model trains
         MODELS.get(m)
     synset, data = as_set_and_data(synset, data)  # whiten once, not once per model
-    return {m: evaluate(synset, data, protocol, model=m, device=device, progress=progress, init=init)
+    return {m: evaluate(synset, data, protocol, model=m, device=device, progress=progress, networks=networks)
             for m in models}
 
 

@@ -127,8 +127,8 @@ class MethodEntry:
     it without importing it.
 
     ``iterations`` is the default number of ``step`` calls (0 for selection methods whose result
-    is the initialization); ``init`` is the default initialization of the set's images, one of
-    ``inits``. A method instance's own hooks are `MethodHooks`; the entry's work from a file alone:
+    is the initialization); ``image_init`` is the default initialization of the set's images, one of
+    ``image_inits``. A method instance's own hooks are `MethodHooks`; the entry's work from a file alone:
 
     - ``from_file(meta, spec) -> FileEvaluation``: the evaluation a distilled file of this method
       asks for (default `default_from_file`);
@@ -148,10 +148,10 @@ class MethodEntry:
     config: type
     build: Callable[[Any, Context], Method]
     iterations: int
-    init: str = "real"
+    image_init: str = "real"
     description: str = ""  # one line for `datadistill list methods`
     eval_preset: str = "dc"  # the evaluation protocol the method's results are reported with
-    inits: tuple[str, ...] = ("real", "noise")  # the image initializations ``synset`` accepts
+    image_inits: tuple[str, ...] = ("real", "noise")  # the image initializations ``synset`` accepts
     # ``synset(cfg, data, ipc, init, generator)`` builds the set the method optimizes; None: PixelSet
     synset: Callable[..., Any] | None = None
     check: Callable[[Any, Context], None] | None = None  # up-front checks of a run (see above)

@@ -227,10 +227,10 @@ class DC(MethodHooks):
 
 
 register_method(MethodEntry(
-    name="dc", config=DCConfig, build=DC, iterations=1000, init="real",
+    name="dc", config=DCConfig, build=DC, iterations=1000, image_init="real",
     description="Dataset Condensation with gradient matching (Zhao et al., ICLR 2021)",
 ))
 register_method(MethodEntry(
-    name="dsa", config=DSAMethodConfig, build=DC, iterations=1000, init="real", eval_preset="dsa",
+    name="dsa", config=DSAMethodConfig, build=DC, iterations=1000, image_init="real", eval_preset="dsa",
     description="DC with differentiable siamese augmentation (Zhao & Bilen, ICML 2021)",
 ))

@@ -98,6 +98,6 @@ class DM(MethodHooks):
 
 
 register_method(MethodEntry(
-    name="dm", config=DMConfig, build=DM, iterations=20000, init="real",
+    name="dm", config=DMConfig, build=DM, iterations=20000, image_init="real",
     description="Distribution Matching (Zhao & Bilen, WACV 2023)",
 ))

@@ -13,8 +13,8 @@ from .report import before_after, format_before_after, format_metrics, from_file
 eval_init_from_meta = networks_from_meta  # the old name
 
 register_method(MethodEntry(
-    name="dd", config=DDConfig, build=DD, iterations=2000, init="noise", eval_preset="dd", synset=make_set,
-    inits=IMAGE_INITS, check=check_dd, from_file=from_file, format_metrics=format_metrics, pretrain=pretrain,
+    name="dd", config=DDConfig, build=DD, iterations=2000, image_init="noise", eval_preset="dd", synset=make_set,
+    image_inits=IMAGE_INITS, check=check_dd, from_file=from_file, format_metrics=format_metrics, pretrain=pretrain,
     description="Dataset Distillation (Wang et al. 2018): unrolled GD steps with learned step sizes",
 ))
 
