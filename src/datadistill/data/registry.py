@@ -51,6 +51,15 @@ def register_dataset(entry: DatasetEntry, *aliases: str) -> DatasetEntry:
     return entry
 
 
+def in_memory(name: str, load: Callable[..., LoadedDataset], source: str,
+              options: tuple[str, ...] = ()) -> DatasetEntry:
+    """The entry of a dataset made in memory (nothing to download or prepare): ``source`` says
+    where it comes from."""
+    return DatasetEntry(name=name, load=load, available=lambda root: True,
+                        prepare=lambda root: f"{name}: {source}, nothing to prepare",
+                        instructions=source, options=options)
+
+
 def default_root() -> Path:
     """``$DATADISTILL_DATA`` if set, else ``~/.cache/datadistill/data``."""
     env = os.environ.get("DATADISTILL_DATA")

@@ -17,10 +17,11 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from ..augment import parse_strategy
+from ..augment import DSAConfig, apply, parse_strategy, siamese_params_for_classes
 from ..config import ConfigError
 from ..data.spec import LoadedDataset
 from ..registry import Registry
+from ..seeding import fork
 
 
 class DivergenceError(FloatingPointError):
@@ -183,3 +184,20 @@ def check_ranges(method: str, cfg: Any, *, positive: tuple[str, ...] = (), rates
 def register_method(entry: MethodEntry, *aliases: str) -> MethodEntry:
     METHODS.add(entry.name, entry, aliases=aliases)
     return entry
+
+
+def class_batches(ctx: Context, n_real: int, dsa: DSAConfig | None,
+                  g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One matching step's inputs for DC and DM: ``n_real`` real images of every class (class-major,
+    on the device) and the set's images, both through one DSA draw per class when ``dsa`` is given
+    (the "siamese" pairing of Zhao & Bilen 2021: real and synthetic images of a class share the
+    transformation). The draw uses a fork of ``g`` taken after the real sample."""
+    spec = ctx.spec
+    real, _ = ctx.data.train.sample_classes(n_real, g)
+    real = real.to(ctx.device)
+    syn = ctx.synset.images
+    if dsa is not None:
+        rp, sp = siamese_params_for_classes(dsa, spec.num_classes, n_real, ctx.synset.ipc, fork(g),
+                                            spec.image_size, allow_flip=spec.allow_flip)
+        real, syn = apply(real, rp.to(ctx.device), dsa), apply(syn, sp.to(ctx.device), dsa)
+    return real, syn

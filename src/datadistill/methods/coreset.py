@@ -238,16 +238,16 @@ class Selection(MethodHooks):
 
 
 register_method(MethodEntry(
-    name="random", config=RandomConfig, build=Selection, iterations=0, image_init="real",
+    name="random", config=RandomConfig, build=Selection, iterations=0,
     description="random real images per class (baseline)",
 ))
 register_method(MethodEntry(
     name="herding", config=CoresetConfig, build=partial(Selection, method="herding"), iterations=0,
-    image_init="real", image_inits=("real",), synset=partial(coreset_synset, "herding"),
+    image_inits=("real",), synset=partial(coreset_synset, "herding"),
     description="herding selection of real images per class (Welling, ICML 2009; baseline)",
 ))
 register_method(MethodEntry(
     name="kcenter", config=CoresetConfig, build=partial(Selection, method="kcenter"), iterations=0,
-    image_init="real", image_inits=("real",), synset=partial(coreset_synset, "kcenter"),
+    image_inits=("real",), synset=partial(coreset_synset, "kcenter"),
     description="greedy k-center selection of real images per class (Sener & Savarese, ICLR 2018; baseline)",
 ), "k_center")

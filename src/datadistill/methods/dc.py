@@ -39,13 +39,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from ..augment import DSAConfig, apply, sample_params, siamese_params_for_classes
+from ..augment import DSAConfig, apply, sample_params
 from ..config import ConfigError
 from ..functional.chunked import mean_ce_grads, pick_chunk
 from ..functional.gradmatch import METRICS, gradient_distance
 from ..models import create_model, has_batchnorm
-from ..seeding import fork
-from .base import Context, DivergenceError, MethodEntry, MethodHooks, check_ranges, register_method
+from .base import Context, DivergenceError, MethodEntry, MethodHooks, check_ranges, class_batches, register_method
 
 # the papers' (outer_loop, inner_loop) per images per class
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -159,13 +158,7 @@ class DC(MethodHooks):
     def match_loss(self, params: dict, buffers: dict, g: torch.Generator) -> torch.Tensor:
         ctx, spec = self.ctx, self.ctx.spec
         C, ipc = spec.num_classes, self.synset.ipc
-        real, _ = ctx.data.train.sample_classes(self.n_real, g)
-        real = real.to(ctx.device)
-        syn = self.synset.images
-        if self.dsa is not None:
-            rp, sp = siamese_params_for_classes(self.dsa, C, self.n_real, ipc, fork(g), spec.image_size,
-                                                allow_flip=spec.allow_flip)
-            real, syn = apply(real, rp.to(ctx.device), self.dsa), apply(syn, sp.to(ctx.device), self.dsa)
+        real, syn = class_batches(ctx, self.n_real, self.dsa, g)
         y = torch.arange(C, device=ctx.device)
         g_real = self.class_gradients(params, buffers, real.view(C, self.n_real, *real.shape[1:]),
                                       y[:, None].expand(C, self.n_real))
@@ -227,10 +220,10 @@ class DC(MethodHooks):
 
 
 register_method(MethodEntry(
-    name="dc", config=DCConfig, build=DC, iterations=1000, image_init="real",
+    name="dc", config=DCConfig, build=DC, iterations=1000,
     description="Dataset Condensation with gradient matching (Zhao et al., ICLR 2021)",
 ))
 register_method(MethodEntry(
-    name="dsa", config=DSAMethodConfig, build=DC, iterations=1000, image_init="real", eval_preset="dsa",
+    name="dsa", config=DSAMethodConfig, build=DC, iterations=1000, eval_preset="dsa",
     description="DC with differentiable siamese augmentation (Zhao & Bilen, ICML 2021)",
 ))

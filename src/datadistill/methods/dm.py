@@ -21,11 +21,10 @@ from typing import Any
 
 import torch
 
-from ..augment import DSAConfig, apply, siamese_params_for_classes
+from ..augment import DSAConfig
 from ..functional import class_mean_distance, pick_chunk
 from ..models import create_model
-from ..seeding import fork
-from .base import Context, MethodEntry, MethodHooks, check_ranges, register_method
+from .base import Context, MethodEntry, MethodHooks, check_ranges, class_batches, register_method
 
 
 @dataclass(frozen=True)
@@ -57,6 +56,13 @@ class DM(MethodHooks):
         whole = self.n_real * ctx.spec.num_classes
         self.real_chunk = cfg.real_chunk or pick_chunk(ctx.device, independent=True) or whole
 
+    # the resumable state: the optimizer over the images (the set saves itself)
+    def state_dict(self) -> dict[str, Any]:
+        return {"opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["opt"])
+
     def _embed(self, net: torch.nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -73,14 +79,7 @@ class DM(MethodHooks):
         net.train()
         net.requires_grad_(False)
 
-        real, _ = ctx.data.train.sample_classes(self.n_real, g)
-        real = real.to(ctx.device)
-        syn = self.synset.images
-        if self.dsa is not None:
-            rp, sp = siamese_params_for_classes(self.dsa, C, self.n_real, ipc, fork(g), spec.image_size,
-                                                allow_flip=spec.allow_flip)
-            real = apply(real, rp.to(ctx.device), self.dsa)
-            syn = apply(syn, sp.to(ctx.device), self.dsa)
+        real, syn = class_batches(ctx, self.n_real, self.dsa, g)
         with torch.no_grad():
             f_real = self._embed(net, real, self.real_chunk)
         f_syn = self._embed(net, syn, syn.shape[0])
@@ -90,14 +89,8 @@ class DM(MethodHooks):
         self.opt.step()
         return {"loss": float(loss.detach())}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"opt": self.opt.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.opt.load_state_dict(state["opt"])
-
 
 register_method(MethodEntry(
-    name="dm", config=DMConfig, build=DM, iterations=20000, image_init="real",
+    name="dm", config=DMConfig, build=DM, iterations=20000,
     description="Distribution Matching (Zhao & Bilen, WACV 2023)",
 ))

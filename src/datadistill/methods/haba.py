@@ -203,7 +203,7 @@ class HaBa(MethodHooks):
 
 
 register_method(MethodEntry(
-    name="haba", config=HaBaConfig, build=HaBa, iterations=15000, image_init="real", eval_preset="mtt",
+    name="haba", config=HaBaConfig, build=HaBa, iterations=15000, eval_preset="mtt",
     synset=factorized_synset, check=check_haba,
     description="HaBa, factorized sets of bases x hallucinators (Liu et al., NeurIPS 2022); needs `datadistill experts`",
 ))

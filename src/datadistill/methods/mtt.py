@@ -87,7 +87,7 @@ class MTT(MethodHooks):
 
 
 register_method(MethodEntry(
-    name="mtt", config=MTTConfig, build=MTT, iterations=5000, image_init="real", eval_preset="mtt", synset=mtt_synset,
+    name="mtt", config=MTTConfig, build=MTT, iterations=5000, eval_preset="mtt", synset=mtt_synset,
     check=check_matching,
     description="Matching training trajectories (Cazenavette et al., CVPR 2022); needs `datadistill experts`",
 ))
