@@ -353,3 +353,47 @@ def test_extraction():
                    ("console", [(12, "make help")])]
     assert tiny_datadistill(["distill", "--dataset", "mnist", "--method", "dm", "--iterations", "300"], Experts())[:6] \
         == ["distill", "--method", "dm", "--iterations", "300", "--dataset"]
+
+
+# ---------------------------------------------------------------------------------------------- links
+LINK = re.compile(r"!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a page: its headings' slugs (``-1``, ``-2`` for repeats) and ``<a id>``s."""
+    text = path.read_text()
+    out, seen, fenced = set(), {}, False
+    for line in text.splitlines():
+        if re.match(r"^\s*(```|~~~)", line):
+            fenced = not fenced
+            continue
+        m = None if fenced else re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m:
+            slug = re.sub(r"[^\w\- ]", "", re.sub(r"<[^>]+>", "", m.group(1)).strip().lower()).replace(" ", "-")
+            n = seen.get(slug, 0)
+            seen[slug] = n + 1
+            out.add(slug if n == 0 else f"{slug}-{n}")
+    return out | set(re.findall(r'<a\s+(?:id|name)="([^"]+)"', text))
+
+
+def broken_links(doc: Path) -> list[str]:
+    """Relative links of a page whose file, heading anchor or ``#Ln`` line does not exist."""
+    text = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", doc.read_text(), flags=re.S))
+    bad = []
+    for target in LINK.findall(text):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):
+            continue  # http:, mailto:
+        path, _, frag = target.partition("#")
+        dest = (doc.parent / path).resolve() if path else doc
+        if not dest.exists():
+            bad.append(f"{target} (no such file)")
+        elif frag and dest.suffix == ".md" and frag not in heading_anchors(dest):
+            bad.append(f"{target} (no such anchor)")
+        elif frag and re.fullmatch(r"L\d+", frag) and int(frag[1:]) > len(dest.read_text().splitlines()):
+            bad.append(f"{target} (past the file's end)")
+    return bad
+
+
+@pytest.mark.parametrize("doc", ["README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").rglob("*.md"))])
+def test_doc_links_resolve(doc):
+    assert not broken_links(ROOT / doc), f"{doc}: broken links: {broken_links(ROOT / doc)}"
