@@ -252,12 +252,14 @@ def memory_table(rows: list[Row]) -> str:
 
 
 def commands(rows: list[Row], suites: dict[str, str]) -> str:
-    """The command of each row, anchored by its job id; how to rerun it through its suite."""
+    """Each row's job, anchored by its id: how to rerun it through its suite, and the command its
+    record ran (which may name a script the suites have since replaced)."""
     lines = ["<details><summary>Commands</summary>", ""]
     for r in rows:
         suite = suites.get(r["job"], "?")
-        lines.append(f"- <a id=\"cmd-{r['job']}\"></a>`{r['job']}` (suite `{suite}`, record "
-                     f"[{r['file']}:{r['line']}]({link(r, '../')})): `{r['command']}`")
+        lines.append(f"- <a id=\"cmd-{r['job']}\"></a>`{r['job']}`: rerun with "
+                     f"`python benchmarks/run.py {suite} --only {r['job']}`; the record "
+                     f"[{r['file']}:{r['line']}]({link(r, '../')}) ran `{r['command']}`")
     lines += ["", "</details>"]
     return "\n".join(lines)
 
