@@ -282,6 +282,19 @@ def run_shell(cmd: str, cwd: Path, experts: Experts) -> tuple[int, str]:
     return 1, f"don't know how to check {prog!r}: fence the block as text or mark the command '{NO_TEST}'"
 
 
+def _isolate_registries(monkeypatch) -> None:
+    """What a page registers (docs/development.md adds a method) is gone after its test, so that the
+    other tests see only the package's own names."""
+    from datadistill.registry import Registry
+
+    mods = [m for n, m in list(sys.modules.items()) if n == "datadistill" or n.startswith("datadistill.")]
+    regs = {id(o): o for m in mods for o in vars(m).values() if isinstance(o, Registry)}
+    for reg in regs.values():
+        for attr in ("_entries", "_names", "_aliases"):
+            monkeypatch.setattr(reg, attr, {k: (list(v) if isinstance(v, list) else v)
+                                            for k, v in getattr(reg, attr).items()})
+
+
 def _tiny_api(monkeypatch) -> None:
     import datadistill
     from datadistill import evaluation
@@ -320,6 +333,7 @@ def test_docs_have_commands():
 def test_doc_commands_run(doc, items, tmp_path, shared_cache, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("XDG_CACHE_HOME", str(shared_cache))  # pools and expert buffers, shared by the pages
+    _isolate_registries(monkeypatch)
     _tiny_api(monkeypatch)
     experts = Experts()
     module = types.ModuleType("datadistill_docs_example")  # dataclasses look their module up
