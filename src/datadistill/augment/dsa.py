@@ -111,6 +111,9 @@ class DSAConfig:
     saturation: float = 2.0  # mix with the per-pixel channel mean by u * saturation
     contrast: float = 0.5  # mix with the per-image mean by u + contrast
     flip_prob: float = 0.5  # probability of a horizontal flip when the op is applied
+    # grid sampling of scale/rotate: False as the DC/DSA/DM code behaves on today's torch (its calls
+    # name no value; the default has been False since torch 1.3), True as MTT's and HaBa's code pass
+    align_corners: bool = False
 
     def __post_init__(self) -> None:
         parse_strategy(self.strategy)
@@ -380,7 +383,7 @@ def _keep_where(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), new, old)
 
 
-def _affine(x: Tensor, p: DSAParams, run: list[int]) -> Tensor:
+def _affine(x: Tensor, p: DSAParams, run: list[int], align_corners: bool = False) -> Tensor:
     """Resample once with the composition of the run's active matrices (identity where inactive)."""
     n = x.shape[0]
     eye = torch.eye(3, dtype=x.dtype, device=x.device).expand(n, 3, 3)
@@ -391,8 +394,8 @@ def _affine(x: Tensor, p: DSAParams, run: list[int]) -> Tensor:
         # Applying A then B samples x(A B q): the matrices compose left to right.
         theta = theta @ torch.where(on.view(-1, 1, 1), m, eye)
         touched = touched | on
-    grid = F.affine_grid(theta[:, :2], list(x.shape), align_corners=False)
-    warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    grid = F.affine_grid(theta[:, :2], list(x.shape), align_corners=align_corners)
+    warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=align_corners)
     return _keep_where(touched, warped, x)  # untouched samples stay bit-exact
 
 
@@ -417,7 +420,7 @@ def apply(x: Tensor, params: DSAParams, cfg: DSAConfig) -> Tensor:
     out = x
     for affine, run in _runs(p.ops):
         if affine:
-            out = _affine(out, p, run)
+            out = _affine(out, p, run, cfg.align_corners)
         else:
             k = run[0]
             out = _keep_where(p.active[:, k], DSA_OP_REGISTRY.get(p.ops[k]).fn(out, p, cfg), out)

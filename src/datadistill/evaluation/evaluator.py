@@ -50,15 +50,18 @@ class EvalReport:
         }
 
 
-def dsa_augment(spec: DatasetSpec, strategy: str) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+def dsa_augment(spec: DatasetSpec, strategy: str, *, flip_all: bool = False,
+                align_corners: bool = False) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
     """DSA with fresh parameters per batch (training-time augmentation, not siamese): as in the
-    reference evaluation, one operation per batch and per-sample parameters."""
+    reference evaluation, one operation per batch and per-sample parameters. Flips only where the
+    spec allows them, unless ``flip_all`` (the papers' evaluators flip digits too)."""
     from ..augment import DSAConfig, apply, sample_params
 
-    cfg = DSAConfig(strategy=strategy, op_choice="per_batch")
+    cfg = DSAConfig(strategy=strategy, op_choice="per_batch", align_corners=align_corners)
+    allow_flip = spec.allow_flip or flip_all
 
     def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        params = sample_params(cfg, x.shape[0], g, tuple(x.shape[-2:]), allow_flip=spec.allow_flip)
+        params = sample_params(cfg, x.shape[0], g, tuple(x.shape[-2:]), allow_flip=allow_flip)
         return apply(x, params.to(x.device), cfg)
 
     return augment
@@ -94,7 +97,10 @@ def evaluate(
     lr = protocol.lr
     if protocol.use_learned_lr and synset.learned_lr() is not None:
         lr = float(synset.learned_lr())
-    augment = dsa_augment(spec, protocol.dsa_strategy) if protocol.augment == "dsa" else None
+    augment = None
+    if protocol.augment == "dsa":
+        augment = dsa_augment(spec, protocol.dsa_strategy, flip_all=protocol.dsa_flip_all,
+                              align_corners=protocol.dsa_align_corners)
     test = data.test.to(device)
     accs, seeds = [], []
     t0 = time.perf_counter()
@@ -122,9 +128,10 @@ def evaluate(
                 replay_steps(net, steps, device)
         else:
             train_classifier(
-                net, _Frozen(synset).batches, epochs=protocol.epochs, lr=lr, momentum=protocol.momentum,
+                net, _Frozen(synset).batches, epochs=protocol.train_epochs, lr=lr, momentum=protocol.momentum,
                 weight_decay=protocol.weight_decay, milestones=protocol.milestones,
                 batch_size=protocol.batch_size, generator=g, augment=augment, device=device,
+                restart_at_milestones=protocol.reference_schedule,
             )
         accs.append(accuracy(net, test, protocol.test_batch_size, device))
         seeds.append(seed)

@@ -51,6 +51,7 @@ def train_classifier(
     desc: str = "train",
     channels_last: bool = True,
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    restart_at_milestones: bool = False,
 ) -> nn.Module:
     """Train ``model`` with SGD and a step learning-rate schedule; returns it (in train mode).
 
@@ -58,6 +59,8 @@ def train_classifier(
     is applied to every batch with fresh parameters. ``channels_last`` only changes the memory
     layout (faster convolutions on CPU and GPU), never the result beyond float rounding.
     ``on_epoch_end(epoch, model)`` runs after each epoch (0-based), e.g. to record the weights.
+    ``restart_at_milestones``: at each milestone a new SGD optimizer replaces the old one (its
+    momentum starts again from zero), as the DC/DSA/DM/MTT reference evaluators do at their decay.
     On the CPU a batch goes forward and backward in chunks whose gradients add up to the batch's
     (`functional.chunked`), unless the model has BatchNorm, whose statistics span the batch.
     """
@@ -67,6 +70,8 @@ def train_classifier(
     model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
+        if restart_at_milestones and epoch in milestones:
+            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         for group in opt.param_groups:
             group["lr"] = lr_at(epoch, lr, milestones)
         for x, y in batches(batch_size, generator):
