@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     base = get_protocol(args.preset, **overrides)
     args.epochs = base.epochs
     k = key(args)
+    code = commit()  # the code this process runs, whatever the checkout becomes meanwhile
     have = done_models(k, out)
     for i in range(args.models):
         if i in have:
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         rep = evaluate(synset, data, base.with_(seed=i), progress=True)
         append(out, "parity-models.jsonl", {**k, "model_index": i, "seed": rep.seeds[0], "acc": 100 * rep.accuracies[0],
                                        "seconds": round(time.perf_counter() - t, 1), "capability": capability(),
-                                       "device": device_name(torch.device("cpu")), "commit": commit()})
+                                       "device": device_name(torch.device("cpu")), "commit": code})
     accs = [r["acc"] for i, r in sorted(done_models(k, out).items()) if i < args.models]
     n = len(accs)
     mean = sum(accs) / n
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "acc_std": round(std, 2), "ci95": [round(mean - half, 2), round(mean + half, 2)],
         "reference_accs": ref, "reference_mean": round(ref_mean, 2), "reference_std": round(ref_std, 2),
         "protocol": base.with_(n_models=n).to_dict(), "capability": capability(),
-        "device": device_name(torch.device("cpu")), "commit": commit(), "command": "python " + " ".join(sys.argv),
+        "device": device_name(torch.device("cpu")), "commit": code, "command": "python " + " ".join(sys.argv),
     })
     return 0
 

@@ -113,3 +113,48 @@ def test_align_corners_as_mtt_code_samples(digits):
     want = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=True), align_corners=True)
     torch.testing.assert_close(apply(x, p, cfg_t), want)
     assert not torch.allclose(apply(x, p, cfg_f), want)
+
+
+def test_dc_paper_follows_the_dc_codes_augmentation_rule():
+    p = get_protocol("dc-paper")
+    assert (p.reference_schedule, p.augment, p.epochs, p.epochs_augmented) == (True, "dc", 300, 1000)
+    mnist, fmnist = p.resolved("mnist", "convnet"), p.resolved("fashion_mnist", "convnet")
+    assert (mnist.dc_strategy, mnist.train_epochs, mnist.milestones) == ("crop_scale_rotate", 1001, (502,))
+    assert (fmnist.dc_strategy, fmnist.train_epochs, fmnist.milestones) == ("none", 301, (152,))
+    assert p.resolved("fashion_mnist", "convnet_bn").dc_strategy == "crop_noise"  # BatchNorm wins
+    assert p.resolved("mnist", "convnet_bn").dc_strategy == "crop_noise"
+
+
+def test_dc_paper_runs_its_resolved_schedule(monkeypatch, digits):
+    p = get_protocol("dc-paper", epochs=4, n_models=1)
+    rep = _run(monkeypatch, digits, p)
+    assert len(SpySGD.steps) == 5 and len(SpySGD.built) == 2  # digits: no augmentation, epochs + 1 passes
+    assert rep.protocol.dc_strategy == "none"
+
+
+def test_classic_augmentation_ops():
+    from datadistill.augment import ClassicAugment
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    mean = x.mean()
+    out = ClassicAugment("crop")(x, g)
+    pad = torch.full((12, 1, 36, 36), float(mean))
+    pad[:, :, 4:32, 4:32] = x
+    for o, pi in zip(out, pad):  # each image is one 28x28 window at an offset in 0..7 of the padded canvas
+        assert any(torch.equal(o, pi[:, r : r + 28, c : c + 28]) for r in range(8) for c in range(8))
+    out = ClassicAugment("noise")(x, g)
+    assert 0.0005 < float((out - x).std()) < 0.002
+    out = ClassicAugment("scale")(x, g)
+    assert out.shape == x.shape and not torch.equal(out, x)
+    from scipy.ndimage import rotate
+
+    out = ClassicAugment("rotate")(x[:2], g)
+    for o, xi in zip(out, x[:2]):  # an integer angle in [-45, 45), the centre of the grown canvas
+        def rot(a):
+            r = rotate(xi.numpy(), angle=a, axes=(-2, -1), cval=float(x[:2].mean()))
+            k, j = (r.shape[-2] - 28) // 2, (r.shape[-1] - 28) // 2
+            return torch.from_numpy(r[:, k : k + 28, j : j + 28])
+        assert any(torch.allclose(o, rot(a), atol=1e-5) for a in range(-45, 45))
+    with pytest.raises(ValueError, match="valid: crop, scale, rotate, noise"):
+        ClassicAugment("crop_flip")

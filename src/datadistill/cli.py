@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("file", nargs="?", help="distilled-set .safetensors file")
     e.add_argument("overrides", nargs="*", metavar="key=value")
     e.add_argument("--models", type=_csv, help="comma-separated models (cross-architecture table)")
-    e.add_argument("--protocol", default=None, help="evaluation preset (dc, dsa, mtt, smoke)")
+    e.add_argument("--protocol", default=None, help="evaluation preset (dc, dsa, mtt, dd, smoke; the papers' own: "
+                   "dc-paper, dsa-paper = dm-paper, mtt-paper)")
     e.add_argument("--full", action="store_true", help="baseline: train on the whole training set of --dataset")
     e.add_argument("--dataset", help="with --full: the dataset")
     e.add_argument("--zca", type=float, help="with --full: ZCA-whiten the dataset with this regularization (a "

@@ -1,5 +1,6 @@
 """Differentiable augmentations for dataset distillation."""
 
+from .classic import CLASSIC_OPS, ClassicAugment, dc_strategy
 from .dsa import (
     DSA_OP_REGISTRY,
     DSA_OPS,
@@ -16,6 +17,9 @@ from .dsa import (
 )
 
 __all__ = [
+    "CLASSIC_OPS",
+    "ClassicAugment",
+    "dc_strategy",
     "DSA_OPS",
     "DSA_OP_REGISTRY",
     "MODES",

@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..augment.classic import ClassicAugment
 from ..config import deprecated
 from ..data.spec import DatasetSpec, LoadedDataset, RealData
 from ..models import MODELS, create_model
@@ -94,11 +95,14 @@ def evaluate(
     model = model or protocol.model
     MODELS.get(model)  # an unknown name lists the valid ones, before any training
     spec = data.spec
+    protocol = protocol.resolved(spec.name, MODELS.canonical(model))
     lr = protocol.lr
     if protocol.use_learned_lr and synset.learned_lr() is not None:
         lr = float(synset.learned_lr())
     augment = None
-    if protocol.augment == "dsa":
+    if protocol.augment == "dc":
+        augment = ClassicAugment(protocol.dc_strategy)
+    elif protocol.augment == "dsa":
         augment = dsa_augment(spec, protocol.dsa_strategy, flip_all=protocol.dsa_flip_all,
                               align_corners=protocol.dsa_align_corners)
     test = data.test.to(device)

@@ -36,7 +36,7 @@ class EvalProtocol:
     weight_decay: float = 5e-4
     decay_at: tuple[float, ...] = (0.5,)  # fractions of ``epochs`` at which lr is multiplied by 0.1
     batch_size: int = 256
-    augment: str = "none"  # "none" or "dsa"
+    augment: str = "none"  # "none", "dsa" or "dc" (the DC paper's classic augmentation, `augment.classic`)
     # "standard": SGD over shuffled batches of the set; "replay": the set's own schedule of steps and
     # learned step sizes (Dataset Distillation), plain GD, no momentum or weight decay
     schedule: str = "standard"
@@ -50,10 +50,18 @@ class EvalProtocol:
     reference_schedule: bool = False
     dsa_flip_all: bool = False  # DSA may flip any dataset's images (the papers' strategies), digits too
     dsa_align_corners: bool = False  # grid sampling of DSA's scale and rotate (MTT's code: True)
+    # augment="dc": the ops ("auto": the DC code's rule per dataset and model, `augment.dc_strategy`),
+    # and the epochs when they are not "none" (the DC code: 1000 augmented, 300 otherwise; 0: ``epochs``)
+    dc_strategy: str = "auto"
+    epochs_augmented: int = 0
 
     def __post_init__(self) -> None:
-        if self.augment not in ("none", "dsa"):
-            raise ValueError(f"unknown augment {self.augment!r}; valid: none, dsa")
+        if self.augment not in ("none", "dsa", "dc"):
+            raise ValueError(f"unknown augment {self.augment!r}; valid: none, dsa, dc")
+        if self.augment == "dc" and self.dc_strategy != "auto":
+            from ..augment.classic import ClassicAugment  # noqa: PLC0415
+
+            ClassicAugment(self.dc_strategy)  # unknown ops list the valid ones
         if self.schedule not in ("standard", "replay"):
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: standard, replay")
         object.__setattr__(self, "decay_at", tuple(float(v) for v in self.decay_at))
@@ -62,6 +70,7 @@ class EvalProtocol:
             ("n_models", self.n_models, self.n_models >= 1, ">= 1"),
             ("batch_size", self.batch_size, self.batch_size >= 1, ">= 1"),
             ("test_batch_size", self.test_batch_size, self.test_batch_size >= 1, ">= 1"),
+            ("epochs_augmented", self.epochs_augmented, self.epochs_augmented >= 0, ">= 0 (0: epochs)"),
             ("lr", self.lr, self.lr > 0, "> 0"),
             ("momentum", self.momentum, 0 <= self.momentum < 1, "in [0, 1)"),
             ("weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
@@ -78,6 +87,18 @@ class EvalProtocol:
 
         MODELS.get(self.model)
         WEIGHT_INITS.get(self.weight_init)  # unknown names list the valid ones
+
+    def resolved(self, dataset: str, model: str) -> "EvalProtocol":
+        """The protocol as it runs for ``dataset`` and ``model`` (canonical names): with
+        ``augment="dc"``, the DC ops of ``dc_strategy="auto"`` and the epochs they imply."""
+        if self.augment != "dc":
+            return self
+        from ..augment.classic import dc_strategy  # noqa: PLC0415
+
+        ops = dc_strategy(dataset, model) if self.dc_strategy == "auto" else self.dc_strategy
+        augmented = ops not in ("none", "")
+        epochs = self.epochs_augmented if augmented and self.epochs_augmented else self.epochs
+        return replace(self, dc_strategy=ops, epochs=epochs)
 
     @property
     def train_epochs(self) -> int:
@@ -114,6 +135,10 @@ PROTOCOLS.add("dd", EvalProtocol(name="dd", model="lenet", schedule="replay", n_
 PAPER = dict(reference_schedule=True, augment="dsa", dsa_flip_all=True, epochs=1000)
 PROTOCOLS.add("dsa-paper", EvalProtocol(name="dsa-paper", **PAPER), aliases=("dm-paper",))
 PROTOCOLS.add("mtt-paper", EvalProtocol(name="mtt-paper", use_learned_lr=True, dsa_align_corners=True, **PAPER))
+# DC's code without DSA: the classic augmentation where its rule asks for it (MNIST, BatchNorm
+# ConvNets) and then 1000 epochs, otherwise none and 300
+PROTOCOLS.add("dc-paper", EvalProtocol(name="dc-paper", reference_schedule=True, augment="dc", epochs=300,
+                                       epochs_augmented=1000))
 # Small and quick: for smoke tests and progress checks during a run, never for reported numbers.
 PROTOCOLS.add("smoke", EvalProtocol(name="smoke", epochs=30, n_models=2))
 
