@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t = time.perf_counter()
         rep = evaluate(synset, data, base.with_(seed=i), progress=True)
-        append(out, "parity-models.jsonl", {**k, "model_index": i, "seed": rep.seeds[0], "acc": 100 * rep.accuracies[0],
+        append(out, "parity-models.jsonl", {**k, "model_index": i, "seed": rep.seeds[0], "acc": round(100 * rep.accuracies[0], 2),
                                        "seconds": round(time.perf_counter() - t, 1), "capability": capability(),
                                        "device": device_name(torch.device("cpu")), "commit": code})
     accs = [r["acc"] for i, r in sorted(done_models(k, out).items()) if i < args.models]

@@ -106,7 +106,7 @@ class Runner:
         own = self.run_dir(self.suite.job(job.of)) / "distilled.safetensors"
         if own.is_file():
             return own
-        released = released_file(job.of)
+        released = released_file(job.of.split(":")[-1])
         if released is not None:
             return released
         if build:

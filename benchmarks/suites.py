@@ -31,7 +31,7 @@ KINDS = {
     "evaluate": ({"of", "model"}, set()),
     "bases": ({"of"}, set()),
 }
-COMMON = {"id", "kind", "results", "args", "expected"}
+COMMON = {"id", "kind", "results", "args", "expected", "paper"}
 
 
 class SuiteError(ValueError):
@@ -66,6 +66,7 @@ class Job:
     of: str | None = None
     needs: str | None = None
     extra: dict = field(default_factory=dict)
+    paper: dict | None = None  # the paper's own figure for this setting: value, std, source
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,13 @@ class Suite:
     name: str
     path: Path
     jobs: tuple[Job, ...]
+    filling: bool = False  # jobs still gain their first record (and from it their expectation)
 
     def job(self, job_id: str) -> Job:
+        """A job of this suite, or ``SUITE:ID`` a job of another suite (an evaluation of its set)."""
+        if ":" in job_id:
+            other, jid = job_id.split(":", 1)
+            return load_suite(other).job(jid)
         for j in self.jobs:
             if j.id == job_id:
                 return j
@@ -116,10 +122,15 @@ def load_suite(arg: str | Path) -> Suite:
         raise SuiteError(f"{path}: job ids must be unique; repeated: {', '.join(dup)}")
     for j in jobs:
         for ref in (j.needs, j.of):
-            if ref is not None and ref not in ids:
+            if ref is not None and ":" in ref:  # another suite's job
+                other, jid = ref.split(":", 1)
+                if Path(resolve_suite_path(other)).resolve() == path.resolve():
+                    raise SuiteError(f"{path}: job {j.id} refers to {ref!r}: name a job of this suite without the prefix")
+                load_suite(other).job(jid)
+            elif ref is not None and ref not in ids:
                 raise SuiteError(f"{path}: job {j.id} refers to {ref!r}, which is not a job of this suite"
                                  f"{_close(ref, ids)}")
-    return Suite(str(doc.get("suite") or path.stem), path, tuple(jobs))
+    return Suite(str(doc.get("suite") or path.stem), path, tuple(jobs), bool(doc.get("filling", False)))
 
 
 def _job(path: Path, index: int, raw: object) -> Job:
@@ -152,11 +163,14 @@ def _job(path: Path, index: int, raw: object) -> Job:
                               str(exp.get("metric", "acc_mean")))
         except (TypeError, ValueError):
             raise SuiteError(f"{where}: expected value and tolerance are numbers") from None
+    paper = raw.get("paper")
+    if paper is not None and (not isinstance(paper, dict) or not {"value", "source"} <= paper.keys()):
+        raise SuiteError(f"{where}: paper needs value and source (and optionally std)")
     fields = {k: raw[k] for k in required | optional if k in raw}
     if "ipc" in fields:
         fields["ipc"] = int(fields["ipc"])
     return Job(id=str(raw["id"]), kind=kind, results=str(raw["results"]), args=tuple(str(a) for a in args),
-               expected=exp, **fields)
+               expected=exp, paper=paper, **fields)
 
 
 def results_path(job: Job, override: Path | None = None) -> Path:

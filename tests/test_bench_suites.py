@@ -30,7 +30,10 @@ def test_current_records_meet_every_expectation(suite, capsys):
     assert run.main([str(suite), "--check"]) == 0
     out = capsys.readouterr().out
     assert "regression" not in out.splitlines()[-1]
-    jobs = load_suite(suite).jobs
+    loaded = load_suite(suite)
+    jobs = loaded.jobs
+    if loaded.filling:  # a suite still being filled (paper protocols): recorded jobs must hold
+        jobs = tuple(j for j in jobs if j.expected is not None or latest_record(j) is not None)
     # every job has an expectation and a record: nothing passes by being absent
     assert all(j.expected is not None for j in jobs)
     assert all(latest_record(j) is not None for j in jobs), [j.id for j in jobs if latest_record(j) is None]
