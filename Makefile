@@ -92,6 +92,8 @@ bench-speed: venv
 	$(AVX2) $(RUN) benchmarks/speed_dm.py --steps 3
 	$(RUN) benchmarks/speed_dc.py
 	$(AVX2) $(RUN) benchmarks/speed_dc.py
+	$(RUN) benchmarks/speed_eval.py
+	$(AVX2) $(RUN) benchmarks/speed_eval.py
 	$(RUN) benchmarks/report.py
 
 bench-table: venv

@@ -227,6 +227,8 @@ def speed_table(rows: list[Row]) -> str:
     """The latest record per (benchmark, images per class, CPU capability, device) of speed.jsonl."""
     latest: dict[tuple, Row] = {}
     for r in rows:
+        if r["benchmark"] == "eval":
+            continue  # the evaluator's own table
         latest[(r["benchmark"], r["ipc"], r["capability"], r["device"])] = r
     lines = ["| iteration | CPU path | matmul GFLOP/s | GFLOP | floor s | ours s | ours / floor | reference loop s "
              "| ours vs reference | machine | commit | command |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -237,6 +239,22 @@ def speed_table(rows: list[Row]) -> str:
                      f"| {r['floor_s']:.2f} "
                      f"| {r['ours_s']:.2f} | **{r['ours_over_floor']:.2f}x** | {r['reference_loop_s']:.2f} "
                      f"| {r['speedup_vs_reference_loop']:.2f}x faster | {r['device']} | {r['commit']} "
+                     f"| `{(env + ' ') if env else ''}{r['command']}` |")
+    return "\n".join(lines)
+
+
+def eval_speed_table(rows: list[Row]) -> str:
+    """The latest record per (measurement, CPU capability, device) of the evaluator's speed."""
+    latest = {(r["what"], r["capability"], r["device"]): r for r in rows if r["benchmark"] == "eval"}
+    if not latest:
+        return "No records yet (`python benchmarks/speed_eval.py`)."
+    lines = ["| measurement | CPU path | matmul GFLOP/s | GFLOP | floor s | ours s | ours / floor | machine | commit "
+             "| command |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(latest.values(), key=lambda r: (r["what"], r["capability"])):
+        env = " ".join(f"{k}={v}" for k, v in r.get("env", {}).items())
+        ratio = f"**{r['ours_over_floor']:.2f}x**" if "ours_over_floor" in r else "-"
+        lines.append(f"| {r['what']} | {r['capability']} | {r['matmul_gflops']:.0f} | {r.get('gflop', '-')} "
+                     f"| {r.get('floor_s', '-')} | {r['ours_s']} | {ratio} | {r['device']} | {r['commit']} "
                      f"| `{(env + ' ') if env else ''}{r['command']}` |")
     return "\n".join(lines)
 
@@ -409,6 +427,14 @@ def render(rows: list[Row]) -> str:
         "matrix-multiply rate, measured in the same run), by `make bench-speed`.",
         "",
         speed_table(speed) if speed else "No records.",
+        "",
+        "### The evaluator",
+        "",
+        "A training step of a fresh ConvNet (forward, backward, update) and the test pass against their "
+        "floors, and one whole 300-epoch `dsa-paper` model of a 100-image set, by "
+        "`python benchmarks/speed_eval.py`.",
+        "",
+        eval_speed_table(speed),
         "",
         "## Memory of Dataset Distillation's unrolled steps",
         "",
