@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from suites import (RELEASED_DIR, ROOT, Job, Suite, SuiteError, check, latest_record, load_suite,  # noqa: E402
-                    results_path)
+                    read_records, results_path)
 
 CLI = [sys.executable, "-m", "datadistill.cli"]
 
@@ -275,6 +275,37 @@ def write_bases(src: Path, dst: Path) -> Path:
     return dst
 
 
+def adopt(suite: Suite, jobs: list[Job], override: Path | None = None) -> int:
+    """Write into the suite file, for each job with a record but no expectation, its latest record
+    as the expectation (source: the record's file, line and commit). Only jobs written as one-line
+    flow mappings (``  - {"id": ...}``) can be rewritten; others are an error naming them."""
+    lines, n = suite.path.read_text().splitlines(), 0
+    for job in jobs:
+        if job.expected is not None:
+            continue
+        path = results_path(job, override)
+        found = [(k, r) for k, r in enumerate(read_records(path), 1) if r.get("job") == job.id
+                 and (not job.model or r.get("model") == job.model)]
+        if not found or "acc_mean" not in found[-1][1]:
+            continue
+        line_no, rec = found[-1]
+        at = [i for i, t in enumerate(lines) if t.lstrip().startswith("- {") and f'"id": "{job.id}"' in t]
+        if not at:
+            raise SuiteError(f"{suite.path.name}: job {job.id} is not a one-line mapping; add its expectation by hand")
+        raw = json.loads(lines[at[0]].split("- ", 1)[1])
+        models = rec.get("n_models") or 1
+        raw["expected"] = {"value": round(rec["acc_mean"], 2),
+                           "tolerance": round(max(1.0, 3 * rec.get("acc_std", 0.0) / models ** 0.5), 2),
+                           "source": f"our record benchmarks/results/{path.name}:{line_no} (commit {rec.get('commit', '?')})"}
+        lines[at[0]] = lines[at[0]].split("- ", 1)[0] + "- " + json.dumps(raw)
+        n += 1
+    if n:
+        tmp = suite.path.with_suffix(".yaml.tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(suite.path)  # atomic: a suite file is never half written
+    return n
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", help="a suite file, or the name of one in benchmarks/suites/")
@@ -284,6 +315,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="run nothing; compare the records with the expectations")
     mode.add_argument("--list", action="store_true", help="print the jobs, their commands and expectations")
+    mode.add_argument("--adopt", action="store_true",
+                      help="run nothing; give each recorded job without an expectation its record as expectation "
+                           "(tolerance max(1, 3 std / sqrt(models)); suites whose jobs are one-line mappings)")
     a = p.parse_args(argv)
     a.only = [i for o in a.only or [] for i in o.split(",") if i]
     return a
@@ -294,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         suite = load_suite(a.suite)
         jobs = suite.select(a.only)
+        if a.adopt:
+            print(f"{suite.name}: {adopt(suite, jobs, a.results)} expectation(s) adopted from records")
+            return 0
         if a.list:
             runner = Runner(suite, a.runs, a.results)
             for job in jobs:

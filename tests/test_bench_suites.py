@@ -139,3 +139,17 @@ def test_results_page_is_generated_from_the_records(capsys):
     assert (ROOT / "docs/img/acc_vs_ipc.png").is_file()
     # every record file the page links to exists
     assert all((RESULTS_DIR / name).is_file() for name in {"dm_cpu.jsonl", "dc_cpu.jsonl", "mtt_cpu.jsonl"})
+
+
+def test_adopt_turns_a_first_record_into_the_expectation(tmp_path, capsys):
+    suite = tmp_path / "filling.yaml"
+    suite.write_text('suite: filling\nfilling: true\njobs:\n'
+                     '  - {"id": "a", "kind": "full", "results": "r.jsonl", "dataset": "digits", "setting": "x"}\n'
+                     '  - {"id": "b", "kind": "full", "results": "r.jsonl", "dataset": "digits", "setting": "y"}\n')
+    records = tmp_path / "r.jsonl"
+    records.write_text(json.dumps({"job": "a", "acc_mean": 90.0, "acc_std": 3.0, "n_models": 4, "commit": "abc"}) + "\n")
+    assert run.main([str(suite), "--adopt", "--results", str(records)]) == 0
+    a, b = load_suite(suite).jobs
+    assert (a.expected.value, a.expected.tolerance) == (90.0, 4.5)  # 3 * 3.0 / sqrt(4)
+    assert "r.jsonl:1 (commit abc)" in a.expected.source and b.expected is None  # b has no record yet
+    assert run.main([str(suite), "--check", "--results", str(records)]) == 0
