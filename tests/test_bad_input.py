@@ -54,7 +54,7 @@ CASES = [
     ([*D, "eval.n_models=0"], "eval: n_models must be >= 1, got 0"),
     ([*D, "eval.lr=abc"], "eval.lr: expected a number, got 'abc'"),
     ([*D, "eval.decay_at=[2]"], "decay_at must be fractions of the epochs in [0, 1]"),
-    ([*D, "eval.preset=nope"], "Valid evaluation protocol names: dc, dd, dsa, mtt, smoke"),
+    ([*D, "eval.preset=nope"], "Valid evaluation protocol names: dc, dc-paper, dd, dsa, dsa-paper, mtt, mtt-paper, smoke"),
     ([*D, "eval.model=nope"], VALID_MODELS),
     ([*D, "eval.augment=dsa", "eval.dsa_strategy=nope"], "Valid DSA op names: color, crop"),
     ([*D, "method_config.lr_img=abc"], "method_config (dm).lr_img: expected a number, got 'abc'"),
