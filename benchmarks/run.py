@@ -204,7 +204,10 @@ class Runner:
         cmd = self.command(job)
         out, wall = self.execute(cmd, capture=True)
         rep = json.loads(out[out.index("{"):])[job.model]
-        return [{"source": repo_name(src), "model": job.model, "acc_mean": rep["acc_mean"], "acc_std": rep["acc_std"],
+        proto = rep.get("protocol") or {}
+        return [{"source": repo_name(src), "model": job.model, "protocol": proto.get("name"),
+                 "epochs": proto.get("epochs"), "augment": proto.get("augment"),
+                 "acc_mean": rep["acc_mean"], "acc_std": rep["acc_std"],
                  "accuracies": rep["accuracies"], "lr": rep["lr"], "n_models": rep["n_models"], "input_rms": rms,
                  "n_images": n, "overrides": [], "eval_seconds": round(wall, 1), "wall_seconds": round(wall, 1),
                  "command": shlex.join(cmd)}]
