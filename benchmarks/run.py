@@ -45,16 +45,9 @@ def machine() -> dict:
     """Where a job ran: the CPU (as distilled-set files name it) and the capability ATen dispatches to."""
     import torch
 
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"device": f"cpu: {model} ({torch.get_num_threads()} threads)",
-            "capability": torch.backends.cpu.get_cpu_capability()}
+    from datadistill.device import device_name
+
+    return {"device": device_name(torch.device("cpu")), "capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def repo_name(path: Path) -> str:
