@@ -90,6 +90,6 @@ def dc_strategy(dataset: str, model: str) -> str:
     """The DC code's ``get_daparam`` rule: MNIST is augmented with ``crop_scale_rotate``, a BatchNorm
     ConvNet with ``crop_noise`` (which wins over MNIST's), everything else not at all."""
     strategy = "crop_scale_rotate" if dataset == "mnist" else "none"
-    if model in ("convnet_bn", "convnetbn"):
+    if model == "convnet_bn":  # the canonical name (`MODELS.canonical`) of the reference's ConvNetBN
         strategy = "crop_noise"
     return strategy
