@@ -34,7 +34,7 @@ $(VENV_DIR)/.complete:
 	rm -rf $(VENV_DIR)
 	$(PYTHON) -m venv $(VENV_DIR)
 	$(VENV_DIR)/bin/python -m pip install --quiet --upgrade pip 'setuptools>=68'
-	$(VENV_DIR)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV_DIR)/bin/python -m pip install --quiet -e '.[test,ray]'
 	$(VENV_DIR)/bin/python -m pip uninstall --quiet --yes datadistill
 	touch $@
 

@@ -15,6 +15,16 @@ def _csv(s: str) -> list[str]:
     return [p.strip() for p in s.split(",") if p.strip()]
 
 
+def _executor_options(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group("parallel execution", f"one task per {what}; finished tasks are kept and never rerun")
+    g.add_argument("--executor", default="serial", help="serial (default), process (a local pool) or ray")
+    g.add_argument("--workers", type=int, help="parallel tasks (process, local ray; default: CPUs / --threads)")
+    g.add_argument("--threads", type=int, help="torch threads per task (default: all for serial, 1 otherwise); "
+                   "results are bit-identical across executors at equal --threads")
+    g.add_argument("--ray-address", help="a running Ray cluster: auto, or the head's host:port (default: start a "
+                   "local one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="datadistill", description="Dataset distillation: distill, evaluate, view.")
     import datadistill
@@ -68,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--save", action="store_true", help="record the results in the file's metadata")
     e.add_argument("--json", action="store_true", help="print the reports as JSON")
+    e.add_argument("--work-dir", help="with --executor: the folder of per-model results (default "
+                   "~/.cache/datadistill/evaluations/HASH of the file and protocol)")
+    _executor_options(e, "model and architecture")
 
     s = sub.add_parser("show", help="write a PNG grid of a distilled set")
     s.add_argument("file")
@@ -117,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--root", help="data root")
     ex.add_argument("--device", default="auto")
     ex.add_argument("--no-progress", action="store_true")
+    _executor_options(ex, "expert")
 
     ls = sub.add_parser("list", help="list registered names")
     ls.add_argument("what", choices=["models", "methods", "datasets", "presets", "protocols"])
@@ -275,14 +289,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .device import pick_device
     from .evaluation import evaluate_full, evaluate_models, format_table
-    from .methods import file_evaluation
+    from .grids import open_for_evaluation
     from .models import MODELS
-    from .synset import load_synset, update_meta
+    from .synset import update_meta
 
     device = pick_device(args.device)
     if args.full:
         if not args.dataset:
             raise ConfigError("--full needs --dataset")
+        if args.executor != "serial":
+            raise ConfigError("--executor spreads the models of a FILE's evaluation; --full trains in this process")
         overrides = ([args.file] if args.file else []) + args.overrides
         protocol = _protocol(args.protocol, overrides, "dc")
         models = args.models or [protocol.model]
@@ -300,22 +316,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.zca is not None:
             raise ConfigError("--zca is for --full only: a distilled-set file carries the whitening it was distilled "
                               "with and evaluation applies that one")
-        f = load_synset(args.file, device=device)
-        from .data.zca import match_whitening, unwhitened_spec
-
-        raw = unwhitened_spec(f.spec)  # its extra: the options that load the dataset (ZCA is applied next)
-        data = load_dataset(raw.name, args.root, **raw.extra)
-        if data.spec.to_dict() != raw.to_dict():
-            raise ConfigError(f"{args.file} was distilled with a different spec of {f.spec.name} (normalization or "
-                              "size differ) than the dataset on disk")
-        data = match_whitening(data, f.zca)  # a ZCA set: train and test whitened with the file's own transform
-        how = file_evaluation(f.meta, data.spec)  # as the file's method says (`MethodEntry.from_file`)
+        f, data, how = open_for_evaluation(args.file, root=args.root, device=device)  # as the file's method says
         protocol = _protocol(args.protocol, args.overrides, how.preset)
         asked = {o.partition("=")[0] for o in args.overrides}
         kept = {k: v for k, v in how.protocol.items() if k not in asked}  # what the set was made for
         protocol = protocol.with_(**kept) if kept else protocol
-        reports = evaluate_models(f.synset, data, protocol, args.models or [protocol.model], device=device,
-                                  progress=True, networks=how.networks)
+        models = args.models or [protocol.model]
+        if args.executor == "serial" and not (args.workers or args.threads or args.ray_address or args.work_dir):
+            reports = evaluate_models(f.synset, data, protocol, models, device=device, progress=True,
+                                      networks=how.networks)
+        else:
+            from .grids import evaluate_on
+
+            cap = len(how.networks) if how.networks is not None and hasattr(how.networks, "__len__") else None
+            with _executor(args, device) as ex:
+                reports = evaluate_on(ex, args.file, protocol, models, root=args.root, device=str(device),
+                                      work_dir=args.work_dir, networks_cap=cap)
         extra = how.final_metrics(f.synset, data, device) if how.final_metrics is not None else None
         for line in how.format_metrics(extra) if extra else []:
             print(line)
@@ -377,9 +393,16 @@ def cmd_experts(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_experts_dir(cfg)
     indices = _indices(args.indices) if args.indices else None
     start = time.perf_counter()
+    device = pick_device(args.device)
     try:
-        buf = train_experts(cfg, out, root=args.root, device=pick_device(args.device), progress=not args.no_progress,
-                            indices=indices)
+        if args.executor == "serial" and not (args.workers or args.threads or args.ray_address):
+            buf = train_experts(cfg, out, root=args.root, device=device, progress=not args.no_progress,
+                                indices=indices)
+        else:
+            from .grids import train_experts_on
+
+            with _executor(args, device) as ex:
+                buf = train_experts_on(ex, cfg, out, indices=indices, root=args.root, device=str(device))
     except KeyboardInterrupt:
         print(f"\nfinished experts are kept in {out}; the same command trains the rest", file=sys.stderr)
         raise
@@ -389,6 +412,13 @@ def cmd_experts(args: argparse.Namespace) -> int:
           f"{cfg.dataset}, {epochs} each); this run took {time.perf_counter() - start:.1f} s; mean final "
           f"test accuracy {s['mean_final_test_acc']:.2f}%")
     return 0
+
+
+def _executor(args: argparse.Namespace, device: Any):
+    from .executor import make_executor
+
+    return make_executor(args.executor, workers=args.workers, threads=args.threads, address=args.ray_address,
+                         device=str(device), progress=not getattr(args, "no_progress", False))
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -78,6 +78,7 @@ def evaluate(
     progress: bool = False,
     networks: Callable[[int, str], torch.nn.Module] | None = None,
     init: Callable[[int, str], torch.nn.Module] | None = None,
+    indices: Sequence[int] | None = None,
 ) -> EvalReport:
     """Train ``protocol.n_models`` fresh ``model``s (default ``protocol.model``) on ``synset``.
 
@@ -90,6 +91,9 @@ def evaluate(
 
     ``synset`` may also be a loaded file (`load_synset`): a set distilled on ZCA-whitened data is
     then evaluated on ``data`` (as `load_dataset` returns it) whitened with the file's transform.
+
+    ``indices`` trains only those of the ``n_models`` models (model ``i`` is the same wherever it is
+    trained: its seed is ``protocol.seed * 1000 + i``), so that an executor can spread them.
     """
     synset, data = as_set_and_data(synset, data)
     model = model or protocol.model
@@ -114,7 +118,11 @@ def evaluate(
         networks = networks if networks is not None else init
     if networks is not None and hasattr(networks, "__len__"):  # a finite set of starting networks (held-out pool)
         n_models = min(n_models, len(networks))
-    for i in tqdm(range(n_models), desc=f"evaluate {model}", disable=not progress, leave=False):
+    todo = range(n_models) if indices is None else [int(i) for i in indices]
+    bad = [i for i in todo if not 0 <= i < n_models]
+    if bad:
+        raise ValueError(f"model indices {bad[:5]} out of range 0..{n_models - 1}")
+    for i in tqdm(todo, desc=f"evaluate {model}", disable=not progress, leave=False):
         seed = protocol.seed * 1000 + i
         if networks is not None:
             net = networks(i, model)

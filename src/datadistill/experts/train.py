@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -67,13 +67,27 @@ def train_experts(cfg: ExpertConfig, directory: str | Path, *, root: str | Path 
             if (directory / shard_name(i)).exists():  # finished meanwhile by another process
                 continue
             tensors, meta = _train_one(cfg, i, data, train, test, augment, device)
-            header = {META_KEY: json.dumps(meta)}
-            atomic_write(directory / shard_name(i), lambda p: save_file(tensors, str(p), metadata=header))
+            blob = save(tensors, metadata={META_KEY: json.dumps(meta)})
+            atomic_write(directory / shard_name(i), lambda p: p.write_bytes(blob))
             write_manifest(directory)
             bar.set_postfix(test_acc=f"{meta['test_acc'][-1]:.1f}%")
     elif stored and not (directory / "manifest.json").exists():
         write_manifest(directory)
     return ExpertBuffer.open(directory)
+
+
+def expert_shard(cfg: ExpertConfig | dict[str, Any], index: int, *, root: str | Path | None = None,
+                 device: torch.device | str = "cpu") -> bytes:
+    """Expert ``index`` of ``cfg``, trained here, as the bytes of its shard: the same bytes
+    `train_experts` writes for it (an executor's task: the driver writes the file)."""
+    cfg = cfg if isinstance(cfg, ExpertConfig) else ExpertConfig.from_dict(cfg)
+    if not 0 <= index < cfg.n_experts:
+        raise ExpertError(f"expert index {index} is out of range 0..{cfg.n_experts - 1}")
+    data = _prepare_data(cfg, root, None)
+    train, test = data.train.to(device), data.test.to(device)
+    augment = dsa_augment(data.spec, cfg.dsa_strategy) if cfg.augment == "dsa" else None
+    tensors, meta = _train_one(cfg, index, data, train, test, augment, device)
+    return save(tensors, metadata={META_KEY: json.dumps(meta)})
 
 
 def _prepare_data(cfg: ExpertConfig, root: str | Path | None, data: LoadedDataset | None) -> LoadedDataset:

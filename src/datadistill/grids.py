@@ -1,0 +1,130 @@
+"""The library's embarrassingly parallel work as executor tasks: one task per expert trajectory, one
+per evaluated model and architecture (`executor`).
+
+Each task names its result file deterministically and returns its bytes: an expert is its shard
+(``expert-NNNNN.safetensors``, the bytes `train_experts` writes); an evaluated model is
+``MODEL-NNN.json`` (accuracy, seed, seconds) in a folder keyed by the set file's content and the
+protocol. A grid therefore resumes where it stopped, and its numbers are those of the serial path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .cache import cache_dir, config_hash
+from .config import ConfigError
+from .data import LoadedDataset, load_dataset
+from .evaluation import EvalProtocol, EvalReport, evaluate
+from .executor import Executor, Task
+from .experts import ExpertBuffer, ExpertConfig
+from .experts.buffer import check_consistent, scan, shard_name, write_manifest
+from .experts.config import FOLDER_FIELDS, ExpertError, config_diff
+from .experts.train import expert_shard
+from .methods import file_evaluation
+from .methods.base import FileEvaluation
+from .models import MODELS
+from .paths import check_output_dir
+from .synset import SynsetFile, load_synset
+
+
+# -- experts -------------------------------------------------------------------------------------------
+def expert_tasks(cfg: ExpertConfig, directory: str | Path, *, indices: Sequence[int] | None = None,
+                 root: str | Path | None = None, device: str = "cpu") -> list[Task]:
+    """One task per expert of ``indices`` (default all), writing its shard into ``directory``."""
+    directory = Path(directory)
+    wanted = sorted(set(range(cfg.n_experts) if indices is None else (int(i) for i in indices)))
+    bad = [i for i in wanted if not 0 <= i < cfg.n_experts]
+    if bad:
+        raise ExpertError(f"expert indices {bad[:5]} are out of range 0..{cfg.n_experts - 1} (n_experts={cfg.n_experts})")
+    stored = scan(directory)
+    if stored:
+        diff = config_diff(check_consistent(directory, stored), cfg, FOLDER_FIELDS)
+        if diff:
+            raise ExpertError(f"{directory} holds experts trained differently ({'; '.join(diff)}); choose another "
+                              "folder, or the stored settings to add experts to it")
+    root = None if root is None else str(root)
+    return [Task(key=f"expert {i}", fn=expert_shard, args=(cfg.to_dict(), i),
+                 kwargs={"root": root, "device": device}, out=directory / shard_name(i)) for i in wanted]
+
+
+def train_experts_on(executor: Executor, cfg: ExpertConfig, directory: str | Path, *,
+                     indices: Sequence[int] | None = None, root: str | Path | None = None,
+                     device: str = "cpu") -> ExpertBuffer:
+    """`experts.train_experts` through ``executor``: the same shards, one task per expert."""
+    directory = Path(directory)
+    tasks = expert_tasks(cfg, directory, indices=indices, root=root, device=device)
+    if any(not t.done() for t in tasks):
+        check_output_dir(directory, "expert folder")
+    executor.run(tasks, desc=f"experts {cfg.model} on {cfg.dataset}")
+    write_manifest(directory)
+    return ExpertBuffer.open(directory)
+
+
+# -- evaluation ----------------------------------------------------------------------------------------
+def open_for_evaluation(path: str | Path, *, root: str | Path | None = None,
+                        device: torch.device | str = "cpu") -> tuple[SynsetFile, LoadedDataset, FileEvaluation]:
+    """A distilled-set file, the real data as the set sees it (the file's ZCA transform applied) and
+    how its method asks it to be evaluated (`MethodEntry.from_file`)."""
+    from .data.zca import match_whitening, unwhitened_spec
+
+    f = load_synset(path, device=device)
+    raw = unwhitened_spec(f.spec)  # its extra: the options that load the dataset (ZCA is applied next)
+    data = load_dataset(raw.name, root, **raw.extra)
+    if data.spec.to_dict() != raw.to_dict():
+        raise ConfigError(f"{path} was distilled with a different spec of {f.spec.name} (normalization or size "
+                          "differ) than the dataset on disk")
+    data = match_whitening(data, f.zca)
+    return f, data, file_evaluation(f.meta, data.spec)
+
+
+def evaluate_model(blob: bytes, protocol: dict[str, Any], model: str, index: int, *, root: str | None = None,
+                   device: str = "cpu") -> bytes:
+    """Model ``index`` of ``protocol`` trained on the distilled set whose file bytes are ``blob``: the
+    JSON of its accuracy, seed, seconds and lr (an executor's task)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "set.safetensors"
+        path.write_bytes(blob)
+        f, data, how = open_for_evaluation(path, root=root, device=device)
+        rep = evaluate(f.synset, data, EvalProtocol(**protocol), model=model, device=device, networks=how.networks,
+                       indices=[index])
+    return json.dumps({"model": model, "index": index, "accuracy": rep.accuracies[0], "seed": rep.seeds[0],
+                       "seconds": rep.seconds, "lr": rep.lr, "protocol": rep.protocol.to_dict()}).encode()
+
+
+def evaluation_dir(blob: bytes, protocol: EvalProtocol) -> Path:
+    """Where the per-model results of one set under one protocol are kept (the content decides)."""
+    digest = hashlib.sha256(blob).hexdigest()[:16]
+    return cache_dir("evaluations") / f"{digest}-{config_hash(protocol.to_dict())}"
+
+
+def evaluate_on(executor: Executor, path: str | Path, protocol: EvalProtocol, models: Sequence[str], *,
+                root: str | Path | None = None, device: str = "cpu", work_dir: str | Path | None = None,
+                networks_cap: int | None = None) -> dict[str, EvalReport]:
+    """`evaluation.evaluate_models` on a file through ``executor``: one task per model and
+    architecture, each result kept in ``work_dir`` (default `evaluation_dir`) as ``MODEL-NNN.json``.
+    ``networks_cap`` limits the models to the number of starting networks a method provides."""
+    for m in models:  # every name is checked before the first task
+        MODELS.get(m)
+    blob = Path(path).read_bytes()
+    work = Path(work_dir) if work_dir is not None else evaluation_dir(blob, protocol)
+    n = protocol.n_models if networks_cap is None else min(protocol.n_models, networks_cap)
+    root = None if root is None else str(root)
+    tasks = [Task(key=f"{m} model {i}", fn=evaluate_model, args=(blob, protocol.to_dict(), MODELS.canonical(m), i),
+                  kwargs={"root": root, "device": device}, out=work / f"{MODELS.canonical(m)}-{i:03d}.json")
+             for m in models for i in range(n)]
+    if tasks:
+        check_output_dir(work, "evaluation folder")
+    files = executor.run(tasks, desc="evaluate")
+    reports = {}
+    for m in models:
+        rows = [json.loads(Path(files[f"{m} model {i}"]).read_text()) for i in range(n)]
+        reports[m] = EvalReport(m, EvalProtocol(**rows[0]["protocol"]), [r["accuracy"] for r in rows],
+                                [r["seed"] for r in rows], sum(r["seconds"] for r in rows), rows[0]["lr"],
+                                extra={"executor": executor.name, "results": str(work)})
+    return reports
