@@ -57,8 +57,8 @@ def repo_name(path: Path) -> str:
 
 
 class Runner:
-    def __init__(self, suite: Suite, runs: Path, results: Path | None):
-        self.suite, self.runs, self.results = suite, runs.resolve(), results
+    def __init__(self, suite: Suite, runs: Path, results: Path | None, device: str | None = None):
+        self.suite, self.runs, self.results, self.device = suite, runs.resolve(), results, device
         self.code = commit()  # the code the jobs execute: taken before they start
         self.where = machine()
 
@@ -112,11 +112,35 @@ class Runner:
 
     # -- jobs ---------------------------------------------------------------------------------------
     def run_job(self, job: Job) -> list[dict]:
+        self.prerequisites(job)
+        cmd, run, capture = self.invocation(job)
+        out, wall = self.execute(run, capture)
+        return self.record(job, cmd, out, wall)
+
+    def prerequisites(self, job: Job) -> None:
         if job.needs:
             self.ensure(self.suite.job(job.needs))
         if job.kind in ("evaluate", "bases"):
             self.source(job)
-        records = getattr(self, f"_run_{job.kind}")(job)
+
+    def invocation(self, job: Job) -> tuple[list[str], list[str], bool]:
+        """(the command as the record names it, the command that runs, whether its output is read)."""
+        cmd = self.command(job)
+        if job.kind == "distill":
+            resume = ["--resume"] if (self.run_dir(job) / "config.yaml").is_file() else []
+            run = [*cmd, *resume, "--no-progress"]
+        elif job.kind == "bases":
+            write_bases(self.source(job), self.bases_file(job))
+            run = cmd
+        else:
+            run = cmd
+        if self.device:
+            run = [*run, "--device", self.device]
+        return cmd, run, job.kind in ("full", "evaluate", "bases")
+
+    def record(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
+        """The job's records from its output, appended to its records file at once."""
+        records = getattr(self, f"_records_{job.kind}")(job, cmd, out, wall)
         common = {"job": job.id, "suite": self.suite.name, "commit": self.code, **self.where}
         records = [{**r, **common, **({"device": r["device"]} if r.get("device") else {})} for r in records]
         path = results_path(job, self.results)
@@ -132,15 +156,55 @@ class Runner:
         if latest_record(job, self.results) is None:
             self.run_job(job)
         else:
-            self.execute(self.command(job))
+            self.execute(self.invocation(job)[1])
 
-    def _run_distill(self, job: Job) -> list[dict]:
+    # -- many jobs at once ------------------------------------------------------------------------
+    def missing_inputs(self, job: Job) -> list[Job]:
+        """The jobs that must run before ``job``: its experts without a record, the job whose set it
+        evaluates when that set is nowhere yet."""
+        out = []
+        if job.needs and latest_record(self.suite.job(job.needs), self.results) is None:
+            out.append(self.suite.job(job.needs))
+        if job.kind in ("evaluate", "bases") and not self.source(job, build=False).is_file():
+            out.append(self.suite.job(job.of))
+        return out
+
+    def run_grid(self, jobs: list[Job], executor) -> list[str]:
+        """Run ``jobs`` (and the inputs they miss) through ``executor``, one task per job, in waves:
+        a job starts once its inputs exist. Each record is appended as its job finishes. Returns the
+        ids of the jobs that failed."""
+        from datadistill.executor import ExecutorError, Task, run_cli
+
+        waves, seen, todo = [], set(), list(jobs)
+        while todo:  # from the requested jobs back to what they need
+            waves.insert(0, todo)
+            seen.update(j.id for j in todo)
+            todo = list({p.id: p for j in todo for p in self.missing_inputs(j) if p.id not in seen}.values())
+        failed: list[str] = []
+        for wave in waves:
+            wave = [j for j in wave if j.id not in failed and not any(p.id in failed for p in self.missing_inputs(j))]
+            invocations = {j.id: self.invocation(j) for j in wave}
+            tasks = [Task(j.id, run_cli, (invocations[j.id][1][1:], str(ROOT), executor.threads)) for j in wave]
+            by_id = {j.id: j for j in wave}
+
+            def done(task, result):
+                job = by_id[task.key]
+                if job in jobs or latest_record(job, self.results) is None:
+                    r = self.record(job, invocations[job.id][0], result["stdout"], result["seconds"])[0]
+                    if "acc_mean" in r:
+                        print(f"{job.id}: {r['acc_mean']:.2f} ± {r['acc_std']:.2f}%", flush=True)
+
+            try:
+                executor.run(tasks, desc=f"{self.suite.name} jobs", on_done=done)
+            except ExecutorError as e:
+                print(f"FAILED: {e}", file=sys.stderr, flush=True)
+                failed += [j.id for j in wave if latest_record(j, self.results) is None]
+        return [j.id for j in jobs if j.id in failed]
+
+    def _records_distill(self, job: Job, cmd: list[str], out_text: str, wall: float) -> list[dict]:
         from datadistill.synset import read_meta
 
         out = self.run_dir(job)
-        cmd = self.command(job)
-        resume = ["--resume"] if (out / "config.yaml").is_file() else []
-        _, wall = self.execute([*cmd, *resume, "--no-progress"])
         meta = read_meta(out / "distilled.safetensors")
         if "--iterations" in job.args:
             want = int(job.args[job.args.index("--iterations") + 1])
@@ -165,9 +229,7 @@ class Runner:
             })
         return records
 
-    def _run_full(self, job: Job) -> list[dict]:
-        cmd = self.command(job)
-        out, wall = self.execute(cmd, capture=True)
+    def _records_full(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
         reports = json.loads(out[out.index("{"):])
         return [{
             "method": "full", "dataset": job.dataset, "ipc": 0, "setting": job.setting, "model": model,
@@ -179,11 +241,9 @@ class Runner:
             "peak_mem_mb": None, "command": shlex.join(cmd),
         } for model, ev in reports.items()]
 
-    def _run_experts(self, job: Job) -> list[dict]:
+    def _records_experts(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
         from datadistill.experts import ExpertBuffer
 
-        cmd = self.command(job)
-        _, wall = self.execute(cmd)
         s = ExpertBuffer.open(ROOT / self.args(job)[self.args(job).index("--out") + 1]).summary()
         return [{"what": "experts", "dataset": job.dataset, "model": "convnet", "n_experts": s["finished"],
                  "epochs": s["epochs"], "train_seconds_total": s["total_seconds"],
@@ -191,11 +251,9 @@ class Runner:
                  "mean_final_test_acc": s["mean_final_test_acc"], "wall_seconds_this_call": round(wall, 1),
                  "device": s["experts"][0].get("device"), "command": shlex.join(cmd)}]
 
-    def _run_evaluate(self, job: Job) -> list[dict]:
-        src = self.source(job)
+    def _records_evaluate(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
+        src = self.source(job, build=False)
         rms, n = input_rms(src)
-        cmd = self.command(job)
-        out, wall = self.execute(cmd, capture=True)
         rep = json.loads(out[out.index("{"):])[job.model]
         proto = rep.get("protocol") or {}
         return [{"source": repo_name(src), "model": job.model, "protocol": proto.get("name"),
@@ -205,14 +263,11 @@ class Runner:
                  "n_images": n, "overrides": [], "eval_seconds": round(wall, 1), "wall_seconds": round(wall, 1),
                  "command": shlex.join(cmd)}]
 
-    def _run_bases(self, job: Job) -> list[dict]:
-        src = self.source(job)
-        dst = write_bases(src, self.bases_file(job))
+    def _records_bases(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
         from datadistill.synset import load_synset
 
-        n_images = len(load_synset(dst).synset)
-        cmd = self.command(job)
-        out, wall = self.execute(cmd, capture=True)
+        src = self.source(job, build=False)
+        n_images = len(load_synset(self.bases_file(job)).synset)
         rep = json.loads(out[out.index("{"):])["convnet"]
         return [{"source": repo_name(src), "variant": "bases", "acc_mean": rep["acc_mean"], "acc_std": rep["acc_std"],
                  "accuracies": rep["accuracies"], "lr": rep["lr"], "n_images": n_images,
@@ -308,6 +363,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", nargs="+", action="extend", metavar="ID", help="these jobs only (ids, or comma lists)")
     p.add_argument("--results", type=Path, help="read and append every record here instead of the jobs' own files")
     p.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs", help="run folders (default %(default)s)")
+    p.add_argument("--executor", choices=["serial", "process", "ray"],
+                   help="run the jobs as tasks of this executor, one task per job (default: one after another here, "
+                        "with their output on the console)")
+    p.add_argument("--workers", type=int, help="parallel jobs (process, local ray; default: CPUs / --threads)")
+    p.add_argument("--threads", type=int, help="torch threads per job (default: 1 with --executor)")
+    p.add_argument("--ray-address", help="a running Ray cluster: auto or the head's host:port (default: a local one)")
+    p.add_argument("--device", help="appended to every job's command as --device (e.g. cuda on GPU nodes)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="run nothing; compare the records with the expectations")
     mode.add_argument("--list", action="store_true", help="print the jobs, their commands and expectations")
@@ -335,8 +397,23 @@ def main(argv: list[str] | None = None) -> int:
                       + (f"{e.metric} {e.value:g} - {e.tolerance:g} ({e.source})" if e else "-"))
             return 0
         failed = []
-        if not a.check:
-            runner = Runner(suite, a.runs, a.results)
+        if not a.check and a.executor:
+            from datadistill.executor import ExecutorError, make_executor
+
+            runner = Runner(suite, a.runs, a.results, a.device)
+            todo = [j for j in jobs if latest_record(j, a.results) is None]
+            for job in jobs:
+                if job not in todo:
+                    print(f"skip {job.id}: recorded in {results_path(job, a.results).name}", flush=True)
+            try:
+                with make_executor(a.executor, workers=a.workers, threads=a.threads, address=a.ray_address,
+                                   device=a.device or "cpu") as ex:
+                    failed = runner.run_grid(todo, ex)
+            except ExecutorError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+        elif not a.check:
+            runner = Runner(suite, a.runs, a.results, a.device)
             for job in jobs:
                 if latest_record(job, a.results) is not None:
                     print(f"skip {job.id}: recorded in {results_path(job, a.results).name}", flush=True)

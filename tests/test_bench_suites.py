@@ -153,3 +153,40 @@ def test_adopt_turns_a_first_record_into_the_expectation(tmp_path, capsys):
     assert (a.expected.value, a.expected.tolerance) == (90.0, 4.5)  # 3 * 3.0 / sqrt(4)
     assert "r.jsonl:1 (commit abc)" in a.expected.source and b.expected is None  # b has no record yet
     assert run.main([str(suite), "--check", "--results", str(records)]) == 0
+
+
+def grid_suite(path: Path) -> Path:
+    common = ["method_config.batch_real=16", "method_config.model=convnet_w32", "eval.preset=smoke", "eval.epochs=2",
+              "eval.n_models=1", "eval.model=convnet_w32"]
+    jobs = [{"id": f"dm-digits-ipc1-{n}it", "kind": "distill", "results": "tiny.jsonl", "method": "dm",
+             "dataset": "digits", "ipc": 1, "setting": f"{n}it", "args": ["--iterations", str(n), *common]}
+            for n in (1, 2)]
+    jobs.append({"id": "eval-dm-2it", "kind": "evaluate", "results": "tiny.jsonl", "model": "convnet_w32",
+                 "of": "dm-digits-ipc1-2it", "args": ["--protocol", "smoke", "epochs=2", "n_models=2"]})
+    path.write_text(yaml.safe_dump({"suite": "tiny", "filling": True, "jobs": jobs}, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("executor", ["process", "ray"])
+def test_runner_spreads_jobs_over_an_executor(executor, tmp_path, capsys, monkeypatch):
+    """One task per job; a job whose input set is missing waits for the job that makes it; the
+    records are those of the serial runner; a second launch runs nothing."""
+    if executor == "ray":
+        pytest.importorskip("ray")
+    suite, runs = grid_suite(tmp_path / "tiny.yaml"), tmp_path / "runs"
+    argv = [str(suite), "--results", str(tmp_path / "grid.jsonl"), "--runs", str(runs), "--executor", executor,
+            "--workers", "2", "--threads", "1", "--only", "eval-dm-2it,dm-digits-ipc1-1it"]
+    assert run.main(argv) == 0
+    rows = {r["job"]: r for r in map(json.loads, (tmp_path / "grid.jsonl").read_text().splitlines())}
+    assert set(rows) == {"dm-digits-ipc1-1it", "dm-digits-ipc1-2it", "eval-dm-2it"}  # the input job ran first
+    assert rows["eval-dm-2it"]["source"].endswith("dm-digits-ipc1-2it/distilled.safetensors")
+    assert run.main(argv) == 0 and "skip eval-dm-2it" in capsys.readouterr().out
+    assert len((tmp_path / "grid.jsonl").read_text().splitlines()) == 3
+    if executor == "ray":
+        return
+    # the serial runner, one thread: the same accuracies
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert run.main([str(suite), "--results", str(tmp_path / "serial.jsonl"), "--runs", str(tmp_path / "r2"),
+                     "--only", "eval-dm-2it,dm-digits-ipc1-1it"]) == 0
+    serial = {r["job"]: r for r in map(json.loads, (tmp_path / "serial.jsonl").read_text().splitlines())}
+    assert {k: r["accuracies"] for k, r in serial.items()} == {k: r["accuracies"] for k, r in rows.items()}

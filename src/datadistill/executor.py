@@ -95,7 +95,10 @@ class Executor:
     def close(self) -> None:
         pass
 
-    def run(self, tasks: Sequence[Task], desc: str = "tasks") -> dict[str, Any]:
+    def run(self, tasks: Sequence[Task], desc: str = "tasks",
+            on_done: Callable[[Task, Any], None] | None = None) -> dict[str, Any]:
+        """Run the tasks not yet done; ``on_done(task, result)`` is called in this process as each one
+        finishes (e.g. to append its record at once). `ExecutorError` at the end when some failed."""
         keys = [t.key for t in tasks]
         if len(set(keys)) != len(keys):
             dup = sorted({k for k in keys if keys.count(k) > 1})
@@ -108,6 +111,8 @@ class Executor:
         def finish(task: Task, value: Any) -> None:
             results[task.key] = _store(task, value)
             bar.update()
+            if on_done is not None:
+                on_done(task, results[task.key])
 
         def fail(task: Task, error: BaseException) -> None:
             failed[task.key] = f"{type(error).__name__}: {error}".splitlines()[0]
@@ -291,7 +296,18 @@ def make_executor(name: str = "serial", *, workers: int | None = None, threads: 
     return RayExecutor(address=address, **kw)
 
 
-def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
-    """``fn(*args, **kwargs)`` and its wall seconds."""
+def run_cli(argv: Sequence[str], cwd: str, threads: int | None = None) -> dict[str, Any]:
+    """A task that runs ``datadistill ARGV`` in ``cwd`` (a new process, with ``threads`` torch threads):
+    its standard output and wall seconds. RuntimeError with the last line of its errors on failure."""
+    import subprocess
+
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t = time.perf_counter()
-    return fn(*args, **kwargs), time.perf_counter() - t
+    p = subprocess.run([sys.executable, "-m", "datadistill.cli", *argv], cwd=cwd, env=env, capture_output=True,
+                       text=True)
+    if p.returncode:
+        tail = p.stderr.strip().splitlines()[-1:] or [""]
+        raise RuntimeError(f"datadistill {' '.join(argv[:1])} exited with status {p.returncode}: {tail[0]}")
+    return {"stdout": p.stdout, "seconds": time.perf_counter() - t}
