@@ -17,7 +17,8 @@ placed here, or the test fails and says so):
     4  methods/ (each method owns its special cases; dd/ is a package)
     5  engine (the loop and run checkpoints), resolve (preset + overrides -> a resolved run),
        rundir (the run folder: preparing, locking, discarding), report (report.md of a run),
-       executor (serial / process / Ray backends), grids (experts and evaluations as executor tasks)
+       executor (serial / process / Ray backends), grids (experts and evaluations as executor tasks),
+       sweep (grids of settings scored on a validation split; Ray Tune)
     6  cli, __main__, the package's __init__ (public API)
 """
 
@@ -39,7 +40,7 @@ LAYERS: dict[str, int] = {
     "synset": 2, "train": 2,
     "evaluation": 3, "experts": 3, "viz": 3,
     "methods": 4,
-    "engine": 5, "resolve": 5, "rundir": 5, "report": 5, "executor": 5, "grids": 5,
+    "engine": 5, "resolve": 5, "rundir": 5, "report": 5, "executor": 5, "grids": 5, "sweep": 5,
     "cli": 6, "__main__": 6, "": 6,  # "": the package itself (datadistill/__init__.py)
 }
 DD = "methods.dd"

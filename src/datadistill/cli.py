@@ -132,6 +132,24 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-progress", action="store_true")
     _executor_options(ex, "expert")
 
+    sw = sub.add_parser("sweep", help="rank a grid of settings by accuracy on a validation split of the training "
+                        "data (never the test set); resumable", epilog=EPILOG)
+    sw.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides shared by every point")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="a swept key and its values (repeat for more keys: every combination runs)")
+    sw.add_argument("--preset", help="YAML preset name or path")
+    sw.add_argument("--dataset")
+    sw.add_argument("--method")
+    sw.add_argument("--ipc", type=int, help="images per class")
+    sw.add_argument("--iterations", type=int)
+    sw.add_argument("--seed", type=int)
+    sw.add_argument("--validation", type=float, default=0.1,
+                    help="fraction of each class of the training set held out to score the points (default 0.1)")
+    sw.add_argument("--device", help="auto, cpu, cuda ...")
+    sw.add_argument("--root", help="data root")
+    sw.add_argument("--out", required=True, help="sweep folder: trials/*.json, runs/, sweep.md")
+    _executor_options(sw, "point of the grid (ray: a Ray Tune grid search)")
+
     ls = sub.add_parser("list", help="list registered names")
     ls.add_argument("what", choices=["models", "methods", "datasets", "presets", "protocols"])
     return p
@@ -186,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"distill": cmd_distill, "evaluate": cmd_evaluate, "show": cmd_show, "export": cmd_export,
                 "data": cmd_data, "list": cmd_list, "pretrain": cmd_pretrain,
-                "experts": cmd_experts}[args.command](args)
+                "experts": cmd_experts, "sweep": cmd_sweep}[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted; a distill run continues with --resume", file=sys.stderr)
         return 130
@@ -411,6 +429,27 @@ def cmd_experts(args: argparse.Namespace) -> int:
     print(f"expert trajectories in {out}: {len(buf)} of {cfg.n_experts} experts finished ({cfg.model} on "
           f"{cfg.dataset}, {epochs} each); this run took {time.perf_counter() - start:.1f} s; mean final "
           f"test accuracy {s['mean_final_test_acc']:.2f}%")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .config import apply_overrides, load_preset
+    from .sweep import parse_grid, sweep
+
+    base: dict[str, Any] = load_preset(args.preset) if args.preset else {}
+    flags = {"dataset": args.dataset, "method": args.method, "ipc": args.ipc, "iterations": args.iterations,
+             "seed": args.seed, "device": args.device, "data_root": args.root}
+    base.update({k: v for k, v in flags.items() if v is not None})
+    base = apply_overrides(base, args.overrides)
+    grid = parse_grid(args.grid)
+    with _executor(args, args.device or "cpu") as ex:
+        results = sweep(base, grid, args.out, ex, validation=args.validation)
+    print((Path(args.out) / "sweep.md").read_text(), end="")
+    best = results[0]
+    sets = " ".join(f"{k}={json.dumps(v)}" for k, v in best["point"].items())
+    print(f"best on the validation split ({100 * args.validation:g}% of the training set): {sets} "
+          f"({best['val_acc']:.2f}%); distil it on the whole training set and report its test accuracy with "
+          f"`datadistill distill ... {sets}`")
     return 0
 
 

@@ -86,12 +86,23 @@ def missing(name: str, root: Path, detail: str = "") -> DatasetMissingError:
 _CACHE: dict[tuple[Any, ...], LoadedDataset] = {}
 
 
+VALIDATION = "validation"
+
+
 def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **kwargs: Any) -> LoadedDataset:
     """Load a registered dataset into memory (cached per process: do not modify its tensors).
 
     Unknown names raise an error that lists the valid ones; a dataset that is not on disk raises
     `DatasetMissingError` naming the command that prepares it.
+
+    Every dataset takes the option ``validation=FRACTION``: that fraction of each class of the
+    training set (the same images on every call) becomes the test part, and the rest the training
+    part, so that hyper-parameters are chosen without looking at the test set (`validation_split`).
     """
+    if VALIDATION in kwargs:
+        kwargs = dict(kwargs)
+        fraction = kwargs.pop(VALIDATION)
+        return validation_split(load_dataset(name, root, **kwargs), fraction)
     entry = DATASETS.get(name)
     unknown = set(kwargs) - set(entry.options)
     if unknown:
@@ -107,6 +118,37 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **kwargs
                 raise
             raise DatasetOptionError(f"dataset {entry.name!r} with options {kwargs}: {e}") from e
     return _CACHE[key]
+
+
+def validation_split(data: LoadedDataset, fraction: float) -> LoadedDataset:
+    """``data`` with ``fraction`` of each class of its training set held out as the test part: per
+    class, a fixed random subset (at least one image, never all), the same on every machine."""
+    import dataclasses
+
+    import torch
+
+    from .spec import RealData
+
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise DatasetOptionError(f"validation={fraction!r}: give the held-out fraction of the training set, "
+                                 "between 0 and 1 (e.g. 0.1)")
+    g = torch.Generator().manual_seed(0)
+    labels = data.train.labels.cpu()
+    held, kept = [], []
+    for c in range(data.spec.num_classes):
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = min(max(1, round(fraction * len(idx))), len(idx) - 1) if len(idx) > 1 else 0
+        held.append(idx[:k])
+        kept.append(idx[k:])
+    held_idx, kept_idx = torch.cat(held).sort().values, torch.cat(kept).sort().values
+    spec = dataclasses.replace(data.spec, extra={**data.spec.extra, VALIDATION: float(fraction)})
+
+    def part(idx: torch.Tensor) -> RealData:
+        idx = idx.to(data.train.images.device)
+        return RealData(data.train.images[idx], data.train.labels[idx], spec.num_classes)
+
+    return dataclasses.replace(data, spec=spec, train=part(kept_idx), test=part(held_idx))
 
 
 def clear_cache() -> None:
