@@ -2,6 +2,7 @@
 
     python benchmarks/report.py                    # docs/results.md + docs/img/acc_vs_ipc.png
     python benchmarks/report.py --methods-table    # print the best CPU accuracy per method (for README.md)
+    python benchmarks/report.py --cost-table       # print the node-hours of the papers' budgets (paper_cost.py)
     python benchmarks/report.py --check            # exit 1 when docs/results.md is not what the records give
 
 Every table row is the latest record of one suite job (benchmarks/suites/*.yaml); the commands that
@@ -38,7 +39,8 @@ PAPERS = {
 }
 ORDER = {m: i for i, m in enumerate(["full", "random", "herding", "kcenter", "dd", "dc", "dsa", "dm", "mtt", "haba"])}
 SETTINGS_DD = ("fixed", "random")  # DD's settings that distill for training from scratch (not poison / adapt)
-NOT_RESULTS = {"smoke.jsonl"}  # the cpu-smoke suite checks that methods run and learn; its figures are no results
+COST = "paper_cost.jsonl"  # paper_cost.py's extrapolated node-hours: their own table, never a job's result
+NOT_RESULTS = {"smoke.jsonl", COST}  # the cpu-smoke suite checks that methods run and learn; its figures are no results
 
 
 # -- records -----------------------------------------------------------------------------------------
@@ -308,6 +310,46 @@ def paper_table(jobs: dict[str, list[Row]]) -> str:
     return "\n".join(lines)
 
 
+def cost_records() -> list[Row]:
+    out = []
+    for n, r in enumerate(read_records(RESULTS_DIR / COST), 1):
+        row = Row(r)
+        row["file"], row["line"] = COST, n
+        out.append(row)
+    return out
+
+
+def cost_table(rows: list[Row], prefix: str = "../") -> str:
+    """Per suite and device, the latest extrapolation of each job (`benchmarks/paper_cost.py`): its
+    measured unit times, its hours of distillation, experts and evaluation, and the suite's total."""
+    if not rows:
+        return ("No records yet: `python benchmarks/paper_cost.py` measures them (on a GPU node: "
+                "`--device cuda`).")
+    latest = {(r["suite"], r["device"], r["job"]): r for r in rows}
+    head = ("| job | measured on this device | distillation h | experts h | evaluation h | node-hours | k | CPU path "
+            "| commit | record |")
+    tables = []
+    for suite, device in dict.fromkeys(key[:2] for key in latest):
+        rs = [r for key, r in latest.items() if key[:2] == (suite, device)]
+        lines = [f"### {suite} on {device}", "", head, "|" + "---|" * (head.count("|") - 1)]
+        for r in rs:
+            if r["kind"] == "experts":
+                unit = f"{r['seconds_per_expert_epoch']:.3g} s / expert epoch x {r['n_experts']} x {r['expert_epochs']}"
+            else:
+                evals = "; ".join(f"{r['eval_n_models']} {m} x ({e} epochs x {s:.3g} s + {f:.3g} s)" for m, e, s, f in
+                                  zip(r["eval_models"], r["eval_epochs"], r["eval_seconds_per_epoch"],
+                                      r["eval_fixed_seconds"]))
+                unit = f"{r['seconds_per_iteration']:.3g} s / it x {r['iterations']}; evaluation {evals}"
+            lines.append(f"| {r['job']} | {unit} | {r['distill_hours']:.3g} | {r['experts_hours']:.3g} "
+                         f"| {r['eval_hours']:.3g} | **{r['node_hours']:.3g}** | {r['k']} | {r['capability']} "
+                         f"| {r['commit']} | [{r['file']}:{r['line']}]({link(r, prefix)}) |")
+        total = {h: sum(r[h] for r in rs) for h in ("distill_hours", "experts_hours", "eval_hours", "node_hours")}
+        lines.append(f"| **total** ({len(rs)} jobs) | | {total['distill_hours']:.3g} | {total['experts_hours']:.3g} "
+                     f"| {total['eval_hours']:.3g} | **{total['node_hours']:.3g}** | | | | |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
+
+
 def parity_table(rows: list[Row]) -> str:
     lines = ["| anchor set | preset | epochs | models | ours | 95% interval | the reference evaluator | machine "
              "| CPU path | commit | command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -436,6 +478,15 @@ def render(rows: list[Row]) -> str:
         "",
         eval_speed_table(speed),
         "",
+        "## Cost of the papers' budgets",
+        "",
+        "Node-hours of each job at its whole budget (suite `paper-budget`: the papers' own iterations, expert "
+        "trajectories and evaluations), **extrapolated** from a few iterations, expert epochs and evaluation epochs "
+        "timed by `python benchmarks/paper_cost.py` (each record names its `k`): one table per suite and device, the "
+        "latest record per job. Running the suite on a cluster: [cluster](cluster.md).",
+        "",
+        cost_table(cost_records()),
+        "",
         "## Memory of Dataset Distillation's unrolled steps",
         "",
         memory_table(memory) if memory else "No records.",
@@ -462,7 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods-table", action="store_true",
                    help="print the methods table (links from the repository root)")
-    p.add_argument("--link-prefix", default="", help="prefix of the record links of --methods-table")
+    p.add_argument("--link-prefix", default="", help="prefix of the record links of --methods-table and --cost-table")
+    p.add_argument("--cost-table", action="store_true",
+                   help="print the node-hours table of benchmarks/results/paper_cost.jsonl (paper_cost.py's records)")
     p.add_argument("--check", action="store_true",
                    help="exit 1 when docs/results.md differs from what the records give")
     p.add_argument("--out", type=Path, default=DOC, help="the page to write (default %(default)s)")
@@ -471,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = records()
         if a.methods_table:
             print(methods_table(rows, a.link_prefix))
+            return 0
+        if a.cost_table:
+            print(cost_table(cost_records(), a.link_prefix))
             return 0
         text = render(rows)
     except SuiteError as e:

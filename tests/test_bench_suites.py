@@ -14,6 +14,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import paper_cost  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
 from suites import RESULTS_DIR, SUITES_DIR, latest_record, load_suite  # noqa: E402
@@ -22,7 +23,7 @@ SUITES = sorted(SUITES_DIR.glob("*.yaml"))
 
 
 def test_there_are_suites():
-    assert {"cpu", "cpu-ablations", "cpu-smoke"} <= {p.stem for p in SUITES}
+    assert {"cpu", "cpu-ablations", "cpu-smoke", "paper", "paper-budget"} <= {p.stem for p in SUITES}
 
 
 @pytest.mark.parametrize("suite", SUITES, ids=[p.stem for p in SUITES])
@@ -32,11 +33,37 @@ def test_current_records_meet_every_expectation(suite, capsys):
     assert "regression" not in out.splitlines()[-1]
     loaded = load_suite(suite)
     jobs = loaded.jobs
-    if loaded.filling:  # a suite still being filled (paper protocols): recorded jobs must hold
-        jobs = tuple(j for j in jobs if j.expected is not None or latest_record(j) is not None)
+    if loaded.filling:  # a suite still being filled (paper protocols, paper budgets): recorded jobs must hold
+        jobs = tuple(j for j in jobs if latest_record(j) is not None)
     # every job has an expectation and a record: nothing passes by being absent
     assert all(j.expected is not None for j in jobs)
     assert all(latest_record(j) is not None for j in jobs), [j.id for j in jobs if latest_record(j) is None]
+
+
+@pytest.mark.parametrize("suite", SUITES, ids=[p.stem for p in SUITES])
+def test_every_job_is_listed_with_its_command(suite, capsys):
+    assert run.main([str(suite), "--list"]) == 0
+    out = capsys.readouterr().out
+    for job in load_suite(suite).jobs:
+        assert f"{job.id}\n  $ datadistill " in out, job.id
+
+
+@pytest.mark.filterwarnings("ignore::datadistill.config.DeprecatedKeyWarning")  # the cpu suite's old `--init`
+@pytest.mark.parametrize("suite", SUITES, ids=[p.stem for p in SUITES])
+def test_every_job_resolves_to_a_valid_config(suite):
+    """Each distill and experts job's arguments make a valid config (names, keys, types, ranges),
+    before anything runs: a typo in a suite fails here, not hours into a cluster run."""
+    from datadistill import cli
+    from datadistill.resolve import resolve
+
+    for job in load_suite(suite).jobs:
+        args = [a.replace("{runs}", "runs") for a in job.args]
+        if job.kind == "distill":
+            argv = ["distill", "--method", job.cli_method or job.method, "--dataset", job.dataset,
+                    "--ipc", str(job.ipc), *args]
+            resolve(cli.distill_config(cli.parse_args(argv)))
+        elif job.kind == "experts":
+            cli.experts_config(cli.parse_args(["experts", "--dataset", job.dataset, *args]))
 
 
 def test_an_expectation_above_its_record_is_a_regression(tmp_path, capsys):
@@ -190,3 +217,37 @@ def test_runner_spreads_jobs_over_an_executor(executor, tmp_path, capsys, monkey
                      "--only", "eval-dm-2it,dm-digits-ipc1-1it"]) == 0
     serial = {r["job"]: r for r in map(json.loads, (tmp_path / "serial.jsonl").read_text().splitlines())}
     assert {k: r["accuracies"] for k, r in serial.items()} == {k: r["accuracies"] for k, r in rows.items()}
+
+
+def test_paper_cost_extrapolates_each_job_once_per_device(tmp_path, capsys):
+    """paper_cost.py on digits: a distillation (MTT, against its stand-in experts) and an experts job,
+    timed a few units each, one record per job, skipped when measured; report.py tables them."""
+    suite = tmp_path / "tiny-cost.yaml"
+    suite.write_text(yaml.safe_dump({"suite": "tiny-cost", "jobs": [
+        {"id": "experts-digits", "kind": "experts", "results": "x.jsonl", "dataset": "digits",
+         "args": ["--model", "convnet_w32", "--experts", "4", "--epochs", "3", "--out", "{runs}/experts/digits"]},
+        {"id": "mtt-digits-ipc1", "kind": "distill", "results": "x.jsonl", "method": "mtt", "dataset": "digits",
+         "ipc": 1, "setting": "t", "needs": "experts-digits",
+         "args": ["--iterations", "100", "method_config.experts={runs}/experts/digits", "method_config.model=convnet_w32",
+                  "method_config.syn_steps=2", "method_config.max_start_epoch=2", "method_config.expert_epochs=1",
+                  "eval.preset=mtt-paper", "eval.n_models=3", "eval.model=convnet_w32"]}]}, sort_keys=False))
+    results = tmp_path / "cost.jsonl"
+    argv = ["--suite", str(suite), "--k", "2", "--eval-epochs", "1", "--device", "cpu", "--results", str(results)]
+    assert paper_cost.main(argv) == 0
+    experts, mtt = [json.loads(x) for x in results.read_text().splitlines()]
+    for r in (experts, mtt):
+        assert r["extrapolation"] is True and r["k"] == 2 and r["suite"] == "tiny-cost"
+        assert r["device"].startswith("cpu") and r["capability"] and r["commit"]
+        assert r["node_hours"] == pytest.approx(r["distill_hours"] + r["experts_hours"] + r["eval_hours"], abs=1e-3)
+    assert experts["n_experts"] == 4 and experts["expert_epochs"] == 3 and experts["seconds_per_expert_epoch"] > 0
+    assert experts["experts_hours"] == pytest.approx(4 * 3 * experts["seconds_per_expert_epoch"] / 3600, rel=1e-2)
+    assert mtt["iterations"] == 100 and mtt["seconds_per_iteration"] > 0 and mtt["needs"] == "experts-digits"
+    assert mtt["distill_hours"] == pytest.approx(100 * mtt["seconds_per_iteration"] / 3600, rel=1e-2, abs=1e-4)
+    assert mtt["eval_epochs"] == [1001] and mtt["eval_n_models"] == 3 and mtt["eval_hours"] > 0
+    # measured on this device already: skipped, nothing appended
+    assert paper_cost.main(argv) == 0
+    assert "skip mtt-digits-ipc1" in capsys.readouterr().out and len(results.read_text().splitlines()) == 2
+    rows = [report.Row(r, file="paper_cost.jsonl", line=n) for n, r in enumerate((experts, mtt), 1)]
+    table = report.cost_table(rows)
+    assert f"### tiny-cost on {mtt['device']}" in table and "| mtt-digits-ipc1 |" in table
+    assert "| **total** (2 jobs) |" in table and f"**{mtt['node_hours'] + experts['node_hours']:.3g}**" in table

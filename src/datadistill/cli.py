@@ -6,7 +6,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .experts import ExpertConfig
 
 EPILOG = "Config: a YAML preset (--preset) plus key=value overrides, e.g. method_config.batch_real=128 eval.epochs=100"
 
@@ -231,9 +235,10 @@ def _is_user_error(e: Exception) -> bool:
                           UnknownNameError, SynsetFileError, DivergenceError, ExpertError, ZCAError, OutputPathError))
 
 
-def cmd_distill(args: argparse.Namespace) -> int:
+def distill_config(args: argparse.Namespace) -> RunConfig:
+    """The `RunConfig` of a parsed ``distill`` command line: the preset, the flags, the overrides
+    (also what `benchmarks/paper_cost.py` times a suite's jobs with)."""
     from .config import RunConfig, apply_overrides, from_dict, load_preset
-    from .engine import run
 
     base: dict[str, Any] = load_preset(args.preset) if args.preset else {}
     flags = {"dataset": args.dataset, "method": args.method, "ipc": args.ipc, "iterations": args.iterations,
@@ -244,7 +249,13 @@ def cmd_distill(args: argparse.Namespace) -> int:
         base["models"] = args.models
     base = apply_overrides(base, args.overrides)
     _init_flags(base, args.init, args.source_dataset, image_init=args.image_init, net_init=args.net_init)
-    cfg = from_dict(RunConfig, base, where="config")
+    return from_dict(RunConfig, base, where="config")
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .engine import run
+
+    cfg = distill_config(args)
     out = Path(args.out or f"runs/{cfg.method}-{cfg.dataset}-ipc{cfg.ipc}-s{cfg.seed}")
     result = run(cfg, out, resume=args.resume, force=args.force, progress=not args.no_progress)
     if result is not None:
@@ -399,15 +410,22 @@ def _indices(text: str) -> list[int]:
     return out
 
 
+def experts_config(args: argparse.Namespace) -> ExpertConfig:
+    """The `ExpertConfig` of a parsed ``experts`` command line."""
+    from .experts import ExpertConfig
+
+    return ExpertConfig(dataset=args.dataset, model=args.model, n_experts=args.experts, epochs=args.epochs,
+                        lr=args.lr, batch_size=args.batch_size, augment=args.augment, dsa_strategy=args.dsa_strategy,
+                        zca=args.zca, seed=args.seed)
+
+
 def cmd_experts(args: argparse.Namespace) -> int:
     import time
 
     from .device import pick_device
-    from .experts import ExpertConfig, default_experts_dir, train_experts
+    from .experts import default_experts_dir, train_experts
 
-    cfg = ExpertConfig(dataset=args.dataset, model=args.model, n_experts=args.experts, epochs=args.epochs, lr=args.lr,
-                       batch_size=args.batch_size, augment=args.augment, dsa_strategy=args.dsa_strategy, zca=args.zca,
-                       seed=args.seed)
+    cfg = experts_config(args)
     out = Path(args.out) if args.out else default_experts_dir(cfg)
     indices = _indices(args.indices) if args.indices else None
     start = time.perf_counter()
