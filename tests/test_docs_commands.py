@@ -185,6 +185,11 @@ def tiny_datadistill(argv: list[str], experts: "Experts") -> list[str]:
             argv = _set_flag(argv, "--dataset", "digits")
         argv = [a for a in argv if not re.match(r"^(epochs|n_models|model)=", a)]
         return argv + ["epochs=1", "n_models=1", f"model={SMALL_MODEL}"]
+    if sub == "sweep":
+        argv = _set_flag(argv, "--dataset", "digits")
+        tiny = {**TINY_METHOD.get(_method_of(argv), {}), "model": SMALL_MODEL}
+        return argv + ["iterations=1", *TINY_EVAL, f"eval.model={SMALL_MODEL}",
+                       *(f"method_config.{k}={v}" for k, v in tiny.items()), "--threads", "1"]
     if sub == "pretrain":
         argv = _set_flag(argv, "--dataset", "digits")
         return _set_flag(_set_flag(_set_flag(argv, "--nets", "2"), "--held-out", "1"), "--epochs", "1")
