@@ -3,11 +3,13 @@ training them one after another gives, up to float rounding."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
 
-from datadistill.cli import _is_user_error
+from datadistill.cli import _is_user_error, main
 from datadistill.config import ConfigError
 from datadistill.data.spec import RealData
 from datadistill.evaluation import evaluate, evaluate_models, get_protocol
@@ -15,7 +17,7 @@ from datadistill.evaluation.batched import UnbatchableModelError, accuracies, ch
 from datadistill.functional.chunked import pick_chunk
 from datadistill.models import MODELS, create_model, has_batchnorm
 from datadistill.seeding import make_generator
-from datadistill.synset import PixelSet
+from datadistill.synset import PixelSet, save_synset
 from datadistill.train import accuracy, train_classifier
 
 
@@ -166,3 +168,22 @@ def test_more_models_in_a_group_than_the_protocol_has(digits):
     p = get_protocol("smoke", epochs=2, n_models=2, model="convnet_w32")
     r = evaluate(s, digits, p, batch_models=5)
     assert r.seeds == [0, 1] and len(r.accuracies) == 2
+
+
+def test_cli_batch_models_flag(tmp_path, capsys):
+    from datadistill.data import load_dataset
+
+    data = load_dataset("digits")
+    path = tmp_path / "s.safetensors"
+    save_synset(path, PixelSet.from_real(data.train, 1, make_generator(0, "x")), data.spec, method="random")
+    runs = {}
+    for n in ("1", "3"):
+        assert main(["evaluate", str(path), "--protocol", "smoke", "epochs=2", "n_models=3", "model=convnet_w32",
+                     "--device", "cpu", "--json", "--batch-models", n]) == 0
+        out = capsys.readouterr().out
+        runs[n] = json.loads(out[out.index("{"):])["convnet_w32"]
+    assert runs["1"]["seeds"] == runs["3"]["seeds"] == [0, 1, 2]
+    for a, b in zip(runs["1"]["accuracies"], runs["3"]["accuracies"]):
+        assert abs(a - b) <= 1 / len(data.test) + 1e-12
+    assert main(["evaluate", str(path), "--batch-models", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "datadistill: error: batch_models must be >= 1, got 0"

@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "distilled-set FILE brings its own transform)")
     e.add_argument("--root", help="data root")
     e.add_argument("--device", default="auto")
+    e.add_argument("--batch-models", type=int, default=1, metavar="N",
+                   help="train N models together in one batched computation (same results up to float rounding; "
+                   "DD's replay schedule and a method's own networks train one at a time)")
     e.add_argument("--save", action="store_true", help="record the results in the file's metadata")
     e.add_argument("--json", action="store_true", help="print the reports as JSON")
 
@@ -293,7 +296,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             from .data import whiten_dataset
 
             data = whiten_dataset(data, args.zca)
-        reports = {m: evaluate_full(data, protocol, model=m, device=device, progress=True) for m in models}
+        reports = {m: evaluate_full(data, protocol, model=m, device=device, progress=True,
+                                   batch_models=args.batch_models) for m in models}
     else:
         if not args.file:
             raise ConfigError("evaluate needs a distilled-set FILE (or --full --dataset NAME)")
@@ -315,7 +319,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         kept = {k: v for k, v in how.protocol.items() if k not in asked}  # what the set was made for
         protocol = protocol.with_(**kept) if kept else protocol
         reports = evaluate_models(f.synset, data, protocol, args.models or [protocol.model], device=device,
-                                  progress=True, networks=how.networks)
+                                  progress=True, networks=how.networks, batch_models=args.batch_models)
         extra = how.final_metrics(f.synset, data, device) if how.final_metrics is not None else None
         for line in how.format_metrics(extra) if extra else []:
             print(line)
