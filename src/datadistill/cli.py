@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "distilled-set FILE brings its own transform)")
     e.add_argument("--root", help="data root")
     e.add_argument("--device", default="auto")
+    e.add_argument("--batch-models", type=int, default=1, metavar="N",
+                   help="train N models together in one batched computation (same results up to float rounding; "
+                   "DD's replay schedule and a method's own networks train one at a time)")
     e.add_argument("--save", action="store_true", help="record the results in the file's metadata")
     e.add_argument("--json", action="store_true", help="print the reports as JSON")
     e.add_argument("--work-dir", help="with --executor: the folder of per-model results (default "
@@ -338,7 +341,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             from .data import whiten_dataset
 
             data = whiten_dataset(data, args.zca)
-        reports = {m: evaluate_full(data, protocol, model=m, device=device, progress=True) for m in models}
+        reports = {m: evaluate_full(data, protocol, model=m, device=device, progress=True,
+                                   batch_models=args.batch_models) for m in models}
     else:
         if not args.file:
             raise ConfigError("evaluate needs a distilled-set FILE (or --full --dataset NAME)")
@@ -353,10 +357,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         models = args.models or [protocol.model]
         if args.executor == "serial" and not (args.workers or args.threads or args.ray_address or args.work_dir):
             reports = evaluate_models(f.synset, data, protocol, models, device=device, progress=True,
-                                      networks=how.networks)
+                                      networks=how.networks, batch_models=args.batch_models)
         else:
             from .grids import evaluate_on
 
+            if args.batch_models > 1:
+                raise ConfigError("--batch-models trains the models of one process together; with --executor each "
+                                  "model is a task of its own: give one or the other")
             cap = len(how.networks) if how.networks is not None and hasattr(how.networks, "__len__") else None
             with _executor(args, device) as ex:
                 reports = evaluate_on(ex, args.file, protocol, models, root=args.root, device=str(device),

@@ -11,11 +11,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..augment.classic import ClassicAugment
-from ..config import deprecated
+from ..config import ConfigError, deprecated
 from ..data.spec import DatasetSpec, LoadedDataset, RealData
 from ..models import MODELS, create_model
 from ..seeding import make_generator
 from ..train import accuracy, real_batches, replay_steps, train_classifier
+from .batched import evaluate_batched
 from .protocol import EvalProtocol
 
 
@@ -79,6 +80,7 @@ def evaluate(
     networks: Callable[[int, str], torch.nn.Module] | None = None,
     init: Callable[[int, str], torch.nn.Module] | None = None,
     indices: Sequence[int] | None = None,
+    batch_models: int = 1,
 ) -> EvalReport:
     """Train ``protocol.n_models`` fresh ``model``s (default ``protocol.model``) on ``synset``.
 
@@ -94,7 +96,13 @@ def evaluate(
 
     ``indices`` trains only those of the ``n_models`` models (model ``i`` is the same wherever it is
     trained: its seed is ``protocol.seed * 1000 + i``), so that an executor can spread them.
+
+    ``batch_models``: how many models train together as one batched computation (`batched`), with
+    the same results up to float rounding; 1 trains them one after another. The ``replay`` schedule
+    and ``networks`` always train one after another.
     """
+    if batch_models < 1:
+        raise ConfigError(f"batch_models must be >= 1, got {batch_models}")
     synset, data = as_set_and_data(synset, data)
     model = model or protocol.model
     MODELS.get(model)  # an unknown name lists the valid ones, before any training
@@ -122,6 +130,11 @@ def evaluate(
     bad = [i for i in todo if not 0 <= i < n_models]
     if bad:
         raise ValueError(f"model indices {bad[:5]} out of range 0..{n_models - 1}")
+    if batch_models > 1 and networks is None and protocol.schedule != "replay":
+        accs, seeds = evaluate_batched(_Frozen(synset).batches, test, spec, protocol, model, indices=todo,
+                                       batch_models=batch_models, lr=lr, augment=augment, device=device,
+                                       progress=progress)
+        return EvalReport(model, protocol, accs, seeds, time.perf_counter() - t0, lr)
     for i in tqdm(todo, desc=f"evaluate {model}", disable=not progress, leave=False):
         seed = protocol.seed * 1000 + i
         if networks is not None:
@@ -193,22 +206,25 @@ class RealSet:
 
 
 def evaluate_full(data: LoadedDataset, protocol: EvalProtocol, *, model: str | None = None,
-                  device: torch.device | str = "cpu", progress: bool = False) -> EvalReport:
+                  device: torch.device | str = "cpu", progress: bool = False, batch_models: int = 1) -> EvalReport:
     """The ``full`` baseline: the same protocol on the whole training set."""
-    report = evaluate(RealSet(data.train.to(device)), data, protocol, model=model, device=device, progress=progress)
+    report = evaluate(RealSet(data.train.to(device)), data, protocol, model=model, device=device, progress=progress,
+                      batch_models=batch_models)
     report.extra["baseline"] = "full"
     return report
 
 
 def evaluate_models(synset: Any, data: LoadedDataset, protocol: EvalProtocol, models: Sequence[str],
                     *, device: torch.device | str = "cpu", progress: bool = False,
-                    networks: Callable[[int, str], torch.nn.Module] | None = None) -> dict[str, EvalReport]:
-    """Cross-architecture evaluation: one report per model name (``networks`` as in `evaluate`)."""
+                    networks: Callable[[int, str], torch.nn.Module] | None = None,
+                    batch_models: int = 1) -> dict[str, EvalReport]:
+    """Cross-architecture evaluation: one report per model name (``networks`` and ``batch_models`` as
+    in `evaluate`)."""
     for m in models:  # every name is checked before the first model trains
         MODELS.get(m)
     synset, data = as_set_and_data(synset, data)  # whiten once, not once per model
-    return {m: evaluate(synset, data, protocol, model=m, device=device, progress=progress, networks=networks)
-            for m in models}
+    return {m: evaluate(synset, data, protocol, model=m, device=device, progress=progress, networks=networks,
+                        batch_models=batch_models) for m in models}
 
 
 def format_table(reports: dict[str, EvalReport]) -> str:
