@@ -23,9 +23,8 @@ from .data import LoadedDataset, load_dataset
 from .evaluation import EvalProtocol, EvalReport, evaluate
 from .executor import Executor, Task
 from .experts import ExpertBuffer, ExpertConfig
-from .experts.buffer import check_consistent, scan, shard_name, write_manifest
-from .experts.config import FOLDER_FIELDS, ExpertError, config_diff
-from .experts.train import expert_shard
+from .experts.buffer import shard_name, write_manifest
+from .experts.train import expert_shard, requested
 from .methods import file_evaluation
 from .methods.base import FileEvaluation
 from .models import MODELS
@@ -38,16 +37,7 @@ def expert_tasks(cfg: ExpertConfig, directory: str | Path, *, indices: Sequence[
                  root: str | Path | None = None, device: str = "cpu") -> list[Task]:
     """One task per expert of ``indices`` (default all), writing its shard into ``directory``."""
     directory = Path(directory)
-    wanted = sorted(set(range(cfg.n_experts) if indices is None else (int(i) for i in indices)))
-    bad = [i for i in wanted if not 0 <= i < cfg.n_experts]
-    if bad:
-        raise ExpertError(f"expert indices {bad[:5]} are out of range 0..{cfg.n_experts - 1} (n_experts={cfg.n_experts})")
-    stored = scan(directory)
-    if stored:
-        diff = config_diff(check_consistent(directory, stored), cfg, FOLDER_FIELDS)
-        if diff:
-            raise ExpertError(f"{directory} holds experts trained differently ({'; '.join(diff)}); choose another "
-                              "folder, or the stored settings to add experts to it")
+    wanted, _ = requested(cfg, directory, indices)
     root = None if root is None else str(root)
     return [Task(key=f"expert {i}", fn=expert_shard, args=(cfg.to_dict(), i),
                  kwargs={"root": root, "device": device}, out=directory / shard_name(i)) for i in wanted]

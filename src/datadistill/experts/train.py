@@ -29,8 +29,8 @@ from ..paths import check_output_dir
 from ..seeding import make_generator
 from ..train import accuracy, real_batches, train_classifier
 from ..version import versions
-from .buffer import (FORMAT_VERSION, KIND, META_KEY, ExpertBuffer, check_consistent, scan, shard_name, tensor_key,
-                     write_manifest)
+from .buffer import (FORMAT_VERSION, KIND, META_KEY, ExpertBuffer, Shard, check_consistent, scan, shard_name,
+                     tensor_key, write_manifest)
 from .config import FOLDER_FIELDS, ExpertConfig, ExpertError, config_diff
 
 
@@ -44,17 +44,7 @@ def train_experts(cfg: ExpertConfig, directory: str | Path, *, root: str | Path 
     ``cfg.zca`` is applied here); by default it is loaded from ``root``.
     """
     directory = Path(directory)
-    wanted = sorted(set(range(cfg.n_experts) if indices is None else (int(i) for i in indices)))
-    bad = [i for i in wanted if not 0 <= i < cfg.n_experts]
-    if bad:
-        shown = ", ".join(map(str, bad[:5])) + (f" ... ({len(bad)} in all)" if len(bad) > 5 else "")
-        raise ExpertError(f"expert indices {shown} are out of range 0..{cfg.n_experts - 1} (n_experts={cfg.n_experts})")
-    stored = scan(directory)
-    if stored:
-        diff = config_diff(check_consistent(directory, stored), cfg, FOLDER_FIELDS)
-        if diff:
-            raise ExpertError(f"{directory} holds experts trained differently ({'; '.join(diff)}); choose another "
-                              "folder, or the stored settings to add experts to it")
+    wanted, stored = requested(cfg, directory, indices)
     done = {s.index for s in stored}
     todo = [i for i in wanted if i not in done]
     if todo:
@@ -74,6 +64,23 @@ def train_experts(cfg: ExpertConfig, directory: str | Path, *, root: str | Path 
     elif stored and not (directory / "manifest.json").exists():
         write_manifest(directory)
     return ExpertBuffer.open(directory)
+
+
+def requested(cfg: ExpertConfig, directory: Path, indices: Iterable[int] | None) -> tuple[list[int], list[Shard]]:
+    """The expert numbers ``indices`` asks for (default all), sorted, and the experts already in
+    ``directory``; ExpertError for a number out of range or a folder of experts trained differently."""
+    wanted = sorted(set(range(cfg.n_experts) if indices is None else (int(i) for i in indices)))
+    bad = [i for i in wanted if not 0 <= i < cfg.n_experts]
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (f" ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        raise ExpertError(f"expert indices {shown} are out of range 0..{cfg.n_experts - 1} (n_experts={cfg.n_experts})")
+    stored = scan(directory)
+    if stored:
+        diff = config_diff(check_consistent(directory, stored), cfg, FOLDER_FIELDS)
+        if diff:
+            raise ExpertError(f"{directory} holds experts trained differently ({'; '.join(diff)}); choose another "
+                              "folder, or the stored settings to add experts to it")
+    return wanted, stored
 
 
 def expert_shard(cfg: ExpertConfig | dict[str, Any], index: int, *, root: str | Path | None = None,
