@@ -355,7 +355,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         kept = {k: v for k, v in how.protocol.items() if k not in asked}  # what the set was made for
         protocol = protocol.with_(**kept) if kept else protocol
         models = args.models or [protocol.model]
-        if args.executor == "serial" and not (args.workers or args.threads or args.ray_address or args.work_dir):
+        if not _executor_asked(args):
             reports = evaluate_models(f.synset, data, protocol, models, device=device, progress=True,
                                       networks=how.networks, batch_models=args.batch_models)
         else:
@@ -438,7 +438,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     device = pick_device(args.device)
     try:
-        if args.executor == "serial" and not (args.workers or args.threads or args.ray_address):
+        if not _executor_asked(args):
             buf = train_experts(cfg, out, root=args.root, device=device, progress=not args.no_progress,
                                 indices=indices)
         else:
@@ -476,6 +476,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"({best['val_acc']:.2f}%); distil it on the whole training set and report its test accuracy with "
           f"`datadistill distill ... {sets}`")
     return 0
+
+
+def _executor_asked(args: argparse.Namespace) -> bool:
+    """Whether any executor option was given (else the command runs its plain in-process path)."""
+    return bool(args.executor != "serial" or args.workers or args.threads or args.ray_address
+                or getattr(args, "work_dir", None))
 
 
 def _executor(args: argparse.Namespace, device: Any):
