@@ -46,7 +46,7 @@ from ..data.spec import DatasetSpec, RealData
 from ..functional.chunked import pick_chunk
 from ..models import create_model, has_batchnorm
 from ..seeding import make_generator
-from ..train.loop import Augment, Batches, lr_at
+from ..train.loop import Augment, Batches, sgd_epochs
 from .protocol import EvalProtocol
 
 Stacked = dict[str, Tensor]
@@ -133,16 +133,8 @@ def train_stacked(
     base.train()
     losses = _losses(base)
     leaves = [p for p in params.values() if p.requires_grad]
-
-    def sgd() -> torch.optim.SGD:
-        return torch.optim.SGD(leaves, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-    opt = sgd()
-    for epoch in range(epochs):
-        if restart_at_milestones and epoch in milestones:
-            opt = sgd()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(epoch, lr, milestones)
+    for _, opt in sgd_epochs(leaves, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                             milestones=milestones, restart_at_milestones=restart_at_milestones):
         for x, y in lockstep(batches, generators, batch_size, augment, device):
             opt.zero_grad(set_to_none=True)
             n = x.shape[1]

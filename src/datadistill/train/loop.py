@@ -34,6 +34,23 @@ def lr_at(epoch: int, base_lr: float, milestones: tuple[int, ...], gamma: float 
     return base_lr * gamma ** sum(1 for m in milestones if epoch >= m)
 
 
+def sgd_epochs(params: list[torch.Tensor], *, epochs: int, lr: float, momentum: float, weight_decay: float,
+               milestones: tuple[int, ...] = (), restart_at_milestones: bool = False
+               ) -> Iterator[tuple[int, torch.optim.SGD]]:
+    """``(epoch, optimizer)`` for each epoch of the evaluators' SGD schedule: the lr of `lr_at`, and at
+    each milestone a new optimizer (momentum from zero) when ``restart_at_milestones``."""
+    def sgd() -> torch.optim.SGD:
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    opt = sgd()
+    for epoch in range(epochs):
+        if restart_at_milestones and epoch in milestones:
+            opt = sgd()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(epoch, lr, milestones)
+        yield epoch, opt
+
+
 def train_classifier(
     model: nn.Module,
     batches: Batches,
@@ -68,12 +85,9 @@ def train_classifier(
     chunk = pick_chunk(device, independent=not has_batchnorm(model))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
-        if restart_at_milestones and epoch in milestones:
-            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(epoch, lr, milestones)
+    schedule = sgd_epochs(list(model.parameters()), epochs=epochs, lr=lr, momentum=momentum,
+                          weight_decay=weight_decay, milestones=milestones, restart_at_milestones=restart_at_milestones)
+    for epoch, opt in tqdm(schedule, total=epochs, desc=desc, disable=not progress, leave=False):
         for x, y in batches(batch_size, generator):
             x, y = x.detach().to(device), y.to(device)
             if augment is not None:
