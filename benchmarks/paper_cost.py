@@ -219,7 +219,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=RESULTS, help="append the records here (default %(default)s)")
     p.add_argument("--force", action="store_true", help="measure jobs already measured on this device again")
     a = p.parse_args(argv)
-    a.only = [i for o in a.only or [] for i in o.split(",") if i]
     if a.k < 1 or a.eval_epochs < 1:
         p.error("--k and --eval-epochs must be at least 1")
     return a

@@ -377,7 +377,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="run nothing; give each recorded job without an expectation its record as expectation "
                            "(tolerance max(1, 3 std / sqrt(models)); suites whose jobs are one-line mappings)")
     a = p.parse_args(argv)
-    a.only = [i for o in a.only or [] for i in o.split(",") if i]
     return a
 
 

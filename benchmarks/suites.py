@@ -87,7 +87,10 @@ class Suite:
         raise SuiteError(f"no job {job_id!r} in {self.path.name}{_close(job_id, [j.id for j in self.jobs])}")
 
     def select(self, only: list[str] | None) -> list[Job]:
-        return list(self.jobs) if not only else [self.job(i) for i in only]
+        """The jobs named in ``only`` (ids, or comma-separated lists of ids, as ``--only`` takes them);
+        every job when it names none."""
+        ids = [i for o in only or [] for i in o.split(",") if i]
+        return list(self.jobs) if not ids else [self.job(i) for i in ids]
 
 
 def _close(name: str, names: list[str]) -> str:
