@@ -238,19 +238,24 @@ def _is_user_error(e: Exception) -> bool:
                           UnknownNameError, SynsetFileError, DivergenceError, ExpertError, ZCAError, OutputPathError))
 
 
-def distill_config(args: argparse.Namespace) -> RunConfig:
-    """The `RunConfig` of a parsed ``distill`` command line: the preset, the flags, the overrides
-    (also what `benchmarks/paper_cost.py` times a suite's jobs with)."""
-    from .config import RunConfig, apply_overrides, from_dict, load_preset
+def _run_dict(args: argparse.Namespace, **more: Any) -> dict[str, Any]:
+    """A run config as a dict: the preset, then the flags given (the shared ones and ``more``), then
+    the ``key=value`` overrides."""
+    from .config import apply_overrides, load_preset
 
     base: dict[str, Any] = load_preset(args.preset) if args.preset else {}
     flags = {"dataset": args.dataset, "method": args.method, "ipc": args.ipc, "iterations": args.iterations,
-             "eval_every": args.eval_every, "seed": args.seed, "device": args.device, "data_root": args.root,
-             "zca": args.zca}
+             "seed": args.seed, "device": args.device, "data_root": args.root, **more}
     base.update({k: v for k, v in flags.items() if v is not None})
-    if args.models:
-        base["models"] = args.models
-    base = apply_overrides(base, args.overrides)
+    return apply_overrides(base, args.overrides)
+
+
+def distill_config(args: argparse.Namespace) -> RunConfig:
+    """The `RunConfig` of a parsed ``distill`` command line: the preset, the flags, the overrides
+    (also what `benchmarks/paper_cost.py` times a suite's jobs with)."""
+    from .config import RunConfig, from_dict
+
+    base = _run_dict(args, eval_every=args.eval_every, zca=args.zca, models=args.models or None)
     _init_flags(base, args.init, args.source_dataset, image_init=args.image_init, net_init=args.net_init)
     return from_dict(RunConfig, base, where="config")
 
@@ -458,14 +463,9 @@ def cmd_experts(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .config import apply_overrides, load_preset
     from .sweep import parse_grid, sweep
 
-    base: dict[str, Any] = load_preset(args.preset) if args.preset else {}
-    flags = {"dataset": args.dataset, "method": args.method, "ipc": args.ipc, "iterations": args.iterations,
-             "seed": args.seed, "device": args.device, "data_root": args.root}
-    base.update({k: v for k, v in flags.items() if v is not None})
-    base = apply_overrides(base, args.overrides)
+    base = _run_dict(args)
     grid = parse_grid(args.grid)
     with _executor(args, args.device or "cpu") as ex:
         results = sweep(base, grid, args.out, ex, validation=args.validation)
