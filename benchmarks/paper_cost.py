@@ -58,6 +58,12 @@ from run import commit  # noqa: E402
 from suites import RESULTS_DIR, Job, SuiteError, load_suite, read_records  # noqa: E402
 
 RESULTS = RESULTS_DIR / "paper_cost.jsonl"
+
+
+def significant(v: float, digits: int = 4) -> float:
+    """``v`` to ``digits`` significant digits: hours span 1e-3 (a tiny job) to 1e3 (a buffer), so a
+    fixed number of decimals would keep almost nothing of the small ones."""
+    return float(f"{v:.{digits}g}")
 STANDIN_IMAGES = 256  # training images of the stand-in experts of MTT and HaBa
 
 
@@ -189,7 +195,7 @@ def measure(job: Job, suite: str, suite_arg: str, device: str, k: int, eval_epoc
             **{f: getattr(job, f) for f in ("method", "dataset", "ipc", "needs") if getattr(job, f) is not None},
             "k": k, **({"eval_epochs_timed": 1 + eval_epochs} if job.kind == "distill" else {}),
             **{key: round(v, 4) if key == "seconds_per_iteration" else v for key, v in cost.items()},
-            **{h: round(v, 4) for h, v in hours.items()}, "node_hours": round(sum(hours.values()), 4),
+            **{h: significant(v) for h, v in hours.items()}, "node_hours": significant(sum(hours.values())),
             **where(device), "commit": commit(), "measure_seconds": round(time.perf_counter() - start, 1),
             "command": shlex.join(["python", "benchmarks/paper_cost.py", "--suite", suite_arg, "--only", job.id,
                                    "--k", str(k), "--eval-epochs", str(eval_epochs), "--device", device])}
