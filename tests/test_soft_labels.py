@@ -177,3 +177,25 @@ def test_learning_rate_is_chosen_on_the_validation_split(toy):
     p = get_protocol("smoke", epochs=2, n_models=1, model="convnet_w32")
     sc = score_set(s, toy, p, full_accuracy=0.9, validation=val, lr_grid=(1e-6, 0.05))
     assert set(sc.lr) == {"set", "random", "hard"} and all(v in (1e-6, 0.05) for v in sc.lr.values())
+
+
+# ---------------------------------------------------------------------- the command line
+def test_teacher_and_scores_from_the_command_line(toy, tmp_path, capsys):
+    import json
+
+    from datadistill.cli import main
+
+    teacher = tmp_path / "t.safetensors"
+    s = _set(toy)
+    f = save_synset(tmp_path / "s.safetensors", s, toy.spec, method="random")
+    t = train_teacher(toy, model="convnet_w32", epochs=1, batch_size=16, augment=False)
+    save_teacher(teacher, t)
+    assert main(["teacher", "--dataset", "digits", "--out", str(teacher), "--no-progress"]) == 2  # exists, no --force
+    assert "exists" in capsys.readouterr().err
+    assert main(["evaluate", str(f), "--protocol", "smoke", "n_models=1", "epochs=2", "model=convnet_w32",
+                 "labels=teacher", f"teacher={teacher}", "--scores", "--full-accuracy", "90", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["convnet_w32"]
+    assert out["random_labels"] == "teacher" and out["full"] == 90.0
+    assert out["reports"]["set"]["labels"]["teacher"]["sha256"] == load_teacher(teacher).sha256
+    assert main(["evaluate", str(f), "--scores"]) == 2
+    assert "--full-accuracy" in capsys.readouterr().err
