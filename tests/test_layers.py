@@ -38,7 +38,7 @@ LAYERS: dict[str, int] = {
     "registry": 0, "config": 0, "seeding": 0, "version": 0, "fileio": 0, "device": 0, "paths": 0, "cache": 0,
     "data": 1, "models": 1, "augment": 1, "functional": 1,
     "synset": 2, "train": 2,
-    "evaluation": 3, "experts": 3, "viz": 3,
+    "evaluation": 3, "experts": 3, "viz": 3, "teachers": 3,
     "methods": 4,
     "engine": 5, "resolve": 5, "rundir": 5, "report": 5, "executor": 5, "grids": 5, "sweep": 5,
     "cli": 6, "__main__": 6, "": 6,  # "": the package itself (datadistill/__init__.py)

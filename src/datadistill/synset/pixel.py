@@ -24,6 +24,9 @@ class PixelSet(nn.Module):
         num_classes: int,
         lr: float | None = None,
         learn_lr: bool = False,
+        soft_labels: torch.Tensor | None = None,  # STUB of issue 19's soft labels (main's code replaces it)
+        label_loss: str = "soft_ce",
+        label_temperature: float = 1.0,
     ) -> None:
         super().__init__()
         if images.shape[0] != labels.shape[0]:
@@ -42,6 +45,10 @@ class PixelSet(nn.Module):
             raise ValueError(f"step size must be positive, got {lr}")
         # the step size is stored as its log so it stays positive under gradient steps
         self.log_lr = nn.Parameter(torch.tensor(math.log(lr)), requires_grad=learn_lr) if lr is not None else None
+        if soft_labels is not None and soft_labels.shape != (images.shape[0], num_classes):
+            raise ValueError(f"soft labels must be [{images.shape[0]}, {num_classes}], got {tuple(soft_labels.shape)}")
+        self.register_buffer("soft_labels", None if soft_labels is None else soft_labels.detach().clone().float())
+        self.label_loss, self.label_temperature = label_loss, float(label_temperature)
 
     # -------------------------------------------------------------------- construction
     @classmethod
@@ -63,6 +70,8 @@ class PixelSet(nn.Module):
 
     # -------------------------------------------------------------------- protocol
     def forward(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.soft_labels is not None:
+            return self.images[index], self.soft_labels[index]
         return self.images[index], self.labels[index]
 
     def __len__(self) -> int:
@@ -91,17 +100,22 @@ class PixelSet(nn.Module):
         out = {"images": self.images.detach(), "labels": self.labels}
         if self.log_lr is not None:
             out["log_lr"] = self.log_lr.detach().reshape(1)
+        if self.soft_labels is not None:
+            out["soft_labels"] = self.soft_labels
         return out
 
     def config(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "ipc": self.ipc,
-                "learn_lr": bool(self.log_lr is not None and self.log_lr.requires_grad)}
+                "learn_lr": bool(self.log_lr is not None and self.log_lr.requires_grad),
+                "label_loss": self.label_loss, "label_temperature": self.label_temperature}
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> "PixelSet":
         lr = float(tensors["log_lr"].exp()) if "log_lr" in tensors else None
         return cls(tensors["images"], tensors["labels"], int(config["num_classes"]), lr=lr,
-                   learn_lr=bool(config.get("learn_lr", False)))
+                   learn_lr=bool(config.get("learn_lr", False)), soft_labels=tensors.get("soft_labels"),
+                   label_loss=config.get("label_loss", "soft_ce"),
+                   label_temperature=float(config.get("label_temperature", 1.0)))
 
 
 SYNSETS.add("pixel", PixelSet)
