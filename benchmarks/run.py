@@ -78,7 +78,12 @@ class Runner:
             return ["datadistill", "evaluate", "--full", "--dataset", job.dataset, "--json", *self.args(job)]
         if job.kind == "experts":
             return ["datadistill", "experts", "--dataset", job.dataset, *self.args(job), "--no-progress"]
+        if job.kind == "teacher":
+            return ["datadistill", "teacher", "--dataset", job.dataset, *self.args(job), "--force"]
         src = self.source(job, build=False)
+        if job.kind == "score":
+            return ["datadistill", "evaluate", repo_name(src), "--models", job.model, "--scores", "--full-accuracy",
+                    f"{self.full_accuracy(job):g}", *self.args(job), "--json"]
         if job.kind == "evaluate":
             return ["datadistill", "evaluate", repo_name(src), "--models", job.model, *self.args(job), "--json"]
         return ["datadistill", "evaluate", repo_name(self.bases_file(job)), *self.args(job), "--json"]
@@ -107,6 +112,16 @@ class Runner:
             self.run_job(self.suite.job(job.of))
         return own
 
+    def full_accuracy(self, job: Job) -> float:
+        """The whole-data accuracy (%) a score job measures against: the latest record of its ``full`` job
+        (run first when it has none)."""
+        full = self.suite.job(job.full)
+        rec = latest_record(full, self.results)
+        if rec is None:
+            print(f"{job.id} needs the whole-data reference {job.full}: running it", flush=True)
+            rec = self.run_job(full)[0]
+        return float(rec["acc_mean"])
+
     def bases_file(self, job: Job) -> Path:
         return self.runs / "haba-bases" / f"{job.of}.safetensors"
 
@@ -120,8 +135,10 @@ class Runner:
     def prerequisites(self, job: Job) -> None:
         if job.needs:
             self.ensure(self.suite.job(job.needs))
-        if job.kind in ("evaluate", "bases"):
+        if job.kind in ("evaluate", "bases", "score"):
             self.source(job)
+        if job.kind == "score":
+            self.full_accuracy(job)
 
     def invocation(self, job: Job) -> tuple[list[str], list[str], bool]:
         """(the command as the record names it, the command that runs, whether its output is read)."""
@@ -136,7 +153,7 @@ class Runner:
             run = cmd
         if self.device:
             run = [*run, "--device", self.device]
-        return cmd, run, job.kind in ("full", "evaluate", "bases")
+        return cmd, run, job.kind in ("full", "evaluate", "bases", "score")
 
     def record(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
         """The job's records from its output, appended to its records file at once."""
@@ -165,8 +182,10 @@ class Runner:
         out = []
         if job.needs and latest_record(self.suite.job(job.needs), self.results) is None:
             out.append(self.suite.job(job.needs))
-        if job.kind in ("evaluate", "bases") and not self.source(job, build=False).is_file():
+        if job.kind in ("evaluate", "bases", "score") and not self.source(job, build=False).is_file():
             out.append(self.suite.job(job.of))
+        if job.kind == "score" and latest_record(self.suite.job(job.full), self.results) is None:
+            out.append(self.suite.job(job.full))
         return out
 
     def run_grid(self, jobs: list[Job], executor) -> list[str]:
@@ -262,6 +281,38 @@ class Runner:
                  "accuracies": rep["accuracies"], "lr": rep["lr"], "n_models": rep["n_models"], "input_rms": rms,
                  "n_images": n, "overrides": [], "eval_seconds": round(wall, 1), "wall_seconds": round(wall, 1),
                  "command": shlex.join(cmd)}]
+
+    def _records_score(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
+        """One record: the set's accuracy (``acc_mean``) with its labels, DD-Ranking's scores, and the
+        distillation's own cost from the set's file (seconds per iteration, wall time)."""
+        from datadistill.synset import read_meta
+
+        src = self.source(job, build=False)
+        sc = json.loads(out[out.index("{"):])[job.model]
+        rep = sc["reports"]["set"]
+        proto, meta = rep.get("protocol") or {}, read_meta(src)
+        labels = rep.get("labels") or {"labels": "hard", "label_loss": "ce"}
+        teacher = labels.get("teacher") or {}
+        return [{"source": repo_name(src), "method": meta.get("method"), "dataset": meta["dataset"]["name"],
+                 "ipc": meta.get("ipc"), "model": job.model, "protocol": proto.get("name"),
+                 "epochs": proto.get("epochs"), "augment": proto.get("augment"), "n_models": rep["n_models"],
+                 "acc_mean": rep["acc_mean"], "acc_std": rep["acc_std"], "accuracies": rep["accuracies"],
+                 "labels": labels.get("labels"), "label_loss": labels.get("label_loss"),
+                 "label_temperature": labels.get("label_temperature"),
+                 "teacher": {k: teacher.get(k) for k in ("path", "sha256", "test_accuracy")} if teacher else None,
+                 **{k: sc[k] for k in ("random", "hard", "full", "ior", "hlr", "lrs", "random_labels")},
+                 "random_std": sc["reports"]["random"]["acc_std"], "hard_std": sc["reports"]["hard"]["acc_std"],
+                 "iterations": meta.get("iterations"), "seconds_per_iteration": meta.get("seconds_per_iteration"),
+                 "distill_wall_seconds": meta.get("wall_seconds"), "eval_seconds": round(wall, 1),
+                 "wall_seconds": round(wall, 1), "command": shlex.join(cmd), **job.extra}]
+
+    def _records_teacher(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
+        from datadistill.teachers import load_teacher
+
+        t = load_teacher(ROOT / self.args(job)[self.args(job).index("--out") + 1])
+        return [{"what": "teacher", "dataset": job.dataset, "model": t.model, "path": str(t.path.relative_to(ROOT)),
+                 "sha256": t.sha256, "test_accuracy": t.meta.get("test_accuracy"), "source": t.meta.get("source"),
+                 "wall_seconds": round(wall, 1), "command": shlex.join(cmd)}]
 
     def _records_bases(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
         from datadistill.synset import load_synset

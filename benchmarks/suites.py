@@ -29,6 +29,9 @@ KINDS = {
     "full": ({"dataset", "setting"}, set()),
     "experts": ({"dataset"}, set()),
     "evaluate": ({"of", "model"}, set()),
+    # DD-Ranking's scores of the set of ``of`` against the whole-data accuracy recorded by the ``full`` job
+    "score": ({"of", "model", "full"}, {"needs", "extra"}),
+    "teacher": ({"dataset"}, {"needs"}),
     "bases": ({"of"}, set()),
 }
 COMMON = {"id", "kind", "results", "args", "expected", "paper"}
@@ -65,6 +68,7 @@ class Job:
     model: str | None = None
     of: str | None = None
     needs: str | None = None
+    full: str | None = None  # score jobs: the ``full`` job whose record is the whole-data reference
     extra: dict = field(default_factory=dict)
     paper: dict | None = None  # the paper's own figure for this setting: value, std, source
 
