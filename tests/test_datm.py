@@ -79,6 +79,7 @@ def test_with_its_additions_off_datm_is_mtt_bit_for_bit(digits, experts):
     assert torch.equal(s_datm.images.detach(), s_mtt.images.detach())
     assert torch.equal(s_datm.log_lr.detach(), s_mtt.log_lr.detach())
     assert not torch.equal(start, s_mtt.images.detach()) and datm.logits is None  # the images did learn
+    assert s_datm.soft_labels is None  # hard labels, as MTT's
 
 
 def test_soft_labels_start_as_the_label_experts_logits(digits, experts):
@@ -109,9 +110,9 @@ def test_learned_labels_change_and_stay_probabilities(digits, experts):
     assert not torch.equal(before, datm.logits.detach())
     p = F.softmax(datm.logits.detach(), dim=1)
     assert bool((p >= 0).all()) and torch.allclose(p.sum(1), torch.ones(len(p)))
-    if hasattr(s, "set_soft_labels"):  # the set holds softmax(logits), what evaluation trains on
-        assert torch.allclose(s.soft_labels, p)
-        assert torch.allclose(s(torch.arange(len(s)))[1], p)
+    # the set holds softmax(logits), what evaluation trains on (soft cross-entropy, as the reference)
+    assert torch.allclose(s.soft_labels, p) and s.label_loss == "soft_ce"
+    assert torch.allclose(s(torch.arange(len(s)))[1], p)
 
 
 def test_gradients_reach_the_labels(digits, experts):
@@ -154,7 +155,7 @@ def test_resume_is_exact(digits, experts):
     for it in range(2, 4):
         b.step(it)
     assert torch.equal(sa.images.detach(), sb.images.detach())
-    assert torch.equal(a.logits.detach(), b.logits.detach())
+    assert torch.equal(a.logits.detach(), b.logits.detach()) and torch.equal(sa.soft_labels, sb.soft_labels)
     assert torch.equal(sa.log_lr.detach(), sb.log_lr.detach())
 
 

@@ -209,9 +209,8 @@ class DATM(MethodHooks):
     # ------------------------------------------------------------------ the loop
     def store_labels(self) -> None:
         """Write ``softmax(logits)`` into the set as its soft labels (nothing with hard labels)."""
-        setter = getattr(self.synset, "set_soft_labels", None)  # until main's soft labels are merged
-        if self.logits is not None and setter is not None:
-            setter(F.softmax(self.logits.detach(), dim=1))
+        if self.logits is not None:
+            self.synset.set_soft_labels(F.softmax(self.logits.detach(), dim=1))
 
     def _steps(self, g: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """``syn_steps`` mini-batches: images through DSA, targets ``softmax(logits)`` (differentiable
