@@ -44,6 +44,8 @@ TINY_METHOD = {
     "dd": {"batch_real": 64, "pool_nets": 3, "pool_held_out": 1, "pool_epochs": 1},
     "mtt": {"syn_steps": 2, "max_start_epoch": 1, "expert_epochs": 1},
     "haba": {"syn_steps": 2, "max_start_epoch": 1, "expert_epochs": 1, "extractor": "convnet_w32"},
+    "datm": {"syn_steps": 2, "max_start_epoch": 1, "expert_epochs": 1, "min_start_epoch": 0, "sequential": "false",
+             "init_correct": "false"},  # a 1-epoch expert classifies too few digits correctly
     "herding": {"train_epochs": 0},
     "kcenter": {"train_epochs": 0},
 }
@@ -169,11 +171,11 @@ def tiny_datadistill(argv: list[str], experts: "Experts") -> list[str]:
         extra = [] if iters == "0" or method in SELECTION else ["iterations=2"]
         extra += TINY_EVAL
         tiny = dict(TINY_METHOD.get(method, {}))
-        if method in ("dm", "dc", "dsa", "mtt", "haba", "herding", "kcenter"):
+        if method in ("dm", "dc", "dsa", "mtt", "haba", "datm", "herding", "kcenter"):
             tiny["model"] = SMALL_MODEL
         if method != "dd":  # DD evaluates on its own LeNets
             extra.append(f"eval.model={SMALL_MODEL}")
-        if method in ("mtt", "haba"):  # the default buffer of the rewritten experts commands
+        if method in ("mtt", "haba", "datm"):  # the default buffer of the rewritten experts commands
             experts.ensure()
             extra.append("zca=null")
         if _flag(argv, "--out") is None:  # the default folder of the command as written

@@ -163,10 +163,15 @@ class Matcher:
         self.dsa = DSAConfig(strategy=cfg.dsa_strategy, op_choice="per_batch") if cfg.dsa else None
         self.chunks: list[torch.Tensor] = []  # what is left of the current permutation of the examples
 
-    def draw_window(self, g: torch.Generator) -> tuple[int, int]:
-        """A random expert and a start epoch in ``0 .. max_start_epoch - 1``."""
+    def draw_window(self, g: torch.Generator, low: int = 0, high: int | None = None) -> tuple[int, int]:
+        """A random expert and a start epoch in ``low .. high - 1`` (default ``0 .. max_start_epoch - 1``;
+        DATM narrows it). The draw is ``low + randint(high - low)``, so the default range consumes the
+        generator exactly as before and MTT's and HaBa's draws are unchanged."""
+        high = self.cfg.max_start_epoch if high is None else high
+        if not 0 <= low < high:
+            raise ValueError(f"start epoch range {low} .. {high - 1} is empty")
         e = int(torch.randint(len(self.experts), (1,), generator=g))
-        t = int(torch.randint(self.cfg.max_start_epoch, (1,), generator=g))
+        t = low + int(torch.randint(high - low, (1,), generator=g))
         return e, t
 
     def next_chunk(self, n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
