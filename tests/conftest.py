@@ -32,6 +32,19 @@ def tiny_experts(tmp_path_factory):
     return str(d)
 
 
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory):
+    """An (untrained) convnet_w32 teacher file for the engine tests' procedural set: RDED's input."""
+    from datadistill.data import load_dataset
+    from datadistill.models import create_model
+    from datadistill.teachers import Teacher, save_teacher
+
+    spec = load_dataset("procedural", num_classes=3, size=12, per_class=24).spec
+    net = create_model("convnet_w32", spec.channels, spec.num_classes, spec.image_size, seed=0)
+    path = tmp_path_factory.mktemp("teacher") / "procedural.safetensors"
+    return str(save_teacher(path, Teacher(net.eval(), "convnet_w32", spec, {"test_accuracy": 1 / 3})))
+
+
 # Modules whose assertions depend on trained networks or long floating-point accumulations. They run
 # twice in `make test`: on this CPU's path and on another (tests/alt_capability.py).
 NUMERIC_MODULES = {

@@ -81,7 +81,7 @@ def test_cli_random_baseline_and_full_baseline(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["distill", "--method", "dmm"], "Valid method names: dc, dd, dm, dsa, frepo, haba, herding, kcenter, mtt, random"),
+    (["distill", "--method", "dmm"], "Valid method names: dc, dd, dm, dsa, frepo, haba, herding, kcenter, mtt, random, rded"),
     (["distill", "--dataset", "mnst"], "Did you mean 'mnist'"),
     (["distill", "--preset", "nope"], "valid presets"),
     (["distill", "ipcs=3"], "unknown key(s) ['ipcs']"),
@@ -118,6 +118,8 @@ def test_every_registered_method_runs_through_the_engine(method, tmp_path, reque
     if method in ("mtt", "haba"):  # trajectory matching needs experts
         mc = {"experts": request.getfixturevalue("tiny_experts"), "model": "convnet_w32", "syn_steps": 2,
               "expert_epochs": 1, "max_start_epoch": 1, **({"extractor": "convnet_w32"} if method == "haba" else {})}
+    if method == "rded":  # RDED needs a teacher
+        mc = {"teacher": request.getfixturevalue("tiny_teacher"), "num_crop": 2}
     cfg = _cfg(method=method, iterations=min(entry.iterations, 2), method_config=mc)
     if method == "dm":
         cfg = _cfg(iterations=2)
@@ -125,6 +127,9 @@ def test_every_registered_method_runs_through_the_engine(method, tmp_path, reque
     f = load_synset(tmp_path / method / "distilled.safetensors")
     budget = f.meta.get("budget_ipc", f.synset.ipc)  # HaBa: the image budget its bases x hallucinators stand for
     assert f.method == method and budget == 2 and result.reports["convnet_w32"].accuracies
+    if method == "rded":  # the file names its teacher and keeps the soft labels
+        assert f.meta["teacher"]["model"] == "convnet_w32" and len(f.meta["teacher"]["sha256"]) == 64
+        assert f.synset.soft_labels.shape == (6, 3) and f.synset.label_loss == "kl"
 
 
 def test_resume_says_which_requested_settings_it_ignores(tmp_path):

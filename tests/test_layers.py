@@ -12,8 +12,9 @@ placed here, or the test fails and says so):
        paths (output checks), cache (keyed cache folders)
     1  data/ (specs, loaders, mirrors, ZCA), models/, augment/, functional/ (pure math)
     2  synset/ (sets and their file format), train/ (the one training loop)
-    3  evaluation/ (protocols, evaluator), experts/ (MTT's trajectories), viz (pictures of sets and
-       runs: it draws what synset/ and data/ hold, and is used by the engine and the CLI above it)
+    3  evaluation/ (protocols, evaluator, scores), experts/ (MTT's trajectories), teachers (networks
+       that label sets: evaluation relabels with them, methods start from them), viz (pictures of
+       sets and runs: it draws what synset/ and data/ hold, and is used by the engine and the CLI)
     4  methods/ (each method owns its special cases; dd/ is a package)
     5  engine (the loop and run checkpoints), resolve (preset + overrides -> a resolved run),
        rundir (the run folder: preparing, locking, discarding), report (report.md of a run),
@@ -38,7 +39,7 @@ LAYERS: dict[str, int] = {
     "registry": 0, "config": 0, "seeding": 0, "version": 0, "fileio": 0, "device": 0, "paths": 0, "cache": 0,
     "data": 1, "models": 1, "augment": 1, "functional": 1,
     "synset": 2, "train": 2,
-    "evaluation": 3, "experts": 3, "viz": 3,
+    "evaluation": 3, "experts": 3, "teachers": 3, "viz": 3,
     "methods": 4,
     "engine": 5, "resolve": 5, "rundir": 5, "report": 5, "executor": 5, "grids": 5, "sweep": 5,
     "cli": 6, "__main__": 6, "": 6,  # "": the package itself (datadistill/__init__.py)

@@ -10,6 +10,8 @@ from .data import DatasetSpec, RealData, load_dataset  # noqa: E402
 from .evaluation import EvalProtocol, evaluate, get_protocol  # noqa: E402
 from .models import create_model  # noqa: E402
 from .synset import PixelSet, load_synset, save_synset  # noqa: E402
+from .evaluation import score_set  # noqa: E402
+from .teachers import load_teacher, train_teacher  # noqa: E402
 
 
 def distill(out, **config):
@@ -25,4 +27,5 @@ def distill(out, **config):
 
 
 __all__ = ["DatasetSpec", "RealData", "EvalProtocol", "PixelSet", "create_model", "distill", "evaluate",
-           "get_protocol", "load_dataset", "load_synset", "save_synset", "__version__"]
+           "get_protocol", "load_dataset", "load_synset", "load_teacher", "save_synset", "score_set", "train_teacher",
+           "__version__"]

@@ -87,7 +87,37 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the reports as JSON")
     e.add_argument("--work-dir", help="with --executor: the folder of per-model results (default "
                    "~/.cache/datadistill/evaluations/HASH of the file and protocol)")
+    e.add_argument("--scores", action="store_true", help="also DD-Ranking's scores: improvement over a random "
+                   "subset under the same protocol and labels, hard-label recovery and the label-robust score "
+                   "(needs --full-accuracy)")
+    e.add_argument("--full-accuracy", type=float, metavar="PCT", help="with --scores: the whole training set's "
+                   "hard-label test accuracy (%%) with the same model, e.g. from `evaluate --full`")
+    e.add_argument("--ars", action="store_true", help="with --scores: also the augmentation-robust score (every "
+                   "run again without the protocol's augmentation)")
+    e.add_argument("--lr-grid", type=_csv, metavar="LR,LR", help="with --scores: choose each run's learning rate "
+                   "from these by accuracy on a validation split of the training set (never the test set)")
+    e.add_argument("--validation", type=float, default=0.1, help="with --lr-grid: the held-out fraction of each "
+                   "class (default 0.1)")
+    e.add_argument("--random-seed", type=int, default=0, help="with --scores: the random subset's draw")
     _executor_options(e, "model and architecture")
+
+    te = sub.add_parser("teacher", help="train a teacher network on the real data (or take an expert's) for "
+                        "soft labels: evaluate labels=teacher teacher=FILE, RDED")
+    te.add_argument("--dataset", help="the dataset (with --from-experts: the experts' own)")
+    te.add_argument("--model", default="convnet")
+    te.add_argument("--epochs", type=int, default=10)
+    te.add_argument("--lr", type=float, default=0.01)
+    te.add_argument("--batch-size", type=int, default=256)
+    te.add_argument("--no-augment", action="store_true", help="train without DSA augmentation")
+    te.add_argument("--seed", type=int, default=0)
+    te.add_argument("--from-experts", metavar="DIR", help="use an expert's parameters instead of training")
+    te.add_argument("--expert", type=int, default=0, help="with --from-experts: which expert")
+    te.add_argument("--epoch", type=int, help="with --from-experts: which epoch (default: the last)")
+    te.add_argument("--out", required=True, help="the teacher file (.safetensors)")
+    te.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    te.add_argument("--root", help="data root")
+    te.add_argument("--device", default="auto")
+    te.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("show", help="write a PNG grid of a distilled set")
     s.add_argument("file")
@@ -211,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"distill": cmd_distill, "evaluate": cmd_evaluate, "show": cmd_show, "export": cmd_export,
                 "data": cmd_data, "list": cmd_list, "pretrain": cmd_pretrain,
-                "experts": cmd_experts, "sweep": cmd_sweep}[args.command](args)
+                "experts": cmd_experts, "sweep": cmd_sweep, "teacher": cmd_teacher}[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted; a distill run continues with --resume", file=sys.stderr)
         return 130
@@ -360,6 +390,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         kept = {k: v for k, v in how.protocol.items() if k not in asked}  # what the set was made for
         protocol = protocol.with_(**kept) if kept else protocol
         models = args.models or [protocol.model]
+        if args.scores:
+            return _scores(args, f, data, protocol, models, device)
         if not _executor_asked(args):
             reports = evaluate_models(f.synset, data, protocol, models, device=device, progress=True,
                                       networks=how.networks, batch_models=args.batch_models)
@@ -384,6 +416,77 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({m: r.to_dict() for m, r in reports.items()}, indent=2))
     else:
         print(format_table(reports))
+    return 0
+
+
+def _scores(args: argparse.Namespace, f: Any, data: Any, protocol: Any, models: list[str], device: Any) -> int:
+    """``evaluate FILE --scores``: DD-Ranking's scores of the file for each model."""
+    from .config import ConfigError
+    from .evaluation import score_set
+
+    if args.full_accuracy is None:
+        raise ConfigError("--scores needs --full-accuracy PCT: the whole training set's hard-label accuracy with the "
+                          "same model (measure it with `datadistill evaluate --full --dataset D`)")
+    if _executor_asked(args) or args.batch_models > 1:
+        raise ConfigError("--scores trains its runs in this process; drop --executor and --batch-models")
+    validation = None
+    if args.lr_grid:
+        from .data import load_dataset
+        from .data.zca import match_whitening, unwhitened_spec
+
+        raw = unwhitened_spec(f.spec)
+        validation = match_whitening(load_dataset(raw.name, args.root, validation=args.validation, **raw.extra),
+                                     f.zca)
+    grid = [float(v) for v in args.lr_grid or ()]
+    out = {}
+    for m in models:
+        sc = score_set(f.synset, data, protocol, full_accuracy=args.full_accuracy / 100, model=m, device=device,
+                       validation=validation, lr_grid=grid, augmentation=args.ars, random_seed=args.random_seed,
+                       progress=True)
+        out[m] = {**sc.to_dict(), "reports": {k: r.to_dict() for k, r in sc.reports.items()}}
+        if not args.json:
+            print(f"{m}: {sc.summary()}")
+    if args.save:
+        from .synset import update_meta
+
+        update_meta(args.file, scores={m: {k: v for k, v in d.items() if k != "reports"} for m, d in out.items()})
+    if args.json:
+        print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_teacher(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .data import load_dataset
+    from .device import pick_device
+    from .teachers import save_teacher, teacher_from_experts, train_teacher
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise ConfigError(f"{out} exists; pass --force to overwrite it")
+    device = pick_device(args.device)
+    if args.from_experts:
+        from .experts import ExpertBuffer
+
+        cfg = ExpertBuffer.open(args.from_experts).config
+        if args.dataset and args.dataset != cfg.dataset:
+            raise ConfigError(f"the experts in {args.from_experts} were trained on {cfg.dataset!r}, not {args.dataset!r}")
+        data = load_dataset(cfg.dataset, args.root, **cfg.dataset_options)
+        if cfg.zca is not None:
+            from .data import whiten_dataset
+
+            data = whiten_dataset(data, cfg.zca)
+        teacher = teacher_from_experts(args.from_experts, data, expert=args.expert, epoch=args.epoch, device=device)
+    else:
+        if not args.dataset:
+            raise ConfigError("teacher needs --dataset (or --from-experts DIR)")
+        data = load_dataset(args.dataset, args.root)
+        teacher = train_teacher(data, model=args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                                augment=not args.no_augment, seed=args.seed, device=device,
+                                progress=not args.no_progress)
+    save_teacher(out, teacher.to("cpu"))
+    print(f"teacher {teacher.model} on {teacher.spec.name}: test accuracy {teacher.meta['test_accuracy']:.2f}%, "
+          f"written to {out} (sha256 {teacher.sha256[:12]})")
     return 0
 
 

@@ -52,6 +52,8 @@ def resolve(cfg: RunConfig) -> Resolved:
     method_cfg = from_dict(entry.config, cfg.method_config, where=f"method_config ({entry.name})")
     ev = dict(cfg.eval)
     preset = ev.pop("preset", entry.eval_preset)
+    if ev.get("labels") == "teacher" and not ev.get("teacher") and getattr(method_cfg, "teacher", None):
+        ev["teacher"] = method_cfg.teacher  # a method's own teacher relabels its evaluation unless told otherwise
     protocol = get_protocol(preset, **{k: _tuple(v) for k, v in ev.items()})  # ConfigError names the field
     for name in (protocol.model, *cfg.models, getattr(method_cfg, "model", protocol.model)):
         MODELS.get(name)

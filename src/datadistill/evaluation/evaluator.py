@@ -17,6 +17,7 @@ from ..models import MODELS, create_model
 from ..seeding import make_generator
 from ..train import accuracy, real_batches, replay_steps, train_classifier
 from .batched import evaluate_batched
+from .labels import label_plan
 from .protocol import EvalProtocol
 
 
@@ -98,8 +99,11 @@ def evaluate(
     trained: its seed is ``protocol.seed * 1000 + i``), so that an executor can spread them.
 
     ``batch_models``: how many models train together as one batched computation (`batched`), with
-    the same results up to float rounding; 1 trains them one after another. The ``replay`` schedule
-    and ``networks`` always train one after another.
+    the same results up to float rounding; 1 trains them one after another. The ``replay`` schedule,
+    ``networks`` and any labels but hard ones always train one after another.
+
+    Labels: the protocol's ``labels``, ``label_loss``, ``label_temperature`` and ``teacher``
+    (`evaluation.labels`); the report's ``extra["labels"]`` records what was used.
     """
     if batch_models < 1:
         raise ConfigError(f"batch_models must be >= 1, got {batch_models}")
@@ -117,6 +121,8 @@ def evaluate(
     elif protocol.augment == "dsa":
         augment = dsa_augment(spec, protocol.dsa_strategy, flip_all=protocol.dsa_flip_all,
                               align_corners=protocol.dsa_align_corners)
+    plan = label_plan(synset, protocol, spec, device)
+    synset = plan.synset
     test = data.test.to(device)
     accs, seeds = [], []
     t0 = time.perf_counter()
@@ -130,11 +136,12 @@ def evaluate(
     bad = [i for i in todo if not 0 <= i < n_models]
     if bad:
         raise ValueError(f"model indices {bad[:5]} out of range 0..{n_models - 1}")
-    if batch_models > 1 and networks is None and protocol.schedule != "replay":
+    extra = {} if plan.hard and protocol.labels == "auto" else {"labels": plan.info}
+    if batch_models > 1 and networks is None and protocol.schedule != "replay" and plan.hard:
         accs, seeds = evaluate_batched(_Frozen(synset).batches, test, spec, protocol, model, indices=todo,
                                        batch_models=batch_models, lr=lr, augment=augment, device=device,
                                        progress=progress)
-        return EvalReport(model, protocol, accs, seeds, time.perf_counter() - t0, lr)
+        return EvalReport(model, protocol, accs, seeds, time.perf_counter() - t0, lr, extra)
     for i in tqdm(todo, desc=f"evaluate {model}", disable=not progress, leave=False):
         seed = protocol.seed * 1000 + i
         if networks is not None:
@@ -147,6 +154,9 @@ def evaluate(
             if not hasattr(synset, "schedule"):
                 raise ValueError(f"the replay protocol needs a set with a step schedule; {type(synset).__name__} "
                                  "has none (use the dc or dsa protocol)")
+            if not plan.hard:
+                raise ConfigError("the replay protocol trains on the set's own steps and labels; it takes no "
+                                  "soft labels or teacher")
             with torch.no_grad():
                 steps = [(x.detach(), y, lr_.detach()) for x, y, lr_ in synset.schedule()]
             for _ in range(protocol.epochs):
@@ -156,11 +166,11 @@ def evaluate(
                 net, _Frozen(synset).batches, epochs=protocol.train_epochs, lr=lr, momentum=protocol.momentum,
                 weight_decay=protocol.weight_decay, milestones=protocol.milestones,
                 batch_size=protocol.batch_size, generator=g, augment=augment, device=device,
-                restart_at_milestones=protocol.reference_schedule,
+                restart_at_milestones=protocol.reference_schedule, loss=plan.loss, relabel=plan.relabel,
             )
         accs.append(accuracy(net, test, protocol.test_batch_size, device))
         seeds.append(seed)
-    return EvalReport(model, protocol, accs, seeds, time.perf_counter() - t0, lr)
+    return EvalReport(model, protocol, accs, seeds, time.perf_counter() - t0, lr, extra)
 
 
 def as_set_and_data(synset: Any, data: LoadedDataset) -> tuple[Any, LoadedDataset]:

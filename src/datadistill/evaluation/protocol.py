@@ -25,6 +25,9 @@ from ..config import ConfigError, from_dict
 from ..registry import Registry
 
 
+LABEL_MODES = ("auto", "hard", "soft", "teacher")
+
+
 @dataclass(frozen=True)
 class EvalProtocol:
     name: str = "dc"
@@ -54,6 +57,13 @@ class EvalProtocol:
     # and the epochs when they are not "none" (the DC code: 1000 augmented, 300 otherwise; 0: ``epochs``)
     dc_strategy: str = "auto"
     epochs_augmented: int = 0
+    # what the models are trained to predict (see `evaluation.labels`): "auto" (the set's label
+    # vectors when it has them, else its classes), "hard" (classes), "soft" (the set's vectors) or
+    # "teacher" (every augmented batch relabelled by the network in the file ``teacher``)
+    labels: str = "auto"
+    label_loss: str = "auto"  # "auto" (hard: ce; soft: the set's; teacher: kl) or a `functional.labels` loss
+    label_temperature: float | None = None  # None: the set's own (soft labels), else 1
+    teacher: str | None = None  # a teacher file (`datadistill teacher`), for labels="teacher"
 
     def __post_init__(self) -> None:
         if self.augment not in ("none", "dsa", "dc"):
@@ -62,6 +72,16 @@ class EvalProtocol:
             from ..augment.classic import ClassicAugment  # noqa: PLC0415
 
             ClassicAugment(self.dc_strategy)  # unknown ops list the valid ones
+        if self.labels not in LABEL_MODES:
+            raise ValueError(f"unknown labels {self.labels!r}; valid: {', '.join(LABEL_MODES)}")
+        if self.label_loss != "auto":
+            from ..functional.labels import LABEL_LOSSES  # noqa: PLC0415
+
+            LABEL_LOSSES.get(self.label_loss)  # unknown names list the valid ones
+        if self.label_temperature is not None and not self.label_temperature > 0:
+            raise ValueError(f"label_temperature must be > 0 or null, got {self.label_temperature!r}")
+        if self.labels == "teacher" and not self.teacher:
+            raise ValueError("labels=teacher needs a teacher file: teacher=PATH (make one with `datadistill teacher`)")
         if self.schedule not in ("standard", "replay"):
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: standard, replay")
         object.__setattr__(self, "decay_at", tuple(float(v) for v in self.decay_at))

@@ -32,17 +32,25 @@ def mean_ce_grads(logits_fn: Callable[[Tensor], Tensor], params: Sequence[Tensor
     return tuple(total)  # type: ignore[arg-type]
 
 
-def chunked_backward(logits_fn: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, chunk: int | None) -> Tensor:
-    """``mean_i CE(logits_fn(x)_i, y_i).backward()`` a chunk at a time (gradients accumulate in ``.grad``);
-    returns the detached mean loss."""
+def chunked_backward(logits_fn: Callable[[Tensor], Tensor], x: Tensor, y: Tensor, chunk: int | None,
+                     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+    """``mean_i L(logits_fn(x)_i, y_i).backward()`` a chunk at a time (gradients accumulate in ``.grad``);
+    returns the detached mean loss. ``L`` is cross-entropy with class indices, or ``loss_fn(logits,
+    y) -> [B]`` (one loss per sample, e.g. `functional.labels.per_sample_loss` for label vectors)."""
     n = x.shape[0]
+    if loss_fn is None:
+        def summed(logits: Tensor, target: Tensor) -> Tensor:
+            return F.cross_entropy(logits, target, reduction="sum")
+    else:
+        def summed(logits: Tensor, target: Tensor) -> Tensor:
+            return loss_fn(logits, target).sum()
     if not chunk or chunk >= n:
-        loss = F.cross_entropy(logits_fn(x), y)
+        loss = F.cross_entropy(logits_fn(x), y) if loss_fn is None else loss_fn(logits_fn(x), y).mean()
         loss.backward()
         return loss.detach()
     total = x.new_zeros(())
     for i in range(0, n, chunk):
-        loss = F.cross_entropy(logits_fn(x[i : i + chunk]), y[i : i + chunk], reduction="sum") / n
+        loss = summed(logits_fn(x[i : i + chunk]), y[i : i + chunk]) / n
         loss.backward()
         total += loss.detach()
     return total

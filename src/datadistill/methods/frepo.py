@@ -36,7 +36,6 @@ on with the squared loss (``label_loss="mse"``).
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -129,17 +128,10 @@ def half_squared_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return 0.5 * ((pred - target) ** 2).sum(1).mean()
 
 
-# Soft labels on PixelSet (issue 19) are landing on main in parallel; until then the learned labels
-# live in this method's state only (and the set trains on its hard labels).
-_SOFT = "soft_labels" in inspect.signature(PixelSet.__init__).parameters
-
-
 def frepo_synset(cfg: FRePoConfig, data: Any, ipc: int, init: str, generator: torch.Generator) -> PixelSet:
     """A `PixelSet` whose soft labels (squared loss) start at `initial_labels`."""
     s = (PixelSet.from_real(data.train, ipc, generator) if init == "real"
          else PixelSet.from_noise(data.spec, ipc, generator))
-    if not _SOFT:
-        return s
     y0 = initial_labels(s.labels, s.num_classes)
     return PixelSet(s.images.detach(), s.labels, s.num_classes, soft_labels=y0, label_loss="mse")
 
@@ -239,9 +231,8 @@ class FRePo(MethodHooks):
                 **({"online_loss": online} if online is not None else {})}
 
     def _publish_labels(self) -> None:
-        """Write the learned labels into the set's soft labels (where the set has them)."""
-        if getattr(self.synset, "soft_labels", None) is not None:
-            self.synset.set_soft_labels(self.labels.detach().clone())
+        """Write the learned labels into the set's soft labels (what evaluation and the file see)."""
+        self.synset.set_soft_labels(self.labels.detach().clone())
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:

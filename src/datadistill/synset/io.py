@@ -27,9 +27,11 @@ from ..version import versions
 from .base import SYNSETS, SyntheticSet
 
 # Version 2 adds an optional ZCA transform (tensors ``zca.mean``, ``zca.matrix``; metadata ``zca``).
-# Files without one are still written as version 1, so older readers keep reading them, while a
-# whitened set, which an older reader would evaluate on unwhitened data, is refused by them.
-FORMAT_VERSION = 2
+# Version 3 adds a set's optional label vectors (tensor ``soft_labels``; ``label_loss`` and
+# ``label_temperature`` in the set's config). A file is written with the lowest version that holds
+# it, so older readers keep reading plain sets, while a whitened or soft-labelled set, which an older
+# reader would silently evaluate wrongly (unwhitened data, hard labels), is refused by them.
+FORMAT_VERSION = 3
 ZCA_PREFIX = "zca."
 META_KEY = "datadistill"
 
@@ -68,7 +70,7 @@ def save_synset(path: str | os.PathLike[str], synset: SyntheticSet, spec: Datase
     if zca is not None:
         spec = dataclasses.replace(spec, extra={**spec.extra, ZCA_KEY: {"regularization": zca.regularization}})
     header = {
-        "format_version": FORMAT_VERSION if zca is not None else 1,
+        "format_version": _version_for(synset, zca),
         "type": kind,
         "synset_config": synset.config(),
         "dataset": spec.to_dict(),
@@ -163,6 +165,12 @@ def update_meta(path: str | os.PathLike[str], **changes: Any) -> dict[str, Any]:
     text = json.dumps(meta, default=_json_default)
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata={META_KEY: text}))
     return meta
+
+
+def _version_for(synset: Any, zca: ZCA | None) -> int:
+    if getattr(synset, "soft_labels", None) is not None:
+        return 3
+    return 2 if zca is not None else 1
 
 
 def _kind_of(synset: Any) -> str:

@@ -2,6 +2,13 @@
 
 Examples are stored class by class: class ``c`` holds rows ``c*ipc .. (c+1)*ipc - 1``, so
 ``images.view(C, ipc, ...)`` gives a per-class view without copying.
+
+**Soft labels.** Beside its class labels a set may carry one label vector per image
+(``soft_labels``, ``[N, C]``): a teacher's probabilities (RDED), labels learned with the images
+(DATM), or real-valued targets (FRePo). The set says how they are meant to be trained on
+(``label_loss``, one of `functional.labels.LABEL_LOSSES`, and ``label_temperature``), and then
+``set(index)`` and ``batches()`` yield the vectors as targets. The class labels stay: they order
+the set, and export, viewing and hard-label evaluation use them.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ class PixelSet(nn.Module):
         num_classes: int,
         lr: float | None = None,
         learn_lr: bool = False,
+        soft_labels: torch.Tensor | None = None,
+        label_loss: str = "soft_ce",
+        label_temperature: float = 1.0,
     ) -> None:
         super().__init__()
         if images.shape[0] != labels.shape[0]:
@@ -42,7 +52,29 @@ class PixelSet(nn.Module):
             raise ValueError(f"step size must be positive, got {lr}")
         # the step size is stored as its log so it stays positive under gradient steps
         self.log_lr = nn.Parameter(torch.tensor(math.log(lr)), requires_grad=learn_lr) if lr is not None else None
+        from ..functional.labels import LABEL_LOSSES  # noqa: PLC0415
 
+        LABEL_LOSSES.get(label_loss)  # an unknown name lists the valid ones
+        if not label_temperature > 0:
+            raise ValueError(f"label_temperature must be > 0, got {label_temperature}")
+        self.label_loss = LABEL_LOSSES.canonical(label_loss)
+        self.label_temperature = float(label_temperature)
+        self.register_buffer("soft_labels", None)
+        if soft_labels is not None:
+            self.set_soft_labels(soft_labels)
+
+    def set_soft_labels(self, soft_labels: torch.Tensor | None) -> None:
+        """Replace the label vectors (``[N, C]``, finite), or remove them with None."""
+        if soft_labels is None:
+            self.soft_labels = None
+            return
+        want = (self.images.shape[0], self.num_classes)
+        if tuple(soft_labels.shape) != want:
+            raise ValueError(f"soft labels must have shape {want} (one vector per image), got "
+                             f"{tuple(soft_labels.shape)}")
+        if not bool(torch.isfinite(soft_labels).all()):
+            raise ValueError("soft labels must be finite")
+        self.soft_labels = soft_labels.detach().clone().float().to(self.images.device)
     # -------------------------------------------------------------------- construction
     @classmethod
     def from_real(cls, real: RealData, ipc: int, generator: torch.Generator, **kw: Any) -> "PixelSet":
@@ -63,7 +95,13 @@ class PixelSet(nn.Module):
 
     # -------------------------------------------------------------------- protocol
     def forward(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
+        """Images and their targets: the label vectors when the set has them, else the classes."""
+        targets = self.soft_labels if self.soft_labels is not None else self.labels
+        return self.images[index], targets[index]
+
+    def hard(self) -> "PixelSet":
+        """A copy with the same images and step size and class labels only (hard-label evaluation)."""
+        return PixelSet(self.images.detach(), self.labels, self.num_classes, lr=self.learned_lr())
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -82,7 +120,8 @@ class PixelSet(nn.Module):
         return self.images.detach().clone(), self.labels.detach().clone()
 
     def storage_numel(self) -> int:
-        return int(self.images.numel()) + (1 if self.log_lr is not None and self.log_lr.requires_grad else 0)
+        labels = int(self.soft_labels.numel()) if self.soft_labels is not None else 0  # label vectors are stored too
+        return int(self.images.numel()) + labels + (1 if self.log_lr is not None and self.log_lr.requires_grad else 0)
 
     def learned_lr(self) -> float | None:
         return float(self.log_lr.detach().exp()) if self.log_lr is not None else None
@@ -91,17 +130,24 @@ class PixelSet(nn.Module):
         out = {"images": self.images.detach(), "labels": self.labels}
         if self.log_lr is not None:
             out["log_lr"] = self.log_lr.detach().reshape(1)
+        if self.soft_labels is not None:
+            out["soft_labels"] = self.soft_labels.detach()
         return out
 
     def config(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes, "ipc": self.ipc,
-                "learn_lr": bool(self.log_lr is not None and self.log_lr.requires_grad)}
+        out: dict[str, Any] = {"num_classes": self.num_classes, "ipc": self.ipc,
+                               "learn_lr": bool(self.log_lr is not None and self.log_lr.requires_grad)}
+        if self.soft_labels is not None:  # files without soft labels keep exactly their old metadata
+            out.update(label_loss=self.label_loss, label_temperature=self.label_temperature)
+        return out
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], config: dict[str, Any]) -> "PixelSet":
         lr = float(tensors["log_lr"].exp()) if "log_lr" in tensors else None
         return cls(tensors["images"], tensors["labels"], int(config["num_classes"]), lr=lr,
-                   learn_lr=bool(config.get("learn_lr", False)))
+                   learn_lr=bool(config.get("learn_lr", False)), soft_labels=tensors.get("soft_labels"),
+                   label_loss=str(config.get("label_loss", "soft_ce")),
+                   label_temperature=float(config.get("label_temperature", 1.0)))
 
 
 SYNSETS.add("pixel", PixelSet)

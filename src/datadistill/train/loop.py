@@ -15,6 +15,9 @@ from ..models import has_batchnorm
 
 Batches = Callable[[int, torch.Generator], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+# ``(logits, targets) -> [B]``: one loss per sample (`functional.labels`); None: cross-entropy, class indices
+SampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Relabel = Callable[[torch.Tensor], torch.Tensor]  # a training batch's images -> its targets (a teacher)
 
 
 def real_batches(data: RealData) -> Batches:
@@ -69,6 +72,8 @@ def train_classifier(
     channels_last: bool = True,
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
     restart_at_milestones: bool = False,
+    loss: SampleLoss | None = None,
+    relabel: Relabel | None = None,
 ) -> nn.Module:
     """Train ``model`` with SGD and a step learning-rate schedule; returns it (in train mode).
 
@@ -78,6 +83,9 @@ def train_classifier(
     ``on_epoch_end(epoch, model)`` runs after each epoch (0-based), e.g. to record the weights.
     ``restart_at_milestones``: at each milestone a new SGD optimizer replaces the old one (its
     momentum starts again from zero), as the DC/DSA/DM/MTT reference evaluators do at their decay.
+    ``loss(logits, targets) -> [B]`` replaces cross-entropy with class indices (soft labels:
+    `functional.labels`); ``relabel(x)`` gives each batch's targets *after* augmentation (a teacher
+    labelling exactly the images the model sees, as SRe2L and RDED train).
     On the CPU a batch goes forward and backward in chunks whose gradients add up to the batch's
     (`functional.chunked`), unless the model has BatchNorm, whose statistics span the batch.
     """
@@ -92,10 +100,12 @@ def train_classifier(
             x, y = x.detach().to(device), y.to(device)
             if augment is not None:
                 x = augment(x, generator)
+            if relabel is not None:
+                y = relabel(x)
             if x.ndim == 4:
                 x = x.contiguous(memory_format=fmt)
             opt.zero_grad(set_to_none=True)
-            chunked_backward(model, x, y, chunk)
+            chunked_backward(model, x, y, chunk, loss)
             opt.step()
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)

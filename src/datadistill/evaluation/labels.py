@@ -1,0 +1,91 @@
+"""What the evaluation models are trained to predict: a set's classes, its label vectors, or a teacher's.
+
+The protocol's ``labels`` field chooses (``auto``: the set's vectors when it has them, else its
+classes); ``label_loss`` names the loss (`functional.labels`) and ``label_temperature`` its
+temperature. ``labels="teacher"`` relabels every training batch *after* its augmentation with the
+teacher's ``softmax(logits / T)`` (SRe2L and RDED's practice: the labels always describe the images
+the model sees), so the same protocol applies to any set, a random subset included: that is what
+makes "improvement over random" a fair comparison for soft-label methods (`evaluation.scores`).
+
+Hard labels under the default loss keep the classic code path untouched (cross-entropy with class
+indices), so every hard-label figure stays exactly what it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..config import ConfigError
+from ..data.spec import DatasetSpec
+from ..functional.labels import LABEL_LOSSES, per_sample_loss
+from .protocol import EvalProtocol
+
+
+@dataclass
+class LabelPlan:
+    """How one evaluation trains: the set to draw batches from, the per-sample loss (None: cross-entropy
+    with class indices) and the relabelling of each batch (None: the set's own targets)."""
+
+    synset: Any
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
+    relabel: Callable[[torch.Tensor], torch.Tensor] | None
+    info: dict[str, Any] = field(default_factory=dict)  # recorded in the report: mode, loss, T, teacher
+
+    @property
+    def hard(self) -> bool:
+        return self.loss is None and self.relabel is None and not has_soft_labels(self.synset)
+
+
+def has_soft_labels(synset: Any) -> bool:
+    return getattr(synset, "soft_labels", None) is not None
+
+
+def label_plan(synset: Any, protocol: EvalProtocol, spec: DatasetSpec,
+               device: torch.device | str = "cpu") -> LabelPlan:
+    """The `LabelPlan` of ``protocol`` for ``synset`` on data of ``spec`` (ConfigError for a request the
+    set cannot meet, e.g. soft labels of a set that has none)."""
+    mode = protocol.labels
+    soft = has_soft_labels(synset)
+    if mode == "auto":
+        mode = "soft" if soft else "hard"
+    loss = protocol.label_loss
+    set_t = float(getattr(synset, "label_temperature", 1.0)) if soft else 1.0
+    temperature = protocol.label_temperature if protocol.label_temperature is not None else set_t
+    info: dict[str, Any] = {"labels": mode}
+    relabel = None
+    if mode == "hard":
+        if soft:
+            synset = synset.hard()
+        loss = "ce" if loss == "auto" else LABEL_LOSSES.canonical(loss)
+    elif mode == "soft":
+        if not soft:
+            raise ConfigError(f"labels=soft: this {type(synset).__name__} has no soft labels; use labels=hard, or "
+                              "labels=teacher teacher=FILE to label it with a teacher")
+        loss = synset.label_loss if loss == "auto" else LABEL_LOSSES.canonical(loss)
+    else:  # teacher
+        from ..teachers import load_teacher  # noqa: PLC0415
+
+        teacher = load_teacher(protocol.teacher, device=device)
+        teacher.check_fits(spec)
+        loss = "kl" if loss == "auto" else LABEL_LOSSES.canonical(loss)
+        if loss == "ce":
+            raise ConfigError("labels=teacher gives label vectors; label_loss=ce takes class indices (use kl, soft_ce "
+                              "or mse)")
+        t = temperature
+
+        def relabel(x: torch.Tensor) -> torch.Tensor:
+            return teacher.probs(x, t)
+
+        info["teacher"] = teacher.describe()
+    info.update(label_loss=loss, label_temperature=temperature)
+    if loss == "ce":
+        return LabelPlan(synset, None, relabel, info)
+    name, t = loss, temperature
+
+    def sample_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return per_sample_loss(name, logits, target, t)
+
+    return LabelPlan(synset, sample_loss, relabel, info)
