@@ -128,3 +128,10 @@ def test_the_cosine_schedule_ends_at_a_tenth(digits):
     _, m = _frepo(digits, iterations=100)
     assert m.lr_at(0) == pytest.approx(3e-4) and m.lr_at(100) == pytest.approx(3e-5)
     assert m.lr_at(50) == pytest.approx(3e-4 * 0.55)
+
+
+def test_the_learned_labels_are_the_sets_soft_labels_for_the_squared_loss(digits):
+    s, m = _frepo(digits)
+    assert s.label_loss == "mse" and torch.equal(s.soft_labels, m.labels.detach())
+    m.step(0)
+    assert torch.equal(s.soft_labels, m.labels.detach())
