@@ -33,7 +33,7 @@ CASES = [
      "ipc 100000 is more than the smallest class of digits has (133 images, class 9); valid: 1..133"),
     (["distill", "--dataset", "digits", "--method", "random", "--ipc", "134", "--out", "X"], "valid: 1..133"),
     (["distill", "--dataset", "digits", "--method", "dd", "--ipc", "500", "--out", "X"], "valid: 1..133"),
-    ([*D, "--method", "nope"], "unknown method 'nope'. Valid method names: datm, dc, dd, dm, dsa, haba"),
+    ([*D, "--method", "nope"], "unknown method 'nope'. Valid method names: datm, dc, dd, dm, dsa, frepo, haba"),
     (["distill", "--dataset", "nope", "--out", "X"], "Valid dataset names: cifar10, cifar100, digits"),
     ([*D, "--ipc", "0"], "ipc must be >= 1"),
     ([*D, "--ipc", "-3"], "ipc must be >= 1 (images per class), got -3"),

@@ -81,7 +81,7 @@ def test_cli_random_baseline_and_full_baseline(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["distill", "--method", "dmm"], "Valid method names: datm, dc, dd, dm, dsa, haba, herding, kcenter, mtt, random, rded"),
+    (["distill", "--method", "dmm"], "Valid method names: datm, dc, dd, dm, dsa, frepo, haba, herding, kcenter, mtt, random, rded"),
     (["distill", "--dataset", "mnst"], "Did you mean 'mnist'"),
     (["distill", "--preset", "nope"], "valid presets"),
     (["distill", "ipcs=3"], "unknown key(s) ['ipcs']"),
@@ -114,7 +114,7 @@ def test_every_registered_method_runs_through_the_engine(method, tmp_path, reque
     from datadistill.methods import METHODS
 
     entry = METHODS.get(method)
-    mc = {"model": "convnet_w32", "batch_real": 16} if method == "dd" else {}
+    mc = {"model": "convnet_w32", "batch_real": 16} if method in ("dd", "frepo") else {}
     if method in ("mtt", "haba", "datm"):  # trajectory matching needs experts
         mc = {"experts": request.getfixturevalue("tiny_experts"), "model": "convnet_w32", "syn_steps": 2,
               "expert_epochs": 1, "max_start_epoch": 1, **({"extractor": "convnet_w32"} if method == "haba" else {}),

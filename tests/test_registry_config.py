@@ -53,7 +53,7 @@ def test_resolve_fills_method_defaults_and_validates_names():
     assert res.protocol.name == "dc" and res.models == ("convnet",)
     with pytest.raises(ConfigError, match="valid keys"):
         resolve(from_dict(RunConfig, {"method": "dm", "method_config": {"lr": 1}}))
-    with pytest.raises(UnknownNameError, match="Valid method names: datm, dc, dd, dm, dsa, haba, herding, kcenter, mtt, random, rded"):
+    with pytest.raises(UnknownNameError, match="Valid method names: datm, dc, dd, dm, dsa, frepo, haba, herding, kcenter, mtt, random, rded"):
         resolve(from_dict(RunConfig, {"method": "dmm"}))
     with pytest.raises(UnknownNameError, match="model"):
         resolve(from_dict(RunConfig, {"models": ["convnet", "resnet99"]}))

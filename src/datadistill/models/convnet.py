@@ -5,6 +5,7 @@ the reference),
 norm, activation, 2x2 pooling. The zoo's "instancenorm" is ``GroupNorm(C, C)`` with affine
 parameters (not ``InstanceNorm2d``): paper numbers depend on it. Default: width 128, depth 3,
 ReLU, instance norm, average pooling, one linear classifier on the flattened features.
+``widen`` multiplies the width from one block to the next (FRePo's ConvNet doubles it: 128, 256, 512).
 """
 
 from __future__ import annotations
@@ -61,20 +62,22 @@ class ConvNet(nn.Module):
         norm: Norm = "instancenorm",
         act: Act = "relu",
         pool: Pool = "avgpooling",
+        widen: int = 1,
     ) -> None:
         super().__init__()
         _choice("norm", norm, NORMS)
         _choice("activation", act, ACTS)
         _choice("pooling", pool, POOLS)
-        if depth < 1 or width < 1:
-            raise ValueError(f"ConvNet needs depth >= 1 and width >= 1, got depth={depth}, width={width}")
+        if depth < 1 or width < 1 or widen < 1:
+            raise ValueError(f"ConvNet needs depth, width and widen >= 1, got depth={depth}, width={width}, widen={widen}")
         h, w = image_size
         layers: list[nn.Module] = []
         c = in_channels
         for d in range(depth):
             pad = 3 if in_channels == 1 and d == 0 else 1
-            layers.append(nn.Conv2d(c, width, kernel_size=3, padding=pad))
-            h, w, c = h + 2 * pad - 2, w + 2 * pad - 2, width
+            out = width * widen**d
+            layers.append(nn.Conv2d(c, out, kernel_size=3, padding=pad))
+            h, w, c = h + 2 * pad - 2, w + 2 * pad - 2, out
             layers += [_norm(norm, (c, h, w)), _act(act)]
             if pool != "none":
                 layers.append(_pool(pool))
@@ -95,9 +98,9 @@ class ConvNet(nn.Module):
 
 @register_model("convnet", "ConvNet")
 def convnet(in_channels: int, num_classes: int, image_size: tuple[int, int], width: int = 128, depth: int = 3,
-            norm: Norm = "instancenorm", act: Act = "relu", pool: Pool = "avgpooling") -> nn.Module:
+            norm: Norm = "instancenorm", act: Act = "relu", pool: Pool = "avgpooling", widen: int = 1) -> nn.Module:
     """ConvNet of the DC zoo; every variant below is a preset of this builder."""
-    return ConvNet(in_channels, num_classes, image_size, width, depth, norm, act, pool)
+    return ConvNet(in_channels, num_classes, image_size, width, depth, norm, act, pool, widen)
 
 
 for _d in (1, 2, 3, 4, 5):
@@ -110,3 +113,5 @@ for _tag, _n in (("nn", "none"), ("bn", "batchnorm"), ("ln", "layernorm"), ("in"
     register_preset(f"convnet_{_tag}", convnet, f"ConvNet{_tag.upper()}", norm=_n)
 for _tag, _p in (("ap", "avgpooling"), ("mp", "maxpooling"), ("np", "none")):
     register_preset(f"convnet_{_tag}", convnet, f"ConvNet{_tag.upper()}", pool=_p)
+# FRePo's feature network (Zhou et al. 2022, reference code's "conv"): widths 128, 256, 512, BatchNorm
+register_preset("convnet_frepo", convnet, "ConvNetFRePo", widen=2, norm="batchnorm")
