@@ -40,7 +40,12 @@ PAPERS = {
 ORDER = {m: i for i, m in enumerate(["full", "random", "herding", "kcenter", "dd", "dc", "dsa", "dm", "mtt", "haba"])}
 SETTINGS_DD = ("fixed", "random")  # DD's settings that distill for training from scratch (not poison / adapt)
 COST = "paper_cost.jsonl"  # paper_cost.py's extrapolated node-hours: their own table, never a job's result
-NOT_RESULTS = {"smoke.jsonl", COST}  # the cpu-smoke suite checks that methods run and learn; its figures are no results
+NOT_RESULTS = {"smoke.jsonl", COST}
+SOFT = "soft.jsonl"  # the soft-label suite: its score records have their own table; its distill runs are inputs
+# papers' own figures for the soft table's rows (ConvNet), as issue 19 quotes them (FRePo's Table 1);
+# not re-checked against the paper text in this repository
+SOFT_PAPER = {("frepo", "mnist", 1): "93.0", ("frepo", "mnist", 10): "98.6",
+              ("frepo", "fashion_mnist", 1): "75.6", ("frepo", "fashion_mnist", 10): "86.2"}  # the cpu-smoke suite checks that methods run and learn; its figures are no results
 
 
 # -- records -----------------------------------------------------------------------------------------
@@ -107,7 +112,7 @@ def best(rows: list[Row]) -> dict[tuple, Row]:
     """The best record per (method, dataset, ipc) among the standard ones, on the job's first model."""
     out: dict[tuple, Row] = {}
     for r in rows:
-        if is_standard(r):
+        if is_standard(r) and r.get("file") != SOFT:
             k = (r["method"], r["dataset"], r["ipc"])
             if k not in out or r["acc_mean"] > out[k]["acc_mean"]:
                 out[k] = r
@@ -145,7 +150,7 @@ def _evaluation(r: dict) -> str:
 def main_tables(jobs: dict[str, list[Row]], suites: dict[str, str]) -> tuple[str, list[Row]]:
     """ConvNet-protocol records (every method but DD), one table per (dataset, images per class)."""
     rows = [rs[0] for rs in jobs.values() if "acc_mean" in rs[0] and rs[0].get("method") not in (None, "dd")
-            and not rs[0].get("step_size")]
+            and not rs[0].get("step_size") and rs[0].get("file") != SOFT]
     out = []
     groups = defaultdict(list)
     for r in rows:
@@ -318,6 +323,45 @@ def commands(rows: list[Row], suites: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def soft_table(jobs: dict[str, list[Row]]) -> str:
+    """Suite ``soft``: each set's accuracy with its labels beside DD-Ranking's scores, one table per
+    (dataset, images per class); jobs without a record are listed with their command."""
+    suite = load_suite(SUITES_DIR / "soft.yaml")
+    head = ("| set | labels | accuracy (%) | random subset (%) | IOR (points) | hard labels (%) | HLR (points) | LRS "
+            "| paper | iterations | s / it | distill wall (s) | scores wall (s) | commit | machine |")
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for j in suite.jobs:
+        if j.kind != "score":
+            continue
+        src = suite.job(j.of)
+        ds, ipc = src.dataset or "?", src.ipc or 0
+        label = j.id.removeprefix("score-").rsplit(f"-{ds}-ipc{ipc}", 1)[0]
+        run = jobs.get(j.id)
+        if not run:
+            groups[(ds, ipc)].append(f"| {label} | not run: `python benchmarks/run.py soft --only {j.id}` |"
+                                     + " |" * (head.count("|") - 3))
+            continue
+        r = run[0]
+        how = r.get("labels") or "hard"
+        if how == "teacher":
+            how = f"teacher, {r.get('label_loss')} T={r.get('label_temperature'):g}"
+        elif how == "soft":
+            how = f"stored soft, {r.get('label_loss')}"
+        spi = f"{r['seconds_per_iteration']:.2f}" if r.get("seconds_per_iteration") else "-"
+        wall = f"{r['distill_wall_seconds']:.0f}" if r.get("distill_wall_seconds") else "-"
+        paper = SOFT_PAPER.get((r.get("method"), ds, ipc), "-")
+        groups[(ds, ipc)].append(
+            f"| [{label}]({link(r, '../')}) | {how} | {pm(r)} | {r['random']:.2f} ({r['random_labels']}) "
+            f"| {r['ior']:+.2f} | {r['hard']:.2f} | {r['hlr']:.2f} | {r['lrs']:.3f} | {paper} "
+            f"| {r.get('iterations', '-')} | {spi} | {wall} | {r['wall_seconds']:.0f} | {r['commit']} "
+            f"| {r.get('device', '?')} |")
+    out = []
+    for (ds, ipc) in sorted(groups, key=lambda k: (k[0] != "mnist", k[1])):
+        out += [f"### {DATASETS.get(ds, ds)}, {ipc} image(s) per class", "", head,
+                "|" + "---|" * (head.count("|") - 1), *groups[(ds, ipc)], ""]
+    return "\n".join(out)
+
+
 def paper_table(jobs: dict[str, list[Row]]) -> str:
     """Each best set on the protocol of the paper it is compared with, beside the paper's figure."""
     released = {e["job"]: e for e in json.loads((ROOT / "benchmarks" / "released" / "index.json").read_text())}
@@ -449,6 +493,16 @@ def render(rows: list[Row]) -> str:
         "",
         paper_table(jobs),
         "",
+        "## Soft labels and what a set adds",
+        "",
+        "Suite `soft`: every set trained on with its own labels (hard, its stored soft labels, or a teacher "
+        "relabelling every batch), next to a random real subset of the same size under the same protocol and "
+        "labels, and DD-Ranking's scores ([evaluation](evaluation.md#scores-what-a-set-adds)): IOR = accuracy - "
+        "random subset; HLR = whole data - the set with hard labels (lower is better); LRS in [0, 1] from both. "
+        "The `dc` protocol on ConvNets; the whole-data reference is the `cpu` suite's 2-epoch record. `s / it` and "
+        "`distill wall` are the distillation's (blank for selections); `scores wall` is the three evaluations'.",
+        "",
+        soft_table(jobs),
         "### Parity with the authors' evaluator",
         "",
         "A set distilled and scored by the authors' released code, scored again by our paper preset "

@@ -51,7 +51,7 @@ TINY_METHOD = {
 }
 SMALL_MODEL = "convnet_w32"  # replaces the ConvNet of the methods that take one, and of the evaluation
 TINY_EVAL = ["eval.epochs=1", "eval.n_models=1"]
-SELECTION = ("random", "herding", "kcenter")  # no iterations
+SELECTION = ("random", "herding", "kcenter", "rded")  # no iterations
 
 
 # ---------------------------------------------------------------------------------------- extraction
@@ -195,6 +195,10 @@ def tiny_datadistill(argv: list[str], experts: "Experts") -> list[str]:
     if sub == "pretrain":
         argv = _set_flag(argv, "--dataset", "digits")
         return _set_flag(_set_flag(_set_flag(argv, "--nets", "2"), "--held-out", "1"), "--epochs", "1")
+    if sub == "teacher":
+        if _flag(argv, "--from-experts") is None:
+            argv = _set_flag(_set_flag(_set_flag(argv, "--dataset", "digits"), "--epochs", "1"), "--model", SMALL_MODEL)
+        return argv + ["--force", "--no-progress"]
     if sub == "experts":
         argv = _set_flag(argv, "--dataset", "digits")
         argv = _set_flag(_set_flag(argv, "--experts", "1"), "--epochs", "1")
