@@ -13,38 +13,12 @@ from datadistill.methods.datm import DATM, DATMConfig, datm_synset, start_epoch_
 from datadistill.methods.mtt import MTT, MTTConfig, mtt_synset
 from datadistill.models import create_model
 from datadistill.seeding import make_generator
-
-
-class Trajectories:
-    """In-memory stand-in for an `ExpertBuffer`: ``params(e, t)`` after ``t`` epochs of SGD."""
-
-    def __init__(self, data, model="mlp", n=2, epochs=4, lr=0.05):
-        s = data.spec
-        self.epochs, self.traj = epochs, []
-        for e in range(n):
-            net = create_model(model, s.channels, s.num_classes, s.image_size, seed=100 + e)
-            g = make_generator(e, "expert")
-            states = [{k: v.detach().clone() for k, v in net.named_parameters()}]
-            opt = torch.optim.SGD(net.parameters(), lr=lr)
-            x, y = data.train.images, data.train.labels
-            for _ in range(epochs):
-                for idx in torch.randperm(len(y), generator=g).split(32):
-                    opt.zero_grad()
-                    F.cross_entropy(net(x[idx]), y[idx]).backward()
-                    opt.step()
-                states.append({k: v.detach().clone() for k, v in net.named_parameters()})
-            self.traj.append(states)
-
-    def __len__(self):
-        return len(self.traj)
-
-    def params(self, expert, epoch, device="cpu"):
-        return {k: v.to(device) for k, v in self.traj[expert][epoch].items()}
+from fake_experts import Trajectories
 
 
 @pytest.fixture(scope="module")
 def experts(digits):
-    return Trajectories(digits)
+    return Trajectories(digits, batch=32)
 
 
 COMMON = {"model": "mlp", "syn_steps": 4, "expert_epochs": 1, "max_start_epoch": 3, "lr_img": 10.0, "lr_lr": 1e-4,

@@ -10,33 +10,7 @@ from datadistill.methods import Context, DivergenceError
 from datadistill.methods.mtt import MTT, MTTConfig, mtt_synset
 from datadistill.models import create_model
 from datadistill.seeding import make_generator
-
-
-class Trajectories:
-    """In-memory stand-in for an expert buffer: ``params(e, t)`` after ``t`` epochs of SGD."""
-
-    def __init__(self, data, model: str, n: int = 2, epochs: int = 4, lr: float = 0.05) -> None:
-        s = data.spec
-        self.traj = []
-        for e in range(n):
-            net = create_model(model, s.channels, s.num_classes, s.image_size, seed=100 + e)
-            g = make_generator(e, "expert")
-            states = [{k: v.detach().clone() for k, v in net.named_parameters()}]
-            opt = torch.optim.SGD(net.parameters(), lr=lr)
-            x, y = data.train.images, data.train.labels
-            for _ in range(epochs):
-                for idx in torch.randperm(len(y), generator=g).split(16):
-                    opt.zero_grad()
-                    F.cross_entropy(net(x[idx]), y[idx]).backward()
-                    opt.step()
-                states.append({k: v.detach().clone() for k, v in net.named_parameters()})
-            self.traj.append(states)
-
-    def __len__(self) -> int:
-        return len(self.traj)
-
-    def params(self, expert: int, epoch: int, device="cpu"):
-        return {k: v.to(device) for k, v in self.traj[expert][epoch].items()}
+from fake_experts import Trajectories
 
 
 @pytest.fixture(scope="module")
