@@ -33,11 +33,16 @@ PAPERS = {
     "dm": "Zhao & Bilen, Dataset Condensation with Distribution Matching (WACV 2023)",
     "mtt": "Cazenavette et al., Dataset Distillation by Matching Training Trajectories (CVPR 2022)",
     "haba": "Liu et al., Dataset Distillation via Factorization (NeurIPS 2022)",
+    "datm": "Guo et al., Towards Lossless Dataset Distillation via Difficulty-Aligned Trajectory Matching (ICLR 2024)",
+    "rded": "Sun et al., On the Diversity and Realism of Distilled Dataset (CVPR 2024)",
+    "frepo": "Zhou et al., Dataset Distillation using Neural Feature Regression (NeurIPS 2022)",
     "herding": "Welling, Herding Dynamical Weights to Learn (ICML 2009)",
     "kcenter": "Sener & Savarese, Active Learning for CNNs: A Core-Set Approach (ICLR 2018)",
     "random": "random real images per class (baseline)",
 }
-ORDER = {m: i for i, m in enumerate(["full", "random", "herding", "kcenter", "dd", "dc", "dsa", "dm", "mtt", "haba"])}
+ORDER = {m: i for i, m in enumerate(["full", "random", "herding", "kcenter", "dd", "dc", "dsa", "dm", "mtt", "haba",
+                                                  "datm", "rded", "frepo"])}
+SOFT_METHODS = ("datm", "rded", "frepo")  # methods whose figures are the soft suite's score records
 SETTINGS_DD = ("fixed", "random")  # DD's settings that distill for training from scratch (not poison / adapt)
 COST = "paper_cost.jsonl"  # paper_cost.py's extrapolated node-hours: their own table, never a job's result
 NOT_RESULTS = {"smoke.jsonl", COST}
@@ -112,7 +117,8 @@ def best(rows: list[Row]) -> dict[tuple, Row]:
     """The best record per (method, dataset, ipc) among the standard ones, on the job's first model."""
     out: dict[tuple, Row] = {}
     for r in rows:
-        if is_standard(r) and r.get("file") != SOFT:
+        from_soft = "ior" in r and r.get("method") in SOFT_METHODS  # a score record: the set with its labels
+        if is_standard(r) and (r.get("file") != SOFT or from_soft):
             k = (r["method"], r["dataset"], r["ipc"])
             if k not in out or r["acc_mean"] > out[k]["acc_mean"]:
                 out[k] = r
@@ -144,7 +150,8 @@ def methods_table(rows: list[Row], prefix: str = "") -> str:
 
 def _evaluation(r: dict) -> str:
     ep = f", {r['epochs']} epochs" if r.get("epochs") else ""
-    return f"{r['n_models']} x {r['model']}, `{r['protocol']}` protocol{ep}"
+    labels = {"teacher": ", teacher's labels", "soft": ", its soft labels"}.get(r.get("labels") or "", "")
+    return f"{r['n_models']} x {r['model']}, `{r['protocol']}` protocol{ep}{labels}"
 
 
 def main_tables(jobs: dict[str, list[Row]], suites: dict[str, str]) -> tuple[str, list[Row]]:

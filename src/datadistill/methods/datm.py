@@ -1,6 +1,6 @@
 """DATM: difficulty-aligned trajectory matching, MTT with learned soft labels and a growing window.
 
-Guo, Wang, Zhou, You et al., "Towards Lossless Dataset Distillation via Difficulty-Aligned
+Guo, Wang, Cazenavette, Li, Zhang, You, "Towards Lossless Dataset Distillation via Difficulty-Aligned
 Trajectory Matching", ICLR 2024 (arXiv 2310.05773); reference code NUS-HPC-AI-Lab/DATM
 (``distill/DATM.py``, ``utils/cfg.py``, ``configs/``), itself built on MTT's.
 
