@@ -199,3 +199,13 @@ def test_teacher_and_scores_from_the_command_line(toy, tmp_path, capsys):
     assert out["reports"]["set"]["labels"]["teacher"]["sha256"] == load_teacher(teacher).sha256
     assert main(["evaluate", str(f), "--scores"]) == 2
     assert "--full-accuracy" in capsys.readouterr().err
+
+
+def test_evaluate_prints_the_labels_it_trained_on(toy, tmp_path, capsys):
+    from datadistill.cli import main
+
+    s = _set(toy)
+    s.set_soft_labels(_one_hot(s))
+    f = save_synset(tmp_path / "s.safetensors", s, toy.spec, method="random")
+    assert main(["evaluate", str(f), "--protocol", "smoke", "n_models=1", "epochs=1", "model=convnet_w32"]) == 0
+    assert "labels: soft (soft_ce, temperature 1)" in capsys.readouterr().out

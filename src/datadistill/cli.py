@@ -416,7 +416,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({m: r.to_dict() for m, r in reports.items()}, indent=2))
     else:
         print(format_table(reports))
+        for line in dict.fromkeys(_labels_line(r.extra.get("labels")) for r in reports.values()):
+            if line:
+                print(line)
     return 0
+
+
+def _labels_line(info: dict | None) -> str:
+    """What the models were trained on, when it is not the classic hard labels."""
+    if not info:
+        return ""
+    line = f"labels: {info['labels']} ({info['label_loss']}, temperature {info['label_temperature']:g})"
+    t = info.get("teacher")
+    if t:
+        line += (f"; teacher {t['model']} on {t['dataset']} ({t['test_accuracy']}% test accuracy), {t['path']} "
+                 f"sha256 {str(t['sha256'])[:12]}")
+    return line
 
 
 def _scores(args: argparse.Namespace, f: Any, data: Any, protocol: Any, models: list[str], device: Any) -> int:
