@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from datadistill.config import ConfigError
+from datadistill.data import load_dataset
 from datadistill.evaluation import evaluate, get_protocol, label_robust_score, score_set
 from datadistill.evaluation.scores import augmentation_robust_score, normalized
 from datadistill.functional.labels import LABEL_LOSSES, label_loss, per_sample_loss
@@ -170,8 +171,6 @@ def test_scores_of_a_soft_labelled_set_give_the_random_subset_the_teachers_label
 
 
 def test_learning_rate_is_chosen_on_the_validation_split(toy):
-    from datadistill.data import load_dataset
-
     val = load_dataset("procedural", num_classes=3, channels=1, size=12, per_class=24, seed=0, validation=0.25)
     s = _set(toy)
     p = get_protocol("smoke", epochs=2, n_models=1, model="convnet_w32")
@@ -209,3 +208,38 @@ def test_evaluate_prints_the_labels_it_trained_on(toy, tmp_path, capsys):
     f = save_synset(tmp_path / "s.safetensors", s, toy.spec, method="random")
     assert main(["evaluate", str(f), "--protocol", "smoke", "n_models=1", "epochs=1", "model=convnet_w32"]) == 0
     assert "labels: soft (soft_ce, temperature 1)" in capsys.readouterr().out
+
+
+def test_a_teacher_from_experts_is_the_experts_network(tiny_experts, toy):
+    from datadistill.experts import ExpertBuffer
+    from datadistill.teachers import teacher_from_experts
+
+    t = teacher_from_experts(tiny_experts, expert=1, epoch=1)
+    buf = ExpertBuffer.open(tiny_experts)
+    stored = buf.params(1, 1)
+    assert all(torch.equal(p, stored[k]) for k, p in t.net.named_parameters())
+    assert t.model == "convnet_w32" and t.spec.name == "procedural" and t.meta["source"]["epoch"] == 1
+    assert t.meta["test_accuracy"] == buf.summary()["experts"][1]["test_acc"][1]
+    from datadistill.train import accuracy
+
+    data = load_dataset("procedural", num_classes=3, size=12, per_class=24)  # the experts' data (conftest)
+    assert round(100 * accuracy(t.net, data.test), 2) == pytest.approx(t.meta["test_accuracy"], abs=0.01)
+    t.check_fits(data.spec)
+    with pytest.raises(TeacherError, match="trained on 'procedural', not 'digits'"):
+        teacher_from_experts(tiny_experts, dataset="digits")
+
+
+def test_hard_labelled_sets_are_not_trained_twice_for_their_scores(toy, monkeypatch):
+    import datadistill.evaluation.scores as scores
+
+    calls = []
+    real = scores.evaluate
+    monkeypatch.setattr(scores, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    p = get_protocol("smoke", epochs=2, n_models=1, model="convnet_w32")
+    sc = score_set(_set(toy), toy, p, full_accuracy=0.9)
+    assert len(calls) == 2 and sc.hard == sc.accuracy and sc.reports["hard"] is sc.reports["set"]
+    soft = _set(toy)
+    soft.set_soft_labels(_one_hot(soft))
+    calls.clear()
+    score_set(soft, toy, p, full_accuracy=0.9)
+    assert len(calls) == 3

@@ -445,13 +445,10 @@ def _scores(args: argparse.Namespace, f: Any, data: Any, protocol: Any, models: 
     if _executor_asked(args) or args.batch_models > 1:
         raise ConfigError("--scores trains its runs in this process; drop --executor and --batch-models")
     validation = None
-    if args.lr_grid:
-        from .data import load_dataset
-        from .data.zca import match_whitening, unwhitened_spec
+    if args.lr_grid:  # held out of the data as the set sees it (whitened with the file's transform)
+        from .data.registry import validation_split
 
-        raw = unwhitened_spec(f.spec)
-        validation = match_whitening(load_dataset(raw.name, args.root, validation=args.validation, **raw.extra),
-                                     f.zca)
+        validation = validation_split(data, args.validation)
     grid = [float(v) for v in args.lr_grid or ()]
     out = {}
     for m in models:
@@ -481,17 +478,8 @@ def cmd_teacher(args: argparse.Namespace) -> int:
         raise ConfigError(f"{out} exists; pass --force to overwrite it")
     device = pick_device(args.device)
     if args.from_experts:
-        from .experts import ExpertBuffer
-
-        cfg = ExpertBuffer.open(args.from_experts).config
-        if args.dataset and args.dataset != cfg.dataset:
-            raise ConfigError(f"the experts in {args.from_experts} were trained on {cfg.dataset!r}, not {args.dataset!r}")
-        data = load_dataset(cfg.dataset, args.root, **cfg.dataset_options)
-        if cfg.zca is not None:
-            from .data import whiten_dataset
-
-            data = whiten_dataset(data, cfg.zca)
-        teacher = teacher_from_experts(args.from_experts, data, expert=args.expert, epoch=args.epoch, device=device)
+        teacher = teacher_from_experts(args.from_experts, expert=args.expert, epoch=args.epoch, dataset=args.dataset,
+                                       device=device)
     else:
         if not args.dataset:
             raise ConfigError("teacher needs --dataset (or --from-experts DIR)")

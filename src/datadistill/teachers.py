@@ -127,29 +127,30 @@ def train_teacher(data: LoadedDataset, *, model: str = "convnet", epochs: int = 
     return Teacher(net, name, spec, {"test_accuracy": round(100 * acc, 2), "source": source})
 
 
-def teacher_from_experts(directory: str | os.PathLike[str], data: LoadedDataset, *, expert: int = 0,
-                         epoch: int | None = None, device: torch.device | str = "cpu") -> Teacher:
-    """Expert ``expert``'s parameters after ``epoch`` epochs (default: its last) as a teacher, measured
-    on the test set of ``data`` (which must be the experts' dataset)."""
+def teacher_from_experts(directory: str | os.PathLike[str], *, expert: int = 0, epoch: int | None = None,
+                         dataset: str | None = None, device: torch.device | str = "cpu") -> Teacher:
+    """Expert ``expert``'s parameters after ``epoch`` epochs (default: its last) as a teacher. The
+    spec and test accuracy are the expert's own records (its shard holds both), so no data is loaded.
+    ``dataset``: the dataset the caller expects the experts to have been trained on (checked)."""
+    from .data import DATASETS  # noqa: PLC0415
     from .experts import ExpertBuffer  # noqa: PLC0415
 
     buf = ExpertBuffer.open(directory)
     cfg = buf.config
+    if dataset is not None and DATASETS.canonical(dataset) != cfg.dataset:
+        raise TeacherError(f"the experts in {directory} were trained on {cfg.dataset!r}, not {dataset!r}")
     epoch = buf.epochs if epoch is None else int(epoch)
-    spec = data.spec
-    if cfg.dataset != spec.name:
-        raise TeacherError(f"the experts in {directory} were trained on {cfg.dataset!r}, not {spec.name!r}")
-    params = buf.params(expert, epoch)
+    params = buf.params(expert, epoch)  # checks the expert and the epoch
+    shard = buf.shards[expert].meta
+    spec = DatasetSpec.from_dict(shard["spec"])
     net = create_model(cfg.model, spec.channels, spec.num_classes, spec.image_size, seed=0)
     missing = set(dict(net.named_parameters())) - set(params)
     if missing:
         raise TeacherError(f"the experts in {directory} lack parameters {sorted(missing)[:3]} of {cfg.model}")
     net.load_state_dict(params, strict=False)  # the experts store parameters; buffers keep their defaults
-    net.to(device)
-    acc = accuracy(net, data.test.to(device), device=device)
     source = {"kind": "experts", "directory": str(Path(directory)), "expert": expert, "epoch": epoch,
               "expert_config": cfg.to_dict()}
-    return Teacher(net, cfg.model, spec, {"test_accuracy": round(100 * acc, 2), "source": source})
+    return Teacher(net.to(device), cfg.model, spec, {"test_accuracy": shard["test_acc"][epoch], "source": source})
 
 
 # ---------------------------------------------------------------------- the file

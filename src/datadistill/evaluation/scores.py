@@ -33,6 +33,7 @@ import torch
 
 from ..config import ConfigError
 from ..data.spec import LoadedDataset
+from ..functional.labels import LABEL_LOSSES
 from ..seeding import make_generator
 from .evaluator import EvalReport, as_set_and_data, evaluate
 from .labels import has_soft_labels
@@ -165,7 +166,11 @@ def score_set(synset: Any, data: LoadedDataset, protocol: EvalProtocol, *, full_
     out = Scores(0.0, 0.0, 0.0, float(full_accuracy), random_labels=random_labels)
     out.accuracy = run("set", synset, protocol)
     out.random = run("random", random_set, random_protocol)
-    out.hard = run("hard", synset, hard_protocol)
+    plain = protocol.label_loss == "auto" or LABEL_LOSSES.canonical(protocol.label_loss) == "ce"
+    if mode == "hard" and plain:  # the set's own run was already the hard-label one: not trained twice
+        out.hard, out.reports["hard"], out.lr["hard"] = out.accuracy, out.reports["set"], out.lr["set"]
+    else:
+        out.hard = run("hard", synset, hard_protocol)
     if augmentation:
         if protocol.augment == "none":
             raise ConfigError("ARS compares training with and without augmentation; this protocol has none "

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..data.spec import DatasetSpec, RealData
+from ..functional.labels import LABEL_LOSSES
 from .base import SYNSETS, shuffled_batches
 
 
@@ -52,8 +53,6 @@ class PixelSet(nn.Module):
             raise ValueError(f"step size must be positive, got {lr}")
         # the step size is stored as its log so it stays positive under gradient steps
         self.log_lr = nn.Parameter(torch.tensor(math.log(lr)), requires_grad=learn_lr) if lr is not None else None
-        from ..functional.labels import LABEL_LOSSES  # noqa: PLC0415
-
         LABEL_LOSSES.get(label_loss)  # an unknown name lists the valid ones
         if not label_temperature > 0:
             raise ValueError(f"label_temperature must be > 0, got {label_temperature}")
