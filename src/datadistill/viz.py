@@ -207,3 +207,25 @@ def plot_acc_vs_ipc(records: Sequence[dict[str, Any]], out: str | Path, title: s
     atomic_write(out, lambda p: fig.savefig(p, format="png", dpi=120))
     plt.close(fig)
     return out
+
+
+def plt_figure(ncols: int = 1, size: tuple[float, float] = (6.0, 4.0)):
+    """``(figure, axes)`` of a headless matplotlib figure: one axes, or a row of ``ncols``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(size[0] * ncols, size[1]), squeeze=False)
+    return fig, (axes[0][0] if ncols == 1 else list(axes[0]))
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out = Path(path)
+    atomic_write(out, lambda p: fig.savefig(p, format="png", dpi=120))
+    plt.close(fig)
+    return out

@@ -87,6 +87,7 @@ _CACHE: dict[tuple[Any, ...], LoadedDataset] = {}
 
 
 VALIDATION = "validation"
+SPLIT = "split"
 
 
 def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **kwargs: Any) -> LoadedDataset:
@@ -98,7 +99,17 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **kwargs
     Every dataset takes the option ``validation=FRACTION``: that fraction of each class of the
     training set (the same images on every call) becomes the test part, and the rest the training
     part, so that hyper-parameters are chosen without looking at the test set (`validation_split`).
+
+    And the option ``split="POOL:SEED:SIDE"``: the training part is half ``SIDE`` (0 or 1) of split
+    ``SEED`` of a fixed pool of ``POOL`` training images per class (`split_indices`), the test part
+    unchanged: a membership-inference experiment distils and trains on known halves (`apps.privacy`).
     """
+    if SPLIT in kwargs:
+        kwargs = dict(kwargs)
+        value = kwargs.pop(SPLIT)
+        if VALIDATION in kwargs:
+            raise DatasetOptionError("the options split and validation do not combine; give one")
+        return half_split(load_dataset(name, root, **kwargs), value)
     if VALIDATION in kwargs:
         kwargs = dict(kwargs)
         fraction = kwargs.pop(VALIDATION)
@@ -153,3 +164,55 @@ def validation_split(data: LoadedDataset, fraction: float) -> LoadedDataset:
 
 def clear_cache() -> None:
     _CACHE.clear()
+
+
+def parse_split(value: Any) -> tuple[int, int, int]:
+    """``"POOL:SEED:SIDE"`` -> ``(pool, seed, side)`` (DatasetOptionError naming the form otherwise)."""
+    parts = str(value).split(":")
+    try:
+        pool, seed, side = (int(p) for p in parts)
+    except ValueError:
+        pool = seed = side = -1
+    if len(parts) != 3 or pool < 2 or seed < 0 or side not in (0, 1):
+        raise DatasetOptionError(f"split={value!r}: give POOL:SEED:SIDE, e.g. 100:0:1 (half 1 of split 0 of a pool "
+                                 "of 100 training images per class; POOL >= 2, SEED >= 0, SIDE 0 or 1)")
+    return pool, seed, side
+
+
+def split_indices(labels: "torch.Tensor", num_classes: int, pool: int, seed: int):
+    """Indices into a training set with ``labels``: ``(pool, half0, half1)``, each sorted. The pool is
+    ``pool`` images per class drawn with a fixed generator (the same pool for every ``seed``); split
+    ``seed`` halves it per class at random (``pool // 2`` images of each class in half 0). Every pool
+    image is in exactly one half of every split."""
+    import torch
+
+    labels = labels.cpu()
+    g = torch.Generator().manual_seed(0)
+    per_class = []
+    for c in range(num_classes):
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < pool:
+            raise DatasetOptionError(f"split: class {c} has {len(idx)} training images, fewer than the pool of {pool}")
+        per_class.append(idx[torch.randperm(len(idx), generator=g)[:pool]])
+    gs = torch.Generator().manual_seed(1_000_003 * (seed + 1))
+    halves: tuple[list, list] = ([], [])
+    for idx in per_class:
+        idx = idx[torch.randperm(len(idx), generator=gs)]
+        halves[0].append(idx[: pool // 2])
+        halves[1].append(idx[pool // 2:])
+    cat = lambda parts: torch.cat(parts).sort().values  # noqa: E731
+    return cat(per_class), cat(halves[0]), cat(halves[1])
+
+
+def half_split(data: LoadedDataset, value: Any) -> LoadedDataset:
+    """``data`` whose training part is one half of a split of a pool (the ``split`` option)."""
+    import dataclasses
+
+    from .spec import RealData
+
+    pool, seed, side = parse_split(value)
+    _, *halves = split_indices(data.train.labels, data.spec.num_classes, pool, seed)
+    idx = halves[side].to(data.train.images.device)
+    spec = dataclasses.replace(data.spec, extra={**data.spec.extra, SPLIT: f"{pool}:{seed}:{side}"})
+    train = RealData(data.train.images[idx], data.train.labels[idx], spec.num_classes)
+    return dataclasses.replace(data, spec=spec, train=train)

@@ -82,6 +82,7 @@ def evaluate(
     init: Callable[[int, str], torch.nn.Module] | None = None,
     indices: Sequence[int] | None = None,
     batch_models: int = 1,
+    probe: Callable[[int, torch.nn.Module], Any] | None = None,
 ) -> EvalReport:
     """Train ``protocol.n_models`` fresh ``model``s (default ``protocol.model``) on ``synset``.
 
@@ -101,6 +102,11 @@ def evaluate(
     ``batch_models``: how many models train together as one batched computation (`batched`), with
     the same results up to float rounding; 1 trains them one after another. The ``replay`` schedule,
     ``networks`` and any labels but hard ones always train one after another.
+
+    ``probe(i, net)`` is called with each trained network before it is dropped (model ``i``); its
+    results are ``report.extra["probes"]`` in model order (a membership attack reads the network's
+    outputs on the training images this way: `apps.privacy`). Models with a probe train one after
+    another.
 
     Labels: the protocol's ``labels``, ``label_loss``, ``label_temperature`` and ``teacher``
     (`evaluation.labels`); the report's ``extra["labels"]`` records what was used.
@@ -137,7 +143,8 @@ def evaluate(
     if bad:
         raise ValueError(f"model indices {bad[:5]} out of range 0..{n_models - 1}")
     extra = {} if plan.hard and protocol.labels == "auto" else {"labels": plan.info}
-    if batch_models > 1 and networks is None and protocol.schedule != "replay" and plan.hard:
+    probes: list[Any] = []
+    if batch_models > 1 and probe is None and networks is None and protocol.schedule != "replay" and plan.hard:
         accs, seeds = evaluate_batched(_Frozen(synset).batches, test, spec, protocol, model, indices=todo,
                                        batch_models=batch_models, lr=lr, augment=augment, device=device,
                                        progress=progress)
@@ -170,6 +177,10 @@ def evaluate(
             )
         accs.append(accuracy(net, test, protocol.test_batch_size, device))
         seeds.append(seed)
+        if probe is not None:
+            probes.append(probe(i, net))
+    if probe is not None:
+        extra["probes"] = probes
     return EvalReport(model, protocol, accs, seeds, time.perf_counter() - t0, lr, extra)
 
 

@@ -1,0 +1,221 @@
+"""A distilled set as a proxy for architecture search (the DC paper's NAS experiment, section 4.3).
+
+A grid of ConvNet variants of the model zoo (width x depth x normalisation x pooling; 16 by default)
+is trained twice: on each proxy set (distilled-set files, the random baseline of the same size) and
+on the whole training set. Each proxy's ranking of the architectures is compared with the whole
+data's by Spearman's rho and Kendall's tau, and the architecture a proxy picks is scored by its
+whole-data accuracy; the time saved is the whole-data training time over the proxy's.
+
+Every (set, architecture, model) is one executor task with its result file ``jobs/NAME.json``
+(resumable, on any backend). ``records.jsonl`` holds every job's row, ``summary.json`` the
+correlations, ``nas.png`` proxy against whole-data accuracy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..config import ConfigError
+from ..evaluation import EvalProtocol, evaluate
+from ..evaluation.evaluator import RealSet
+from ..executor import Executor, Task
+from ..fileio import atomic_write_text
+from ..models import create_model
+from .common import (RANDOM, AppError, SetSource, check_out, data_for, file_ipc, file_memory, job_name, mean_std,
+                     random_memory, run_jobs, write_records)
+
+FULL = "full"
+# the default grid: 2 widths x 2 depths x 2 normalisations x 2 poolings = 16 ConvNets
+DEFAULT_GRID: dict[str, tuple[Any, ...]] = {"width": (32, 64), "depth": (2, 3), "norm": ("instancenorm", "batchnorm"),
+                                            "pool": ("avgpooling", "maxpooling")}
+GRID_KEYS = ("width", "depth", "norm", "act", "pool")
+
+
+def architectures(grid: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's ConvNet options (``width depth norm act pool``), each checked."""
+    from ..models.convnet import ACTS, NORMS, POOLS
+
+    bad = sorted(set(grid) - set(GRID_KEYS))
+    if bad:
+        raise AppError(f"unknown architecture option(s) {bad}; valid: {', '.join(GRID_KEYS)}")
+    valid = {"norm": NORMS, "act": ACTS, "pool": POOLS}
+    for key, values in grid.items():
+        if not values:
+            raise AppError(f"--{key}: give at least one value")
+        for v in values:
+            if key in valid and v not in valid[key]:
+                raise AppError(f"unknown ConvNet {key} {v!r}; valid: {', '.join(valid[key])}")
+            if key in ("width", "depth") and (not isinstance(v, int) or v < 1):
+                raise AppError(f"--{key}: give integers >= 1, got {v!r}")
+    keys = list(grid)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
+
+
+def arch_name(arch: dict[str, Any]) -> str:
+    short = {"instancenorm": "in", "batchnorm": "bn", "layernorm": "ln", "groupnorm": "gn", "none": "no",
+             "avgpooling": "ap", "maxpooling": "mp", "relu": "relu", "sigmoid": "sig", "leakyrelu": "lrelu"}
+    return "convnet-" + "-".join(f"{k[0]}{v}" if k in ("width", "depth") else short.get(v, str(v))
+                                 for k, v in arch.items())
+
+
+def rank_correlations(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Spearman's rho and Kendall's tau (tau-b: ties counted) between two lists of scores."""
+    from scipy.stats import kendalltau, spearmanr
+
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"rank correlation needs two lists of equal length >= 2, got {len(a)} and {len(b)}")
+    rho, tau = spearmanr(a, b).statistic, kendalltau(a, b).statistic
+    return {"spearman": float(rho), "kendall": float(tau)}
+
+
+@dataclass(frozen=True)
+class NASConfig:
+    dataset: str
+    sets: tuple[SetSource, ...]
+    grid: dict[str, tuple[Any, ...]] = field(default_factory=lambda: dict(DEFAULT_GRID))
+    per_class: int | None = None
+    baselines: tuple[str, ...] = (RANDOM,)
+    protocol: EvalProtocol = field(default_factory=lambda: EvalProtocol())  # training on a proxy set
+    full_protocol: EvalProtocol = field(default_factory=lambda: EvalProtocol(epochs=20, n_models=1))
+    root: str | None = None
+    device: str = "cpu"
+
+
+def nas_job(job: dict[str, Any]) -> bytes:
+    """One architecture trained on one set (or the whole training set): its row (JSON)."""
+    source = SetSource(**job["set"])
+    f, data = data_for(source, job["dataset"], job["root"], job["device"])
+    spec, arch = data.spec, job["arch"]
+    if source.name == FULL:
+        trainset = RealSet(data.train)
+    elif f is None:
+        trainset = random_memory(data.train, range(spec.num_classes), job["per_class"], seed=0)
+    else:
+        trainset = file_memory(f, range(spec.num_classes), job["per_class"])
+
+    def network(i: int, model: str):
+        return create_model("convnet", spec.channels, spec.num_classes, spec.image_size, seed=protocol.seed * 1000 + i,
+                            weight_init=protocol.weight_init, **arch)
+
+    protocol = EvalProtocol(**job["protocol"])
+    t0 = time.perf_counter()
+    rep = evaluate(trainset, data, protocol, device=job["device"], networks=network, indices=[job["model"]])
+    return json.dumps({"set": source.name, "file": source.path, "dataset": job["dataset"], "arch": arch_name(arch),
+                       "options": arch, "model": job["model"], "accuracy": 100 * rep.accuracies[0],
+                       "seconds": time.perf_counter() - t0, "train_images": len(trainset) if source.name != FULL
+                       else len(data.train), "epochs": protocol.epochs, "protocol": protocol.name}).encode()
+
+
+def nas(cfg: NASConfig, out: str | Path, executor: Executor) -> dict[str, Any]:
+    """Run (or resume) the search for every proxy and the whole data; returns the summary."""
+    out = check_out(out, "architecture-search folder")
+    archs = architectures(cfg.grid)
+    if len(archs) < 2:
+        raise AppError("a ranking needs at least two architectures; widen the grid")
+    bad = [b for b in cfg.baselines if b != RANDOM]
+    if bad:
+        raise AppError(f"unknown baseline(s) {bad}; valid: {RANDOM}")
+    ipcs = {s.name: file_ipc(s.path) for s in cfg.sets}
+    k = cfg.per_class or (min(ipcs.values()) if ipcs else None)
+    if k is None:
+        raise AppError("without a set file, give --per-class K for the random baseline")
+    if any(i < k for i in ipcs.values()):
+        raise AppError(f"--per-class {k}: some sets hold fewer images per class: {ipcs}")
+    sources = [SetSource(FULL)] + list(cfg.sets) + [SetSource(b) for b in cfg.baselines]
+    tasks = []
+    for src in sources:
+        protocol = cfg.full_protocol if src.name == FULL else cfg.protocol
+        for arch in archs:
+            for m in range(protocol.n_models):
+                job = {"set": src.to_dict(), "dataset": cfg.dataset, "root": cfg.root, "device": cfg.device,
+                       "arch": arch, "model": m, "per_class": k, "protocol": protocol.to_dict()}
+                name = job_name(src.name, arch_name(arch), f"model{m}")
+                tasks.append(Task(key=name, fn=nas_job, args=(job,), out=out / "jobs" / f"{name}.json"))
+    d = asdict(cfg)
+    d.update(protocol=cfg.protocol.to_dict(), full_protocol=cfg.full_protocol.to_dict(), per_class=k)
+    atomic_write_text(out / "config.json", json.dumps(d, indent=1, default=list) + "\n")
+    rows = run_jobs(executor, out, tasks, "nas")
+    write_records(out, rows)
+    summary = summarize(rows, [arch_name(a) for a in archs], cfg, k)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out / "summary.md", format_summary(summary) + "\n")
+    plot_nas(summary, out / "nas.png")
+    return summary
+
+
+def summarize(rows: list[dict[str, Any]], names: list[str], cfg: NASConfig, k: int) -> dict[str, Any]:
+    """Per set: mean accuracy of each architecture, the correlations with the whole data's, the
+    whole-data accuracy of the architecture it ranks first, and its training time."""
+    def table(set_name: str) -> tuple[list[float], float]:
+        mine = [r for r in rows if r["set"] == set_name]
+        accs = [mean_std([r["accuracy"] for r in mine if r["arch"] == n])[0] for n in names]
+        return accs, sum(r["seconds"] for r in mine)
+
+    full, full_s = table(FULL)
+    best_full = max(full)
+    sets: dict[str, Any] = {}
+    for name in dict.fromkeys(r["set"] for r in rows if r["set"] != FULL):
+        accs, secs = table(name)
+        pick = max(range(len(names)), key=lambda i: accs[i])
+        sets[name] = {"file": next(r["file"] for r in rows if r["set"] == name), **rank_correlations(accs, full),
+                      "top1_arch": names[pick], "top1_full_acc": round(full[pick], 2),
+                      "top1_gap": round(best_full - full[pick], 2), "seconds": round(secs, 1),
+                      "speedup": round(full_s / secs, 1) if secs else None,
+                      "accuracies": {n: round(a, 2) for n, a in zip(names, accs)}}
+    return {"app": "nas", "dataset": cfg.dataset, "per_class": k, "architectures": names,
+            "protocol": cfg.protocol.to_dict(), "full_protocol": cfg.full_protocol.to_dict(),
+            "full": {"accuracies": {n: round(a, 2) for n, a in zip(names, full)}, "seconds": round(full_s, 1),
+                     "best_arch": names[full.index(best_full)], "best_acc": round(best_full, 2)},
+            "sets": sets}
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = ["| proxy | Spearman | Kendall | its pick's whole-data accuracy (best) | training time | time saved |",
+             "|---|---|---|---|---|---|"]
+    best = summary["full"]["best_acc"]
+    for name, s in summary["sets"].items():
+        lines.append(f"| {name} | {s['spearman']:.3f} | {s['kendall']:.3f} | {s['top1_full_acc']:.2f} ({best:.2f}) | "
+                     f"{s['seconds']:.0f} s | {s['speedup']}x |")
+    lines.append(f"| whole data | 1 | 1 | {best:.2f} | {summary['full']['seconds']:.0f} s | 1x |")
+    return "\n".join(lines)
+
+
+def plot_nas(summary: dict[str, Any], path: Path) -> Path:
+    """Proxy accuracy against whole-data accuracy, one panel per proxy set."""
+    from ..viz import plt_figure, save_figure
+
+    sets = summary["sets"]
+    fig, axes = plt_figure(max(len(sets), 1), size=(4.0, 3.6))
+    axes = axes if isinstance(axes, list) else [axes]
+    full = summary["full"]["accuracies"]
+    for ax, (name, s) in zip(axes, sets.items()):
+        xs = [s["accuracies"][n] for n in summary["architectures"]]
+        ys = [full[n] for n in summary["architectures"]]
+        ax.scatter(xs, ys, s=14)
+        ax.set_title(f"{name}: rho {s['spearman']:.2f}, tau {s['kendall']:.2f}", fontsize=9)
+        ax.set_xlabel("accuracy after training on the proxy (%)")
+        ax.set_ylabel("whole-data accuracy (%)")
+    return save_figure(fig, path)
+
+
+def parse_grid_options(width: str | None, depth: str | None, norm: str | None, act: str | None,
+                       pool: str | None) -> dict[str, tuple[Any, ...]]:
+    """The CLI's comma-separated lists -> a grid (the default grid's values where not given)."""
+    grid: dict[str, tuple[Any, ...]] = dict(DEFAULT_GRID)
+    for key, text in (("width", width), ("depth", depth), ("norm", norm), ("act", act), ("pool", pool)):
+        if text is None:
+            continue
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        if key in ("width", "depth"):
+            try:
+                grid[key] = tuple(int(v) for v in values)
+            except ValueError:
+                raise ConfigError(f"--{key} {text!r}: give integers, e.g. 32,64") from None
+        else:
+            grid[key] = tuple(values)
+    return {k: grid[k] for k in GRID_KEYS if k in grid}
