@@ -369,6 +369,96 @@ def soft_table(jobs: dict[str, list[Row]]) -> str:
     return "\n".join(out)
 
 
+APPS = "apps.yaml"
+
+
+def app_jobs() -> list:
+    return list(load_suite(SUITES_DIR / APPS).jobs)
+
+
+def _app_caption(r: Row, extra: str) -> str:
+    return (f"[record]({link(r, '../')}), commit {r['commit']}, {r.get('device', '?')}; {extra}; "
+            f"command: `{r['command']}`")
+
+
+def apps_section(jobs: dict[str, list[Row]]) -> str:
+    """Suite ``apps``: one table (and picture) per application and dataset, or the command of a job not
+    run yet."""
+    out = []
+    for title, app in (("Continual learning", "continual"), ("Architecture search", "nas"),
+                       ("Membership inference", "privacy")):
+        out += [f"### {title}", ""]
+        for j in [j for j in app_jobs() if j.app == app]:
+            out += [f"#### {DATASETS.get(j.dataset, j.dataset)}", ""]
+            run = jobs.get(j.id)
+            if not run:
+                out += [f"Not run: `python benchmarks/run.py apps --only {j.id}`.", ""]
+                continue
+            r = run[-1]
+            out += [globals()[f"_{app}_table"](r), "", f"![{j.id}](img/apps-{j.id}.png)", ""]
+    return "\n".join(out)
+
+
+def _continual_table(r: Row) -> str:
+    steps = next(iter(r["sets"].values()))["steps"]
+    head = "| memory | " + " | ".join(f"{p['classes_seen']} classes" for p in steps) + " | mean | floats (last step) |"
+    lines = [head, "|" + "---|" * (len(steps) + 3)]
+    for name, s in r["sets"].items():
+        cells = " | ".join(f"{p['acc_mean']:.2f} ± {p['acc_std']:.2f}" for p in s["steps"])
+        lines.append(f"| {name} | {cells} | {s['mean_over_steps']:.2f} | {s['steps'][-1]['memory_floats']:,} |")
+    pr = r["protocol"]
+    lines += ["", _app_caption(r, f"{r['per_class']} images per class per step, {r['steps']} steps, class orders "
+                                  f"{r['orders']} x {r['n_models']} network(s), `{pr['name']}` protocol at "
+                                  f"{pr['epochs']} epochs, augment {pr['augment']}; test accuracy (%) on the classes "
+                                  f"seen, mean ± std over orders and networks")]
+    return "\n".join(lines)
+
+
+def _nas_table(r: Row) -> str:
+    full = r["full"]
+    lines = ["| proxy | Spearman | Kendall | its pick | pick's whole-data acc. (%) | proxy training (s) | time saved |",
+             "|---|---|---|---|---|---|---|"]
+    for name, s in r["sets"].items():
+        lines.append(f"| {name} | {s['spearman']:.3f} | {s['kendall']:.3f} | {s['top1_arch']} | "
+                     f"{s['top1_full_acc']:.2f} | {s['seconds']:.0f} | {s['speedup']:g}x |")
+    lines.append(f"| whole data | 1 | 1 | {full['best_arch']} | {full['best_acc']:.2f} | {full['seconds']:.0f} | 1x |")
+    pr, fp = r["protocol"], r["full_protocol"]
+    lines += ["", _app_caption(r, f"{len(r['architectures'])} ConvNets, {r['per_class']} images per class; proxies "
+                                  f"trained `{pr['name']}` {pr['epochs']} epochs, the whole data {fp['epochs']} "
+                                  "epoch(s), one network each")]
+    return "\n".join(lines)
+
+
+def _privacy_table(r: Row) -> str:
+    lines = ["| training set | images | test acc. (%) | LiRA AUC | LiRA TPR@0.1% | LiRA TPR@1% | loss AUC | loss TPR@1% "
+             "| nearest members: LiRA AUC | TPR@0.1% |", "|" + "---|" * 10]
+    for name, p in r["pipelines"].items():
+        near = p.get("lira_nearest")
+        nn = f"{near['auc']:.3f} | {100 * near['tpr@0.1%fpr']:.2f}%" if near else "- | -"
+        lines.append(f"| {name} | {p['train_images']} | {p['test_accuracy']:.2f} | {p['lira']['auc']:.3f} | "
+                     f"{100 * p['lira']['tpr@0.1%fpr']:.2f}% | {100 * p['lira']['tpr@1%fpr']:.2f}% | "
+                     f"{p['loss']['auc']:.3f} | {100 * p['loss']['tpr@1%fpr']:.2f}% | {nn} |")
+    pr = r["protocol"]
+    lines += ["", _app_caption(r, f"a pool of {r['pool_per_class']} images per class halved {r['splits']} times "
+                                  f"({2 * r['splits']} runs per training set, each half's images its members), "
+                                  f"targets {pr['model']} trained `{pr['name']}` {pr['epochs']} epochs; "
+                                  "scores pooled over the runs")]
+    return "\n".join(lines)
+
+
+def plot_apps(jobs: dict[str, list[Row]], img: Path) -> None:
+    """Each recorded application's picture, drawn again from its record's summary."""
+    from datadistill.apps.continual import plot_continual
+    from datadistill.apps.nas import plot_nas
+    from datadistill.apps.privacy import plot_privacy
+
+    draw = {"continual": plot_continual, "nas": plot_nas, "privacy": plot_privacy}
+    for j in app_jobs():
+        run = jobs.get(j.id)
+        if run:
+            draw[j.app](run[-1], img / f"apps-{j.id}.png")
+
+
 def paper_table(jobs: dict[str, list[Row]]) -> str:
     """Each best set on the protocol of the paper it is compared with, beside the paper's figure."""
     released = {e["job"]: e for e in json.loads((ROOT / "benchmarks" / "released" / "index.json").read_text())}
@@ -510,6 +600,13 @@ def render(rows: list[Row]) -> str:
         "`distill wall` are the distillation's (blank for selections); `scores wall` is the three evaluations'.",
         "",
         soft_table(jobs),
+        "## What distilled sets are for",
+        "",
+        "Suite `apps` ([applications](apps.md)): the released DM, MTT and herding sets at 10 images per class and "
+        "the random baseline as a continual-learning memory, as a proxy for ranking architectures, and under a "
+        "membership-inference attack. CPU budgets, far below the papers' (the suite file names each one).",
+        "",
+        apps_section(jobs),
         "### Parity with the authors' evaluator",
         "",
         "A set distilled and scored by the authors' released code, scored again by our paper preset "
@@ -651,6 +748,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(text)
     plot(rows, a.out.parent / "img" / PLOT.name)
+    plot_apps(latest_per_job(rows), a.out.parent / "img")
     print(f"wrote {a.out} and {a.out.parent / 'img' / PLOT.name}")
     return 0
 

@@ -80,6 +80,9 @@ class Runner:
             return ["datadistill", "experts", "--dataset", job.dataset, *self.args(job), "--no-progress"]
         if job.kind == "teacher":
             return ["datadistill", "teacher", "--dataset", job.dataset, *self.args(job), "--force"]
+        if job.kind == "app":  # resumable by itself: a rerun trains only the jobs it lacks
+            return ["datadistill", "apps", job.app, "--dataset", job.dataset, *self.args(job), "--out",
+                    repo_name(self.run_dir(job)), "--no-progress"]
         src = self.source(job, build=False)
         if job.kind == "score":
             return ["datadistill", "evaluate", repo_name(src), "--models", job.model, "--scores", "--full-accuracy",
@@ -305,6 +308,11 @@ class Runner:
                  "iterations": meta.get("iterations"), "seconds_per_iteration": meta.get("seconds_per_iteration"),
                  "distill_wall_seconds": meta.get("wall_seconds"), "eval_seconds": round(wall, 1),
                  "wall_seconds": round(wall, 1), "command": shlex.join(cmd), **job.extra}]
+
+    def _records_app(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
+        """One record: the application's summary (``summary.json``), with its command."""
+        summary = json.loads((self.run_dir(job) / "summary.json").read_text())
+        return [{"what": "app", **summary, "wall_seconds_this_call": round(wall, 1), "command": shlex.join(cmd)}]
 
     def _records_teacher(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
         from datadistill.teachers import load_teacher

@@ -33,6 +33,8 @@ KINDS = {
     "score": ({"of", "model", "full"}, {"needs", "extra"}),
     "teacher": ({"dataset"}, {"needs"}),
     "bases": ({"of"}, set()),
+    # an application (`datadistill apps APP`): its summary, the sets it compares named in ``args``
+    "app": ({"app", "dataset"}, {"needs"}),
 }
 COMMON = {"id", "kind", "results", "args", "expected", "paper"}
 
@@ -68,6 +70,7 @@ class Job:
     model: str | None = None
     of: str | None = None
     needs: str | None = None
+    app: str | None = None  # app jobs: continual, privacy or nas
     full: str | None = None  # score jobs: the ``full`` job whose record is the whole-data reference
     extra: dict = field(default_factory=dict)
     paper: dict | None = None  # the paper's own figure for this setting: value, std, source

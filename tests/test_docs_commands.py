@@ -199,6 +199,8 @@ def tiny_datadistill(argv: list[str], experts: "Experts") -> list[str]:
         if _flag(argv, "--from-experts") is None:
             argv = _set_flag(_set_flag(_set_flag(argv, "--dataset", "digits"), "--epochs", "1"), "--model", SMALL_MODEL)
         return argv + ["--force", "--no-progress"]
+    if sub == "apps":
+        return tiny_apps(argv)
     if sub == "experts":
         argv = _set_flag(argv, "--dataset", "digits")
         argv = _set_flag(_set_flag(argv, "--experts", "1"), "--epochs", "1")
@@ -207,6 +209,41 @@ def tiny_datadistill(argv: list[str], experts: "Experts") -> list[str]:
         argv = [a for i, a in enumerate(argv) if a != "--zca" and (i == 0 or argv[i - 1] != "--zca")]
         return _set_flag(argv, "--model", SMALL_MODEL) + ["--no-progress"]
     return argv
+
+
+def tiny_apps(argv: list[str]) -> list[str]:
+    """A docs ``datadistill apps ...`` command at a tiny size on digits: a network of 1 epoch per job,
+    2 class steps of 1 order, 2 ConvNets, a pool of 8 images per class halved twice, 2-iteration
+    distillations."""
+    app = argv[1] if len(argv) > 1 else ""
+    argv = _set_flag(argv, "--dataset", "digits")
+    argv = [a for a in argv if not re.match(r"^(epochs|n_models|model)=", a)]
+    if app == "continual":
+        argv = _set_flag(_set_flag(argv, "--orders", "0"), "--steps", "2")
+    elif app == "nas":
+        for flag, value in (("--width", "8"), ("--depth", "1,2"), ("--norm", "instancenorm"), ("--act", "relu"),
+                            ("--pool", "avgpooling"), ("--full-epochs", "1")):
+            argv = _set_flag(argv, flag, value)
+    elif app == "privacy":
+        out, i = [], 0
+        while i < len(argv):
+            if argv[i] == "--distill" and i + 1 < len(argv):
+                name, _, rest = argv[i + 1].partition(":")
+                items = shlex.split(rest)
+                method = _method_of([a.replace("preset=", "--preset=", 1) if a.startswith("preset=") else a
+                                     for a in items])
+                tiny = {**TINY_METHOD.get(method, {}), "model": SMALL_MODEL}
+                extra = ([] if method in SELECTION else ["iterations=2"]) + [f"method_config.{k}={v}"
+                                                                            for k, v in tiny.items()]
+                out += ["--distill", f"{name}:{rest} {' '.join(extra)}"]
+                i += 2
+                continue
+            out.append(argv[i])
+            i += 1
+        argv = out
+        for flag, value in (("--pool", "8"), ("--splits", "2"), ("--per-class", "2"), ("--experts", "1")):
+            argv = _set_flag(argv, flag, value)
+    return argv + ["epochs=1", "n_models=1", f"model={SMALL_MODEL}", "--no-progress"]
 
 
 def default_out(argv: list[str]) -> str:

@@ -5,6 +5,7 @@ file per job, so an application resumes where it stopped) and its JSON-lines rec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -38,13 +39,14 @@ class SetSource:
 
     name: str
     path: str | None = None
+    sha256: str | None = None  # the file's content: a job's result is kept only for the same bytes
 
     @property
     def is_file(self) -> bool:
         return self.path is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path}
+        return {"name": self.name, "path": self.path, "sha256": self.sha256}
 
 
 def parse_sets(items: Sequence[str], *, dataset: str | None = None) -> list[SetSource]:
@@ -71,7 +73,7 @@ def parse_sets(items: Sequence[str], *, dataset: str | None = None) -> list[SetS
         set_dataset = (meta.get("dataset") or {}).get("name")
         if dataset is not None and set_dataset != dataset:
             raise AppError(f"--set {item!r} was distilled on {set_dataset!r}, not {dataset!r}")
-        out.append(SetSource(name, str(path)))
+        out.append(SetSource(name, str(path), hashlib.sha256(Path(path).read_bytes()).hexdigest()))
     names = [s.name for s in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -180,8 +182,29 @@ def job_name(*parts: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", "-".join(str(p) for p in parts))
 
 
+VOLATILE = ("device", "root", "out")  # where a job runs, not what it computes
+
+
+def settings_of(job: dict[str, Any]) -> dict[str, Any]:
+    """What a job computes (its row keeps it as ``settings``): the job less where it runs, as JSON."""
+    return json.loads(json.dumps({k: v for k, v in job.items() if k not in VOLATILE}))
+
+
 def run_jobs(executor: Executor, out: Path, tasks: list[Task], desc: str) -> list[dict[str, Any]]:
-    """Run the tasks not done yet (each writes ``out/jobs/NAME.json``), then every job's row, in order."""
+    """Run the tasks not done yet (each writes ``out/jobs/NAME.json``), then every job's row, in order.
+    A result file made with other settings (another protocol, another file under the same name) is
+    an error, never a silent reuse."""
+    stale = []
+    for t in tasks:
+        if t.done():
+            kept = json.loads(Path(t.out).read_text()).get("settings")
+            if kept is not None and kept != settings_of(t.args[0]):
+                now = settings_of(t.args[0])
+                diff = sorted(k for k in set(kept) | set(now) if kept.get(k) != now.get(k))
+                stale.append(f"{Path(t.out).name} ({', '.join(diff)})")
+    if stale:
+        raise AppError(f"{out} holds results made with other settings: {'; '.join(stale[:3])}"
+                       f"{' ...' if len(stale) > 3 else ''}; give another --out (or remove those files)")
     if any(not t.done() for t in tasks):
         check_output_dir(out / JOBS, "results folder")
     files = executor.run(tasks, desc=desc)

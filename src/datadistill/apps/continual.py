@@ -30,8 +30,9 @@ from ..config import ConfigError
 from ..evaluation import EvalProtocol, evaluate
 from ..executor import Executor, Task
 from ..fileio import atomic_write_text
+from ..version import git_commit
 from .common import (RANDOM, AppError, SetSource, check_out, data_for, file_ipc, file_memory, job_name, mean_std,
-                     random_memory, restrict_test, run_jobs, write_records)
+                     random_memory, restrict_test, run_jobs, settings_of, write_records)
 
 # the released script's settings: 3 networks per order, DSA on every set, 1000 epochs (`dsa-paper`)
 DEFAULT_PROTOCOL = "dsa-paper"
@@ -109,9 +110,10 @@ def continual_job(job: dict[str, Any]) -> bytes:
            "classes_seen": len(seen), "memory_images": len(memory), "memory_floats": memory.floats(),
            "model": job["model"], "seed": rep.seeds[0], "accuracy": 100 * rep.accuracies[0],
            "test_images": len(restrict_test(data, seen).test), "seconds": time.perf_counter() - t0,
-           "protocol": rep.protocol.name, "epochs": rep.protocol.epochs, "augment": rep.protocol.augment}
+           "protocol": rep.protocol.name, "epochs": rep.protocol.epochs, "augment": rep.protocol.augment, "commit": git_commit()}
     if "labels" in rep.extra:
         row["labels"] = rep.extra["labels"]
+    row["settings"] = settings_of(job)
     return json.dumps(row).encode()
 
 

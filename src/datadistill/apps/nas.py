@@ -25,9 +25,10 @@ from ..evaluation import EvalProtocol, evaluate
 from ..evaluation.evaluator import RealSet
 from ..executor import Executor, Task
 from ..fileio import atomic_write_text
+from ..version import git_commit
 from ..models import create_model
 from .common import (RANDOM, AppError, SetSource, check_out, data_for, file_ipc, file_memory, job_name, mean_std,
-                     random_memory, run_jobs, write_records)
+                     random_memory, run_jobs, settings_of, write_records)
 
 FULL = "full"
 # the default grid: 2 widths x 2 depths x 2 normalisations x 2 poolings = 16 ConvNets
@@ -108,7 +109,8 @@ def nas_job(job: dict[str, Any]) -> bytes:
     return json.dumps({"set": source.name, "file": source.path, "dataset": job["dataset"], "arch": arch_name(arch),
                        "options": arch, "model": job["model"], "accuracy": 100 * rep.accuracies[0],
                        "seconds": time.perf_counter() - t0, "train_images": len(trainset) if source.name != FULL
-                       else len(data.train), "epochs": protocol.epochs, "protocol": protocol.name}).encode()
+                       else len(data.train), "epochs": protocol.epochs, "protocol": protocol.name, "commit": git_commit(),
+                       "settings": settings_of(job)}).encode()
 
 
 def nas(cfg: NASConfig, out: str | Path, executor: Executor) -> dict[str, Any]:

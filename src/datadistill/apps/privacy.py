@@ -41,7 +41,8 @@ from ..evaluation import EvalProtocol, evaluate
 from ..evaluation.evaluator import RealSet
 from ..executor import Executor, Task
 from ..fileio import atomic_write_text
-from .common import (AppError, MemorySet, check_out, file_memory, job_name, random_memory, run_jobs,
+from ..version import git_commit
+from .common import (AppError, MemorySet, check_out, file_memory, job_name, random_memory, run_jobs, settings_of,
                      write_records)
 
 SUBSET, ALL, DISTILL = "subset", "all", "distill"
@@ -210,7 +211,7 @@ def privacy_job(job: dict[str, Any]) -> bytes:
            "train_images": len(trainset) if isinstance(trainset, MemorySet) else len(trainset.data),
            "member": member.int().tolist(), "phi": [round(v, 5) for v in phi], "loss": [round(v, 6) for v in loss],
            "nearest": near, "seconds": time.perf_counter() - t0, "protocol": protocol.name,
-           "epochs": protocol.epochs, "set_file": str(Path(job["out"]) / "runs") if f is not None else None}
+           "epochs": protocol.epochs, "commit": git_commit(), "settings": settings_of(job)}
     return json.dumps(row).encode()
 
 
@@ -282,6 +283,7 @@ def attack(rows: list[dict[str, Any]]) -> dict[str, Any]:
                            "train_images": rows[0]["train_images"]}
     for name, score in (("loss", -loss), ("lira", lira)):
         out[name] = _rounded(roc_metrics(score.flatten(), member.flatten()))
+        out[name]["roc"] = roc_points(score.flatten(), member.flatten())
     if all(r["nearest"] for r in rows):
         near = torch.zeros_like(member)
         for i, r in enumerate(rows):
@@ -290,6 +292,18 @@ def attack(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for name, score in (("loss", -loss), ("lira", lira)):
             out[f"{name}_nearest"] = _rounded(roc_metrics(score[keep], member[keep]))
     return out
+
+
+ROC_FPRS = [round(10 ** (-4 + 4 * i / 32), 6) for i in range(33)]  # 1e-4 .. 1, log-spaced
+
+
+def roc_points(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, list[float]]:
+    """The ROC curve at log-spaced false-positive rates (what the plot draws, kept in the summary)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels.int().numpy(), scores.double().numpy())
+    return {"fpr": ROC_FPRS, "tpr": [round(float(tpr[fpr <= a].max()) if (fpr <= a).any() else 0.0, 5)
+                                     for a in ROC_FPRS]}
 
 
 def run_group(row: dict[str, Any]) -> int:
@@ -348,7 +362,7 @@ def privacy(cfg: PrivacyConfig, out: str | Path, executor: Executor) -> dict[str
                "seconds": round(sum(r["seconds"] for r in rows), 1)}
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     atomic_write_text(out / "summary.md", format_summary(summary) + "\n")
-    plot_privacy(rows, pipelines, out / "privacy.png")
+    plot_privacy(summary, out / "privacy.png")
     return summary
 
 
@@ -364,19 +378,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_privacy(rows: list[dict[str, Any]], pipelines: list[Pipeline], path: Path) -> Path:
-    """LiRA's ROC curve per pipeline on log-log axes (the low-FPR regime is what matters)."""
-    from sklearn.metrics import roc_curve
-
+def plot_privacy(summary: dict[str, Any], path: Path) -> Path:
+    """LiRA's ROC curve per training set on log-log axes (the low false-positive regime is what matters)."""
     from ..viz import plt_figure, save_figure
 
     fig, ax = plt_figure(size=(5.0, 4.5))
-    for p in pipelines:
-        mine = [r for r in rows if r["pipeline"] == p.name]
-        member = torch.tensor([r["member"] for r in mine]).bool()
-        s = lira_scores(torch.tensor([r["phi"] for r in mine]), member, [run_group(r) for r in mine])
-        fpr, tpr, _ = roc_curve(member.flatten().int().numpy(), s.flatten().numpy())
-        ax.plot(fpr, tpr, label=p.name)
+    for name, r in summary["pipelines"].items():
+        roc = r["lira"]["roc"]
+        ax.plot(roc["fpr"], [max(t, 1e-4) for t in roc["tpr"]], label=f"{name} (AUC {r['lira']['auc']:.3f})")
     ax.plot([1e-4, 1], [1e-4, 1], "k:", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -384,7 +393,7 @@ def plot_privacy(rows: list[dict[str, Any]], pipelines: list[Pipeline], path: Pa
     ax.set_ylim(1e-4, 1)
     ax.set_xlabel("false-positive rate")
     ax.set_ylabel("true-positive rate")
-    ax.set_title("LiRA membership inference")
+    ax.set_title(f"LiRA membership inference, {summary['dataset']}")
     ax.legend(fontsize=8)
     return save_figure(fig, path)
 

@@ -1,0 +1,279 @@
+"""The applications (`datadistill.apps`): continual learning, membership inference, architecture search,
+on the digits set at tiny sizes."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from datadistill.apps import common, continual, nas, privacy
+from datadistill.apps.common import AppError, SetSource, parse_sets
+from datadistill.cli import main
+from datadistill.data import DatasetOptionError, load_dataset
+from datadistill.data.registry import split_indices
+from datadistill.evaluation import get_protocol
+from datadistill.executor import make_executor
+from datadistill.models import create_model
+from datadistill.seeding import make_generator
+from datadistill.synset import PixelSet, load_synset, save_synset
+from datadistill.train import train_classifier
+
+QUICK = dict(epochs=4, n_models=1)
+
+
+@pytest.fixture(scope="module")
+def set_file(tmp_path_factory, digits):
+    """A 3-images-per-class set of digits (real images: what a set file holds is all that matters)."""
+    s = PixelSet.from_real(digits.train, 3, make_generator(5, "set"))
+    return str(save_synset(tmp_path_factory.mktemp("sets") / "dm.safetensors", s, digits.spec, method="dm"))
+
+
+def serial():
+    return make_executor("serial", progress=False)
+
+
+# -- the split option ---------------------------------------------------------------------------------
+def test_split_halves_partition_the_pool_per_class(digits):
+    pool, a, b = split_indices(digits.train.labels, 10, 20, seed=0)
+    assert len(pool) == 200 and len(a) == len(b) == 100
+    assert set(a.tolist()).isdisjoint(b.tolist()) and set(a.tolist()) | set(b.tolist()) == set(pool.tolist())
+    assert torch.bincount(digits.train.labels[a], minlength=10).tolist() == [10] * 10
+    pool2, a2, _ = split_indices(digits.train.labels, 10, 20, seed=1)
+    assert torch.equal(pool, pool2) and not torch.equal(a, a2)  # one pool, another halving
+    half = load_dataset("digits", split="20:1:0")
+    assert torch.equal(half.train.images, digits.train.images[a2]) and half.spec.extra["split"] == "20:1:0"
+    assert torch.equal(half.test.images, digits.test.images)
+
+
+@pytest.mark.parametrize("value", ["20", "20:0:2", "x:0:0", "1:0:0"])
+def test_split_option_bad_values(value):
+    with pytest.raises(DatasetOptionError, match="POOL:SEED:SIDE"):
+        load_dataset("digits", split=value)
+
+
+def test_split_option_refuses_pool_larger_than_a_class_and_validation():
+    with pytest.raises(DatasetOptionError, match="fewer than the pool"):
+        load_dataset("digits", split="5000:0:0")
+    with pytest.raises(DatasetOptionError, match="do not combine"):
+        load_dataset("digits", split="20:0:0", validation=0.1)
+
+
+# -- sets -------------------------------------------------------------------------------------------------
+def test_parse_sets_checks_files_names_and_dataset(set_file, tmp_path):
+    (s,) = parse_sets([set_file])
+    assert (s.name, s.path, len(s.sha256)) == ("dm", set_file, 64)
+    with pytest.raises(AppError, match="no such file"):
+        parse_sets([f"x={tmp_path / 'none.safetensors'}"])
+    with pytest.raises(AppError, match="baseline"):
+        parse_sets([f"random={set_file}"])
+    with pytest.raises(AppError, match="unique"):
+        parse_sets([set_file, f"dm={set_file}"])
+    with pytest.raises(AppError, match="distilled on 'digits', not 'mnist'"):
+        parse_sets([set_file], dataset="mnist")
+
+
+# -- continual learning -------------------------------------------------------------------------------
+def test_class_orders_are_the_scripts():
+    for seed in range(5):
+        np.random.seed(seed)
+        assert continual.class_order(10, seed) == np.random.permutation(10).tolist()
+    assert continual.step_classes([3, 1, 4, 0, 2, 5], 3) == [[3, 1], [4, 0], [2, 5]]
+
+
+def test_memory_holds_exactly_the_classes_seen(set_file, digits):
+    f = load_synset(set_file)
+    groups = continual.step_classes(continual.class_order(10, 2), 5)
+    for step in range(5):
+        seen = [c for g in groups[: step + 1] for c in g]
+        for memory in (common.file_memory(f, seen, 2), common.random_memory(digits.train, seen, 2, seed=2)):
+            assert sorted(torch.unique(memory.labels).tolist()) == sorted(seen)
+            assert torch.bincount(memory.labels, minlength=10)[seen].tolist() == [2] * len(seen)
+            assert memory.floats() == 2 * len(seen) * 28 * 28
+    # a class's random images are the same whichever step brings it
+    a = common.random_memory(digits.train, [4], 3, seed=0).images
+    b = common.random_memory(digits.train, [7, 4], 3, seed=0).images[3:]
+    assert torch.equal(a, b)
+
+
+def test_continual_runs_resumes_and_reports(set_file, tmp_path):
+    cfg = continual.ContinualConfig("digits", (SetSource("dm", set_file),), steps=2, orders=(0, 1),
+                                    protocol=get_protocol("dc", **QUICK))
+    out = tmp_path / "cl"
+    summary = continual.continual(cfg, out, serial())
+    rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 2 * 2  # (dm, random) x orders x steps
+    for r in rows:
+        groups = continual.step_classes(continual.class_order(10, r["order"]), 2)
+        assert r["classes_seen"] == 5 * r["step"] and r["memory_images"] == 3 * r["classes_seen"]
+        assert r["class_order"] == [c for g in groups for c in g]
+        assert 0 <= r["accuracy"] <= 100
+    assert set(summary["sets"]) == {"dm", "random"} and summary["per_class"] == 3
+    step1 = summary["sets"]["dm"]["steps"][0]
+    accs = [r["accuracy"] for r in rows if r["set"] == "dm" and r["step"] == 1]
+    assert step1["n"] == 2 and step1["acc_mean"] == pytest.approx(sum(accs) / 2, abs=0.01)
+    assert (out / "continual.png").stat().st_size > 0 and "| dm |" in (out / "summary.md").read_text()
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "jobs").iterdir()}
+    continual.continual(cfg, out, serial())  # every job done: nothing trains again
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "jobs").iterdir()} == stamps
+    other = continual.ContinualConfig("digits", cfg.sets, steps=2, orders=(0, 1),
+                                      protocol=get_protocol("dc", epochs=5, n_models=1))
+    with pytest.raises(AppError, match=r"other settings: .*\(protocol\)"):  # never a silent mix of protocols
+        continual.continual(other, out, serial())
+
+
+def test_continual_bad_input(set_file, tmp_path):
+    base = dict(protocol=get_protocol("dc", **QUICK))
+    for kw, match in ((dict(steps=11), "steps must be"), (dict(orders=(0, 0)), "distinct"),
+                      (dict(baselines=("herding",)), "herding=FILE"), (dict(per_class=4), "fewer images")):
+        cfg = continual.ContinualConfig("digits", (SetSource("dm", set_file),), **{**base, **kw})
+        with pytest.raises(AppError, match=match):
+            continual.continual(cfg, tmp_path / "x", serial())
+
+
+# -- membership inference ------------------------------------------------------------------------------
+def test_roc_metrics():
+    perfect = privacy.roc_metrics([3.0, 2.0, 1.0, 0.0], [1, 1, 0, 0])
+    assert perfect["auc"] == 1.0 and perfect["tpr@0.1%fpr"] == 1.0 and perfect["tpr@1%fpr"] == 1.0
+    g = torch.Generator().manual_seed(0)
+    chance = privacy.roc_metrics(torch.randn(4000, generator=g), torch.arange(4000) % 2)
+    assert abs(chance["auc"] - 0.5) < 0.04 and chance["tpr@1%fpr"] < 0.05
+
+
+def test_lira_separates_a_signal_and_is_unbiased_without_one():
+    g = torch.Generator().manual_seed(0)
+    pool, splits = 400, 3
+    member = torch.stack([torch.randperm(pool, generator=g) < pool // 2 for _ in range(splits)])
+    member = torch.stack([m for row in member for m in (row, ~row)])  # each split's two complementary halves
+    groups = [s for s in range(splits) for _ in (0, 1)]
+    base = torch.randn(pool, generator=g) * 3  # per-image difficulty
+    noise = torch.randn(2 * splits, pool, generator=g)
+    for shift, lo, hi in ((2.0, 0.8, 1.0), (0.0, 0.45, 0.55)):
+        phi = base + noise + shift * member
+        scores = privacy.lira_scores(phi, member, groups)
+        auc = privacy.roc_metrics(scores.flatten(), member.flatten())["auc"]
+        assert lo < auc <= hi, (shift, auc)
+    with pytest.raises(AppError, match="2 splits"):
+        privacy.lira_scores(phi[:2], member[:2], [0, 0])
+
+
+def _members_auc(net, pool_x, pool_y, member):
+    phi, loss = privacy.confidences(net, pool_x, pool_y)
+    return privacy.roc_metrics(-torch.tensor(loss), member)["auc"], privacy.roc_metrics(torch.tensor(phi), member)["auc"]
+
+
+def test_attack_sees_members_only_in_a_model_trained_on_them(digits):
+    pool, a, b = split_indices(digits.train.labels, 10, 40, seed=0)
+    x, y = digits.train.images, digits.train.labels
+    member = torch.isin(pool, a).int()
+    outside = torch.tensor(sorted(set(range(len(y))) - set(pool.tolist())))[:200]
+
+    def trained(idx):
+        net = create_model("mlp", 1, 10, 28, seed=1)
+        data = common.MemorySet(x[idx], y[idx])
+        return train_classifier(net, data.batches, epochs=100, lr=0.01, weight_decay=0, batch_size=16,
+                                generator=make_generator(0, "t"))
+
+    # 200 members against 200 non-members: the AUC of a blind guess has a spread of about 0.03
+    on_members = _members_auc(trained(a), x[pool], y[pool], member)
+    never = _members_auc(trained(outside), x[pool], y[pool], member)
+    assert all(abs(v - 0.5) < 0.08 for v in never), never  # chance, within the noise
+    assert min(on_members) > 0.56 and min(on_members) > max(never) + 0.04, (on_members, never)
+
+
+def test_privacy_runs_with_a_distilled_pipeline(tmp_path):
+    p = privacy.parse_pipeline("dm: method=dm iterations=2 method_config.batch_real=8 method_config.model=convnet_w32")
+    assert p.overrides == ("method=dm", "iterations=2", "method_config.batch_real=8", "method_config.model=convnet_w32")
+    cfg = privacy.PrivacyConfig("digits", (p,), pool=8, splits=2, per_class=2,
+                                protocol=get_protocol("dc", model="convnet_w32", epochs=3))
+    out = tmp_path / "pv"
+    summary = privacy.privacy(cfg, out, serial())
+    assert set(summary["pipelines"]) == {"dm", "subset", "all"}
+    dm, allr = summary["pipelines"]["dm"], summary["pipelines"]["all"]
+    assert dm["runs"] == 4 and dm["train_images"] == 20 and allr["train_images"] == 40
+    assert 0 <= dm["lira"]["auc"] <= 1 and "lira_nearest" in dm and "lira_nearest" not in allr
+    assert dm["lira"]["members"] == dm["lira"]["non_members"] == 4 * 40
+    rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all(r["nearest"] is None or len(r["nearest"]) <= 20 for r in rows)
+    meta = load_synset(out / "runs" / "dm-8-0-1" / "distilled.safetensors").spec
+    assert meta.extra["split"] == "8:0:1"  # the set was distilled on its half only
+    assert (out / "privacy.png").is_file()
+
+
+def test_privacy_pipeline_settings_and_bad_input(tmp_path):
+    assert privacy.needs_experts({"method": "mtt", "method_config": {"max_start_epoch": 2, "expert_epochs": 2}}) == 3
+    assert privacy.needs_experts({"method": "dm"}) is None
+    assert privacy.needs_experts({"method": "mtt", "method_config": {"experts": "/x"}}) is None
+    cfg = privacy.PrivacyConfig("digits", (), pool=8)
+    run = privacy.run_config(privacy.parse_pipeline("h: preset=herding"), cfg, "8:0:0", 1, None)
+    assert run["ipc"] == 10 and run["method"] == "herding" and run["dataset_options"] == {"split": "8:0:0"}
+    for text in ("dm", "subset: method=dm", "dm: iterations"):
+        with pytest.raises(AppError):
+            privacy.parse_pipeline(text)
+    with pytest.raises(AppError, match="splits"):
+        privacy.privacy(privacy.PrivacyConfig("digits", (), splits=1), tmp_path / "a", serial())
+    with pytest.raises(AppError, match="per-class"):
+        privacy.privacy(privacy.PrivacyConfig("digits", (), pool=8, per_class=5), tmp_path / "b", serial())
+
+
+# -- architecture search --------------------------------------------------------------------------------
+def test_rank_correlation_of_a_list_with_itself_is_one():
+    a = [3.0, 1.0, 4.0, 1.5, 9.0, 2.6]
+    assert nas.rank_correlations(a, a) == {"spearman": pytest.approx(1.0), "kendall": pytest.approx(1.0)}
+    rev = nas.rank_correlations(a, [-v for v in a])
+    assert rev == {"spearman": pytest.approx(-1.0), "kendall": pytest.approx(-1.0)}
+    with pytest.raises(ValueError):
+        nas.rank_correlations([1.0], [1.0])
+
+
+def test_default_grid_has_sixteen_distinct_convnets():
+    archs = nas.architectures(nas.DEFAULT_GRID)
+    assert len(archs) == 16 and len({nas.arch_name(a) for a in archs}) == 16
+    with pytest.raises(AppError, match="valid: instancenorm"):
+        nas.architectures({"norm": ("bogus",)})
+    with pytest.raises(AppError, match="valid: width"):
+        nas.architectures({"heads": (2,)})
+
+
+def test_nas_ranks_against_the_whole_data(set_file, tmp_path):
+    grid = {"width": (8, 16), "depth": (1,), "pool": ("avgpooling", "maxpooling")}
+    cfg = nas.NASConfig("digits", (SetSource("dm", set_file),), grid=grid, protocol=get_protocol("dc", **QUICK),
+                        full_protocol=get_protocol("dc", epochs=1, n_models=1))
+    out = tmp_path / "nas"
+    summary = nas.nas(cfg, out, serial())
+    assert len(summary["architectures"]) == 4 and set(summary["sets"]) == {"dm", "random"}
+    dm = summary["sets"]["dm"]
+    assert -1 <= dm["spearman"] <= 1 and -1 <= dm["kendall"] <= 1 and dm["top1_arch"] in summary["architectures"]
+    assert dm["top1_full_acc"] <= summary["full"]["best_acc"] and dm["speedup"] > 1
+    rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * 4 and {r["train_images"] for r in rows if r["set"] != "full"} == {30}
+    assert (out / "nas.png").is_file()
+
+
+# -- the command line --------------------------------------------------------------------------------
+def test_cli_apps(set_file, tmp_path, capsys):
+    assert main(["apps", "continual", "--dataset", "digits", "--set", f"dm={set_file}", "--steps", "2", "--orders", "0",
+                 "--protocol", "dc", "epochs=2", "--out", str(tmp_path / "cl"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| dm |" in out and "step 2 (10 cl.)" in out
+    cfg = json.loads((tmp_path / "cl" / "config.json").read_text())
+    assert cfg["protocol"]["n_models"] == 3 and cfg["protocol"]["epochs"] == 2  # the script's 3 networks
+    assert main(["apps", "nas", "--dataset", "digits", "--set", set_file, "--width", "8", "--depth", "1,2",
+                 "--norm", "instancenorm", "--pool", "avgpooling", "--full-epochs", "1", "epochs=2",
+                 "--out", str(tmp_path / "nas"), "--no-progress"]) == 0
+    assert "whole data" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["continual", "--dataset", "digits", "--set", "nofile.safetensors"], "no such file"),
+    (["continual", "--dataset", "digits", "--orders", "a-b"], "--orders"),
+    (["nas", "--dataset", "digits", "--per-class", "1", "--norm", "bogus"], "valid: instancenorm"),
+    (["nas", "--dataset", "digits", "--per-class", "1", "--width", "x"], "integers"),
+    (["privacy", "--dataset", "digits", "--splits", "1"], "splits must be"),
+    (["privacy", "--dataset", "digits", "--distill", "dm: method=nosuch"], "nosuch"),
+    (["privacy", "--dataset", "digits", "epochs=0"], "epochs"),
+])
+def test_cli_apps_bad_input_is_one_line(argv, message, tmp_path, capsys):
+    assert main(["apps", *argv, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("datadistill: error:") and message in err and "Traceback" not in err
