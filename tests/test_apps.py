@@ -108,6 +108,7 @@ def test_continual_runs_resumes_and_reports(set_file, tmp_path):
         assert r["classes_seen"] == 5 * r["step"] and r["memory_images"] == 3 * r["classes_seen"]
         assert r["class_order"] == [c for g in groups for c in g]
         assert 0 <= r["accuracy"] <= 100
+        assert r["seed"] == r["order"]  # a fresh network per order (and network), the same at each of its steps
     assert set(summary["sets"]) == {"dm", "random"} and summary["per_class"] == 3
     step1 = summary["sets"]["dm"]["steps"][0]
     accs = [r["accuracy"] for r in rows if r["set"] == "dm" and r["step"] == 1]
@@ -277,3 +278,12 @@ def test_cli_apps_bad_input_is_one_line(argv, message, tmp_path, capsys):
     assert main(["apps", *argv, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("datadistill: error:") and message in err and "Traceback" not in err
+
+
+def test_an_app_gives_the_same_numbers_on_a_process_pool(set_file, tmp_path):
+    cfg = continual.ContinualConfig("digits", (SetSource("dm", set_file),), steps=2, orders=(3,), baselines=(),
+                                    protocol=get_protocol("dc", epochs=2, n_models=1))
+    here = continual.continual(cfg, tmp_path / "serial", make_executor("serial", threads=1, progress=False))
+    with make_executor("process", workers=2, threads=1, progress=False) as ex:
+        pool = continual.continual(cfg, tmp_path / "pool", ex)
+    assert pool["sets"] == here["sets"]

@@ -103,14 +103,19 @@ def continual_job(job: dict[str, Any]) -> bytes:
     else:
         memory = file_memory(f, seen, job["per_class"])
     t0 = time.perf_counter()
-    rep = evaluate(memory, restrict_test(data, seen), EvalProtocol(**job["protocol"]), device=job["device"],
-                   indices=[job["model"]])
+    # network i of order o is the (o * n_models + i)-th of the protocol: a fresh initialization per order and
+    # network (the script draws a new random network every time), the same one at every step of an order
+    protocol = EvalProtocol(**job["protocol"])
+    index = job["order"] * protocol.n_models + job["model"]
+    rep = evaluate(memory, restrict_test(data, seen), protocol.with_(n_models=index + 1), device=job["device"],
+                   indices=[index])
     row = {"set": source.name, "file": source.path, "dataset": job["dataset"], "order": job["order"],
            "class_order": [c for g in job["groups"] for c in g], "step": job["step"] + 1,
            "classes_seen": len(seen), "memory_images": len(memory), "memory_floats": memory.floats(),
            "model": job["model"], "seed": rep.seeds[0], "accuracy": 100 * rep.accuracies[0],
            "test_images": len(restrict_test(data, seen).test), "seconds": time.perf_counter() - t0,
-           "protocol": rep.protocol.name, "epochs": rep.protocol.epochs, "augment": rep.protocol.augment, "commit": git_commit()}
+           "protocol": rep.protocol.name, "epochs": rep.protocol.epochs, "augment": rep.protocol.augment,
+           "commit": git_commit()}
     if "labels" in rep.extra:
         row["labels"] = rep.extra["labels"]
     row["settings"] = settings_of(job)

@@ -101,7 +101,7 @@ def run_config(p: Pipeline, cfg: PrivacyConfig, split: str, seed: int, experts_d
     if not any(i.startswith("ipc=") for i in items):  # the preset's ipc yields to the comparison's K
         base["ipc"] = cfg.per_class
     # the run's own final evaluation is not the target (that is trained below): keep it minimal
-    base["eval"] = {"preset": "smoke", "n_models": 1, "epochs": 1}
+    base["eval"] = {"preset": "smoke", "n_models": 1, "epochs": 1, "model": cfg.protocol.model}
     if experts_dir is not None:
         base["method_config"] = {**(base.get("method_config") or {}), "experts": experts_dir}
     return base
