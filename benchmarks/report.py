@@ -377,8 +377,9 @@ def app_jobs() -> list:
 
 
 def _app_caption(r: Row, extra: str) -> str:
-    return (f"[record]({link(r, '../')}), commit {r['commit']}, {r.get('device', '?')}; {extra}; "
-            f"command: `{r['command']}`")
+    trained = r.get("trained_at") or []
+    at = f"networks trained at {', '.join(trained)}, recorded at {r['commit']}" if trained else f"commit {r['commit']}"
+    return f"[record]({link(r, '../')}), {at}, {r.get('device', '?')}; {extra}; command: `{r['command']}`"
 
 
 def apps_section(jobs: dict[str, list[Row]]) -> str:

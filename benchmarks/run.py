@@ -312,7 +312,10 @@ class Runner:
     def _records_app(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
         """One record: the application's summary (``summary.json``), with its command."""
         summary = json.loads((self.run_dir(job) / "summary.json").read_text())
-        return [{"what": "app", **summary, "wall_seconds_this_call": round(wall, 1), "command": shlex.join(cmd)}]
+        rows = read_records(self.run_dir(job) / "records.jsonl")
+        trained = sorted({r["commit"] for r in rows if r.get("commit")})  # the code that trained the networks
+        return [{"what": "app", **summary, "trained_at": trained, "wall_seconds_this_call": round(wall, 1),
+                 "command": shlex.join(cmd)}]
 
     def _records_teacher(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
         from datadistill.teachers import load_teacher
