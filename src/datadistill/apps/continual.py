@@ -202,8 +202,8 @@ def plot_continual(summary: dict[str, Any], path: Path) -> Path:
         ax.fill_between(xs, [m - d for m, d in zip(ms, sd)], [m + d for m, d in zip(ms, sd)], alpha=0.2)
     ax.set_xlabel("classes seen")
     ax.set_ylabel("test accuracy on the classes seen (%)")
-    ax.set_title(f"class-incremental {summary['dataset']}, {summary['per_class']} images per class "
-                 f"({len(summary['orders'])} orders x {summary['n_models']} models)")
+    ax.set_title(f"{summary['dataset']}: {summary['per_class']} images per class, "
+                 f"{len(summary['orders'])} orders x {summary['n_models']} networks", fontsize=10)
     ax.legend()
     return save_figure(fig, path)
 
