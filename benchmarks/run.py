@@ -314,8 +314,8 @@ class Runner:
         summary = json.loads((self.run_dir(job) / "summary.json").read_text())
         rows = read_records(self.run_dir(job) / "records.jsonl")
         trained = sorted({r["commit"] for r in rows if r.get("commit")})  # the code that trained the networks
-        return [{"what": "app", **summary, "trained_at": trained, "wall_seconds_this_call": round(wall, 1),
-                 "command": shlex.join(cmd)}]
+        return [{"what": "app", **summary, **app_metrics(summary), "trained_at": trained,
+                 "wall_seconds_this_call": round(wall, 1), "command": shlex.join(cmd)}]
 
     def _records_teacher(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
         from datadistill.teachers import load_teacher
@@ -334,6 +334,25 @@ class Runner:
         return [{"source": repo_name(src), "variant": "bases", "acc_mean": rep["acc_mean"], "acc_std": rep["acc_std"],
                  "accuracies": rep["accuracies"], "lr": rep["lr"], "n_images": n_images,
                  "eval_seconds": round(wall, 1), "wall_seconds": round(wall, 1), "command": shlex.join(cmd)}]
+
+
+def app_metrics(summary: dict) -> dict:
+    """An application's headline figures as flat fields an expectation can name: continual
+    ``SET_last`` (accuracy after the last step) and ``SET_mean``; nas ``SET_spearman``,
+    ``SET_kendall``, ``SET_pick_full_acc`` (the whole-data accuracy of the proxy's pick); privacy
+    ``SET_lira_auc`` and ``SET_lira_tpr1`` (TPR at 1% FPR, %)."""
+    out: dict = {}
+    if summary["app"] == "continual":
+        for name, s in summary["sets"].items():
+            out[f"{name}_last"], out[f"{name}_mean"] = s["steps"][-1]["acc_mean"], s["mean_over_steps"]
+    elif summary["app"] == "nas":
+        for name, s in summary["sets"].items():
+            out.update({f"{name}_spearman": round(s["spearman"], 4), f"{name}_kendall": round(s["kendall"], 4),
+                        f"{name}_pick_full_acc": s["top1_full_acc"]})
+    elif summary["app"] == "privacy":
+        for name, p in summary["pipelines"].items():
+            out[f"{name}_lira_auc"], out[f"{name}_lira_tpr1"] = p["lira"]["auc"], round(100 * p["lira"]["tpr@1%fpr"], 2)
+    return out
 
 
 class JobFailed(RuntimeError):
