@@ -401,12 +401,9 @@ def apps_section(jobs: dict[str, list[Row]]) -> str:
 
 
 def _continual_table(r: Row) -> str:
-    steps = next(iter(r["sets"].values()))["steps"]
-    head = "| memory | " + " | ".join(f"{p['classes_seen']} classes" for p in steps) + " | mean | floats (last step) |"
-    lines = [head, "|" + "---|" * (len(steps) + 3)]
-    for name, s in r["sets"].items():
-        cells = " | ".join(f"{p['acc_mean']:.2f} ± {p['acc_std']:.2f}" for p in s["steps"])
-        lines.append(f"| {name} | {cells} | {s['mean_over_steps']:.2f} | {s['steps'][-1]['memory_floats']:,} |")
+    from datadistill.apps.continual import format_summary
+
+    lines = [format_summary(r)]
     pr = r["protocol"]
     lines += ["", _app_caption(r, f"{r['per_class']} images per class per step, {r['steps']} steps, class orders "
                                   f"{r['orders']} x {r['n_models']} network(s), `{pr['name']}` protocol at "
@@ -416,13 +413,9 @@ def _continual_table(r: Row) -> str:
 
 
 def _nas_table(r: Row) -> str:
-    full = r["full"]
-    lines = ["| proxy | Spearman | Kendall | its pick | pick's whole-data acc. (%) | proxy training (s) | time saved |",
-             "|---|---|---|---|---|---|---|"]
-    for name, s in r["sets"].items():
-        lines.append(f"| {name} | {s['spearman']:.3f} | {s['kendall']:.3f} | {s['top1_arch']} | "
-                     f"{s['top1_full_acc']:.2f} | {s['seconds']:.0f} | {s['speedup']:g}x |")
-    lines.append(f"| whole data | 1 | 1 | {full['best_arch']} | {full['best_acc']:.2f} | {full['seconds']:.0f} | 1x |")
+    from datadistill.apps.nas import format_summary
+
+    lines = [format_summary(r)]
     pr, fp = r["protocol"], r["full_protocol"]
     lines += ["", _app_caption(r, f"{len(r['architectures'])} ConvNets, {r['per_class']} images per class; proxies "
                                   f"trained `{pr['name']}` {pr['epochs']} epochs, the whole data {fp['epochs']} "
@@ -431,14 +424,9 @@ def _nas_table(r: Row) -> str:
 
 
 def _privacy_table(r: Row) -> str:
-    lines = ["| training set | images | test acc. (%) | LiRA AUC | LiRA TPR@0.1% | LiRA TPR@1% | loss AUC | loss TPR@1% "
-             "| nearest members: LiRA AUC | TPR@0.1% |", "|" + "---|" * 10]
-    for name, p in r["pipelines"].items():
-        near = p.get("lira_nearest")
-        nn = f"{near['auc']:.3f} | {100 * near['tpr@0.1%fpr']:.2f}%" if near else "- | -"
-        lines.append(f"| {name} | {p['train_images']} | {p['test_accuracy']:.2f} | {p['lira']['auc']:.3f} | "
-                     f"{100 * p['lira']['tpr@0.1%fpr']:.2f}% | {100 * p['lira']['tpr@1%fpr']:.2f}% | "
-                     f"{p['loss']['auc']:.3f} | {100 * p['loss']['tpr@1%fpr']:.2f}% | {nn} |")
+    from datadistill.apps.privacy import format_summary
+
+    lines = [format_summary(r)]
     pr = r["protocol"]
     lines += ["", _app_caption(r, f"a pool of {r['pool_per_class']} images per class halved {r['splits']} times "
                                   f"({2 * r['splits']} runs per training set, each half's images its members), "

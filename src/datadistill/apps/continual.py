@@ -178,14 +178,15 @@ def summarize(rows: list[dict[str, Any]], cfg: ContinualConfig, k: int) -> dict[
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """A Markdown table: one row per set, one column per step (accuracy on the classes seen)."""
+    """A Markdown table: one row per set, one column per step (accuracy on the classes seen), the mean
+    over the steps and the memory's floats after the last step."""
     steps = summary["steps"]
     first = next(iter(summary["sets"].values()))["steps"]
     head = " | ".join(f"step {p['step']} ({p['classes_seen']} cl.)" for p in first)
-    lines = [f"| set | {head} | memory floats (last step) |", "|---" * (steps + 2) + "|"]
+    lines = [f"| set | {head} | mean | memory floats (last step) |", "|---" * (steps + 3) + "|"]
     for name, s in summary["sets"].items():
         cells = " | ".join(f"{p['acc_mean']:.2f} ± {p['acc_std']:.2f}" for p in s["steps"])
-        lines.append(f"| {name} | {cells} | {s['steps'][-1]['memory_floats']:,} |")
+        lines.append(f"| {name} | {cells} | {s['mean_over_steps']:.2f} | {s['steps'][-1]['memory_floats']:,} |")
     return "\n".join(lines)
 
 

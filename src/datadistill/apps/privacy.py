@@ -367,14 +367,16 @@ def privacy(cfg: PrivacyConfig, out: str | Path, executor: Executor) -> dict[str
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    lines = ["| training set | images | test acc. | LiRA AUC | TPR@0.1% | TPR@1% | loss AUC | LiRA AUC, nearest "
-             "members | TPR@0.1%, nearest |", "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in summary["pipelines"].items():
-        near = r.get("lira_nearest")
-        nn = f"{near['auc']:.3f} | {100 * near['tpr@0.1%fpr']:.2f}%" if near else "– | –"
-        lines.append(f"| {name} | {r['train_images']} | {r['test_accuracy']:.2f} | {r['lira']['auc']:.3f} | "
-                     f"{100 * r['lira']['tpr@0.1%fpr']:.2f}% | {100 * r['lira']['tpr@1%fpr']:.2f}% | "
-                     f"{r['loss']['auc']:.3f} | {nn} |")
+    """A Markdown table: per training set, both attacks' AUC and true-positive rates, and LiRA on the
+    members nearest the set's images."""
+    lines = ["| training set | images | test acc. (%) | LiRA AUC | LiRA TPR@0.1% | LiRA TPR@1% | loss AUC | loss TPR@1% "
+             "| nearest members: LiRA AUC | TPR@0.1% |", "|" + "---|" * 10]
+    for name, p in summary["pipelines"].items():
+        near = p.get("lira_nearest")
+        nn = f"{near['auc']:.3f} | {100 * near['tpr@0.1%fpr']:.2f}%" if near else "- | -"
+        lines.append(f"| {name} | {p['train_images']} | {p['test_accuracy']:.2f} | {p['lira']['auc']:.3f} | "
+                     f"{100 * p['lira']['tpr@0.1%fpr']:.2f}% | {100 * p['lira']['tpr@1%fpr']:.2f}% | "
+                     f"{p['loss']['auc']:.3f} | {100 * p['loss']['tpr@1%fpr']:.2f}% | {nn} |")
     return "\n".join(lines)
 
 
