@@ -19,6 +19,13 @@ def _csv(s: str) -> list[str]:
     return [p.strip() for p in s.split(",") if p.strip()]
 
 
+def _floats(s: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(p) for p in _csv(s))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r}: give comma-separated numbers, e.g. 0.4914,0.4822,0.4465") from None
+
+
 APPS_EPILOG = """Defaults: continual trains with `dsa-paper` (the CL_DM.py script's 1000 epochs with DSA) and 3
 networks per order and step; privacy and nas with `dc`, one network per job. Give protocol fields as key=value (epochs=100 n_models=1).
 Every job is one task with its own result file under --out/jobs: the same command resumes. See docs/apps.md."""
@@ -131,6 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a distilled set as an ImageFolder tree of PNGs")
     x.add_argument("file")
     x.add_argument("out", help="output folder")
+
+    im = sub.add_parser("import", help="read a distilled set saved by an author's reference code into a "
+                        "distilled-set file, to evaluate it here (see docs/import.md)")
+    im.add_argument("file", help="the author's file (or its run folder)")
+    im.add_argument("--from", dest="source", required=True, metavar="FORMAT",
+                    help="dc (DC, DSA, DM: res_*.pt), mtt, datm, haba (images_best.pt ...) or dd (results.pth)")
+    im.add_argument("--dataset", required=True, help="the dataset it was distilled on (the files do not say)")
+    im.add_argument("--out", required=True, help="the distilled-set file to write (.safetensors)")
+    im.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    im.add_argument("--experiment", type=int, help="dc: which experiment of the file (default 0, the first)")
+    im.add_argument("--lr", type=float, help="mtt, haba (datm without lr_<it>.pt): the learned step size, which "
+                    "they only log")
+    im.add_argument("--zca", type=float, help="mtt, datm, haba: the images are ZCA-whitened with this "
+                    "regularization (their --zca: 0.1)")
+    im.add_argument("--mean", type=_floats, help="the per-channel mean the images are normalized with, comma-"
+                    "separated (default: the reference code's for the dataset)")
+    im.add_argument("--std", type=_floats, help="the per-channel std, with --mean")
+    im.add_argument("--ipc", type=int, help="haba: the storage budget in images per class (default: what the set "
+                    "stores, rounded up)")
+    im.add_argument("--root", help="data root")
 
     dt = sub.add_parser("data", help="list or prepare datasets")
     dsub = dt.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -281,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     _one_line_warnings()
     try:
         return {"distill": cmd_distill, "evaluate": cmd_evaluate, "show": cmd_show, "export": cmd_export,
-                "data": cmd_data, "list": cmd_list, "pretrain": cmd_pretrain,
+                "data": cmd_data, "list": cmd_list, "pretrain": cmd_pretrain, "import": cmd_import,
                 "experts": cmd_experts, "sweep": cmd_sweep, "teacher": cmd_teacher, "apps": cmd_apps}[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted; a distill run continues with --resume", file=sys.stderr)
@@ -707,6 +734,19 @@ def cmd_export(args: argparse.Namespace) -> int:
                               "f.zca.apply")
     out = export_imagefolder(f.synset, f.spec, args.out)
     print(f"wrote {len(f.synset)} PNG files under {out}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .synset.importers import ImportOptions, import_set
+
+    opts = ImportOptions(experiment=args.experiment, lr=args.lr, zca=args.zca, mean=args.mean, std=args.std,
+                         ipc=args.ipc)
+    f = import_set(args.file, args.source, args.dataset, args.out, root=args.root, options=opts, force=args.force)
+    lr = f.synset.learned_lr()
+    print(f"imported {f.method} set ({type(f.synset).__name__}, {f.spec.name}, {f.synset.ipc} image(s) per class"
+          + (f", step size {lr:g}" if lr is not None else "") + (f", ZCA {f.zca.regularization:g}" if f.zca else "")
+          + f") into {args.out}; score it with `datadistill evaluate {args.out}`")
     return 0
 
 
