@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from suites import (RELEASED_DIR, ROOT, Job, Suite, SuiteError, check, latest_record, load_suite,  # noqa: E402
-                    read_records, results_path)
+from suites import (RELEASED_DIR, ROOT, Job, Suite, SuiteError, check, check_claims, latest_record,  # noqa: E402
+                    load_suite, read_records, results_path)
 
 CLI = [sys.executable, "-m", "datadistill.cli"]
 
@@ -512,9 +512,15 @@ def main(argv: list[str] | None = None) -> int:
     verdicts = check(jobs, a.results)
     for v in verdicts:
         print(v.line())
+    selected = {j.id for j in jobs}
+    claims = [c for c in check_claims(suite, a.results) if c.claim.job is None or c.claim.job in selected]
+    for c in claims:  # the papers' figures beside ours: they inform, they do not fail the check
+        print(c.line())
     bad = [v for v in verdicts if v.status in ("regression", "no figure")]
     counts = {s: sum(v.status == s for v in verdicts) for s in dict.fromkeys(v.status for v in verdicts)}
+    counts.setdefault("not run", 0)  # always said, 0 included
     print(f"{suite.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+          + (f", {len(claims)} claims ({sum(c.ours is not None for c in claims)} measured)" if claims else "")
           + (f", {len(failed)} failed to run" if failed else ""))
     if bad or failed:
         print(f"REGRESSION: {', '.join(v.job.id for v in bad)}" if bad else f"FAILED: {', '.join(failed)}",

@@ -12,6 +12,7 @@ is below ``value - tolerance``.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,13 @@ KINDS = {
     # an application (`datadistill apps APP`): its summary, the sets it compares named in ``args``
     "app": ({"app", "dataset"}, {"needs"}),
 }
-COMMON = {"id", "kind", "results", "args", "expected", "paper"}
+COMMON = {"id", "kind", "results", "args", "expected", "paper", "unchecked"}
+# a claim: a paper's published figure, and the job that measures ours on the protocol that reproduces it
+CLAIM_FIELDS = {"id", "paper", "table", "method", "dataset", "ipc", "value", "std", "n", "protocol", "job",
+                "iterations", "note"}
+CLAIM_REQUIRED = {"id", "paper", "table", "method", "dataset", "ipc", "value", "protocol"}
+# chance accuracy (%) of the datasets the suites use: an expectation whose floor is at or below it checks nothing
+CHANCE = {"mnist": 10.0, "fashion_mnist": 10.0, "digits": 10.0}
 
 
 class SuiteError(ValueError):
@@ -74,6 +81,28 @@ class Job:
     full: str | None = None  # score jobs: the ``full`` job whose record is the whole-data reference
     extra: dict = field(default_factory=dict)
     paper: dict | None = None  # the paper's own figure for this setting: value, std, source
+    unchecked: str | None = None  # why the job has no expectation (e.g. its figure is at chance by design)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A figure a paper publishes (``value`` +- ``std`` over ``n`` evaluations, its ``table``) for
+    ``method`` at ``ipc`` images per class, the evaluation ``protocol`` that reproduces the paper's,
+    the ``job`` that measures ours on that protocol (None: no such job yet, ``note`` says why) and the
+    paper's distillation ``iterations`` (None for selections), against which our budget is stated."""
+    id: str
+    paper: str
+    table: str
+    method: str
+    dataset: str
+    ipc: int
+    value: float
+    protocol: str
+    std: float | None = None
+    n: int | None = None
+    job: str | None = None
+    iterations: int | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +111,8 @@ class Suite:
     path: Path
     jobs: tuple[Job, ...]
     filling: bool = False  # jobs still gain their first record (and from it their expectation)
+    claims: tuple[Claim, ...] = ()
+    not_run: str | None = None  # why a suite has no record at all (a GPU suite): said, never passed silently
 
     def job(self, job_id: str) -> Job:
         """A job of this suite, or ``SUITE:ID`` a job of another suite (an evaluation of its set)."""
@@ -119,6 +150,13 @@ def resolve_suite_path(arg: str) -> Path:
 
 def load_suite(arg: str | Path) -> Suite:
     path = resolve_suite_path(str(arg))
+    stat = path.stat()
+    return _load_suite(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _load_suite(path: Path, mtime_ns: int, size: int) -> Suite:
+    """A suite file parsed once per content (YAML parsing is slow, and suites name each other's jobs)."""
     try:
         doc = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -140,7 +178,36 @@ def load_suite(arg: str | Path) -> Suite:
             elif ref is not None and ref not in ids:
                 raise SuiteError(f"{path}: job {j.id} refers to {ref!r}, which is not a job of this suite"
                                  f"{_close(ref, ids)}")
-    return Suite(str(doc.get("suite") or path.stem), path, tuple(jobs), bool(doc.get("filling", False)))
+    claims = [_claim(path, i, c) for i, c in enumerate(doc.get("claims") or [])]
+    cids = [c.id for c in claims]
+    dup = sorted({i for i in cids if cids.count(i) > 1})
+    if dup:
+        raise SuiteError(f"{path}: claim ids must be unique; repeated: {', '.join(dup)}")
+    for c in claims:
+        if c.job is not None and c.job not in ids:
+            raise SuiteError(f"{path}: claim {c.id} names job {c.job!r}, which is not a job of this suite{_close(c.job, ids)}")
+        if c.job is None and not c.note:
+            raise SuiteError(f"{path}: claim {c.id} has no job: its `note` must say why")
+    return Suite(str(doc.get("suite") or path.stem), path, tuple(jobs), bool(doc.get("filling", False)),
+                 tuple(claims), doc.get("not_run"))
+
+
+def _claim(path: Path, index: int, raw: object) -> Claim:
+    where = f"{path.name}, claim {index + 1}"
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{where}: each claim is a mapping")
+    missing = sorted(CLAIM_REQUIRED - raw.keys())
+    if missing:
+        raise SuiteError(f"{where}: missing {', '.join(missing)}")
+    unknown = sorted(raw.keys() - CLAIM_FIELDS)
+    if unknown:
+        raise SuiteError(f"{where}: unknown field(s) {', '.join(unknown)}; valid: {', '.join(sorted(CLAIM_FIELDS))}")
+    try:
+        num = {k: float(raw[k]) for k in ("value", "std") if raw.get(k) is not None}
+        ints = {k: int(raw[k]) for k in ("ipc", "n", "iterations") if raw.get(k) is not None}
+    except (TypeError, ValueError):
+        raise SuiteError(f"{where}: value, std, ipc, n and iterations are numbers") from None
+    return Claim(**{k: raw[k] for k in raw.keys() - num.keys() - ints.keys()}, **num, **ints)
 
 
 def _job(path: Path, index: int, raw: object) -> Job:
@@ -176,11 +243,14 @@ def _job(path: Path, index: int, raw: object) -> Job:
     paper = raw.get("paper")
     if paper is not None and (not isinstance(paper, dict) or not {"value", "source"} <= paper.keys()):
         raise SuiteError(f"{where}: paper needs value and source (and optionally std)")
+    unchecked = raw.get("unchecked")
+    if exp is not None and unchecked is not None:
+        raise SuiteError(f"{where}: a job has an expectation or a reason to be unchecked, not both")
     fields = {k: raw[k] for k in required | optional if k in raw}
     if "ipc" in fields:
         fields["ipc"] = int(fields["ipc"])
     return Job(id=str(raw["id"]), kind=kind, results=str(raw["results"]), args=tuple(str(a) for a in args),
-               expected=exp, paper=paper, **fields)
+               expected=exp, paper=paper, unchecked=unchecked, **fields)
 
 
 def results_path(job: Job, override: Path | None = None) -> Path:
@@ -212,15 +282,18 @@ def latest_record(job: Job, override: Path | None = None) -> dict | None:
 @dataclass(frozen=True)
 class Verdict:
     job: Job
-    status: str  # ok | regression | not run | no expectation | no figure
+    status: str  # ok | regression | not run | no expectation | unchecked | no figure
     measured: float | None = None
     record: dict | None = None
 
     def line(self) -> str:
         e = self.job.expected
         if self.status in ("ok", "regression"):
-            return (f"{self.status:<10} {self.job.id}: {e.metric} {self.measured:.2f} vs expected {e.value:.2f} "
-                    f"- {e.tolerance:g} (commit {self.record.get('commit', '?')})")
+            kind = "regression check against" if e.source.startswith("our record") else "expected from"
+            return (f"{self.status:<10} {self.job.id}: {e.metric} {self.measured:.2f} vs {e.value:.2f} "
+                    f"- {e.tolerance:g} (commit {self.record.get('commit', '?')}; {kind} {e.source})")
+        if self.status == "unchecked":
+            return f"{self.status:<10} {self.job.id}: {self.job.unchecked}"
         return f"{self.status:<10} {self.job.id}"
 
 
@@ -228,13 +301,111 @@ def check(jobs: list[Job], override: Path | None = None) -> list[Verdict]:
     out = []
     for job in jobs:
         rec = latest_record(job, override)
-        if job.expected is None:
-            out.append(Verdict(job, "no expectation", None, rec))
-        elif rec is None:
+        if rec is None:
             out.append(Verdict(job, "not run"))
+        elif job.unchecked is not None:
+            out.append(Verdict(job, "unchecked", None, rec))
+        elif job.expected is None:
+            out.append(Verdict(job, "no expectation", None, rec))
         elif job.expected.metric not in rec:
             out.append(Verdict(job, "no figure", None, rec))
         else:
             got = float(rec[job.expected.metric])
             out.append(Verdict(job, "ok" if got >= job.expected.floor else "regression", got, rec))
     return out
+
+
+# -- a job's figure, and claims against it ------------------------------------------------------------
+def job_runs(job: Job, override: Path | None = None) -> list[dict]:
+    """The records of the job's latest command: its reruns (the same command, any commit or machine),
+    on the job's own model when it names one; [] when it has none."""
+    rows = [r for r in read_records(results_path(job, override)) if r.get("job") == job.id]
+    if job.model:
+        rows = [r for r in rows if r.get("model") == job.model] or rows
+    if not rows:
+        return []
+    first_model = rows[-1].get("model")
+    rows = [r for r in rows if r.get("model") == first_model]
+    return [r for r in rows if r.get("command") == rows[-1].get("command")]
+
+
+def pooled(runs: list[dict]) -> dict | None:
+    """One figure from a job's reruns: the mean and population std of every evaluated model's accuracy
+    over all runs (for one run, its own mean and std), with ``n_runs`` and ``n_models`` (in all)."""
+    runs = [r for r in runs if "acc_mean" in r]
+    if not runs:
+        return None
+    if len(runs) == 1:
+        r = runs[0]
+        return {"acc_mean": r["acc_mean"], "acc_std": r.get("acc_std", 0.0), "n_runs": 1,
+                "n_models": r.get("n_models") or len(r.get("accuracies") or [0]), "latest": r}
+    accs = [a for r in runs for a in (r.get("accuracies") or [r["acc_mean"]])]
+    mean = sum(accs) / len(accs)
+    std = (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5
+    return {"acc_mean": round(mean, 2), "acc_std": round(std, 2), "n_runs": len(runs), "n_models": len(accs),
+            "latest": runs[-1]}
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """Our figure on a claim's protocol beside the paper's: ``diff`` = ours - paper, ``se`` its standard
+    error (ours std / sqrt(our models), and the paper's std / sqrt(its n) when the paper states n),
+    ``budget`` our distillation iterations / the paper's (None for selections or unknown)."""
+    claim: Claim
+    ours: dict | None
+    diff: float | None = None
+    se: float | None = None
+    budget: float | None = None
+    our_iterations: int | None = None
+    protocol_used: str | None = None
+    suite: str = "SUITE"
+
+    def line(self) -> str:
+        c = self.claim
+        paper = f"{c.value:g}" + (f" ± {c.std:g}" if c.std is not None else "") + f" ({c.paper}, {c.table})"
+        if self.ours is None:
+            why = c.note or f"not run: python benchmarks/run.py {self.suite} --only {c.job}"
+            return f"claim      {c.id}: paper {paper}; ours: {why}"
+        ratio = f"; budget {self.budget:.3g}x the paper's iterations" if self.budget is not None else ""
+        return (f"claim      {c.id}: ours {self.ours['acc_mean']:.2f} ± {self.ours['acc_std']:.2f} "
+                f"(`{self.protocol_used}`, {self.ours['n_models']} models) vs paper {paper}: "
+                f"{self.diff:+.2f} ± {self.se:.2f}{ratio}")
+
+
+def check_claims(suite: Suite, override: Path | None = None) -> list[ClaimCheck]:
+    out = []
+    for c in suite.claims:
+        job = suite.job(c.job) if c.job else None
+        fig = pooled(job_runs(job, override)) if job else None
+        if fig is None:
+            out.append(ClaimCheck(c, None, suite=suite.name))
+            continue
+        rec = fig["latest"]
+        se2 = (fig["acc_std"] ** 2) / max(fig["n_models"], 1)
+        if c.std is not None and c.n:
+            se2 += c.std ** 2 / c.n
+        its = _iterations_of(suite, job, rec, override)
+        budget = its / c.iterations if (its and c.iterations) else None
+        out.append(ClaimCheck(c, fig, round(fig["acc_mean"] - c.value, 2), round(se2 ** 0.5, 2), budget, its,
+                              rec.get("protocol") or job_protocol(job), suite.name))
+    return out
+
+
+def job_protocol(job: Job) -> str | None:
+    """The evaluation protocol a job's command names (``--protocol P`` or ``eval.preset=P``)."""
+    args = list(job.args)
+    if "--protocol" in args:
+        return args[args.index("--protocol") + 1]
+    return next((a.split("=", 1)[1] for a in args if a.startswith("eval.preset=")), None)
+
+
+def _iterations_of(suite: Suite, job: Job, rec: dict, override: Path | None) -> int | None:
+    """The distillation iterations of the set a job scores: its own record's, or its source job's."""
+    if "iterations" in rec and job.kind == "distill":
+        return rec["iterations"]
+    if job.of:
+        src = suite.job(job.of)
+        srec = latest_record(src, override)
+        if srec is not None:
+            return srec.get("iterations")
+    return None

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import paper_cost  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
-from suites import RESULTS_DIR, SUITES_DIR, latest_record, load_suite  # noqa: E402
+from suites import CHANCE, RESULTS_DIR, SUITES_DIR, latest_record, load_suite  # noqa: E402
 
 SUITES = sorted(SUITES_DIR.glob("*.yaml"))
 
@@ -28,16 +28,85 @@ def test_there_are_suites():
 
 @pytest.mark.parametrize("suite", SUITES, ids=[p.stem for p in SUITES])
 def test_current_records_meet_every_expectation(suite, capsys):
+    loaded = load_suite(suite)
+    recorded = [j for j in loaded.jobs if latest_record(j) is not None]
+    if not recorded:  # a suite nobody has run says why, and is skipped visibly, never passed on an empty list
+        assert loaded.not_run, f"{loaded.name} has no record and no `not_run:` reason"
+        pytest.skip(f"{loaded.name}: {loaded.not_run}")
     assert run.main([str(suite), "--check"]) == 0
     out = capsys.readouterr().out
     assert "regression" not in out.splitlines()[-1]
-    loaded = load_suite(suite)
     jobs = loaded.jobs
     if loaded.filling:  # a suite still being filled (paper protocols, paper budgets): recorded jobs must hold
-        jobs = tuple(j for j in jobs if latest_record(j) is not None)
-    # every job has an expectation and a record: nothing passes by being absent
-    assert all(j.expected is not None for j in jobs)
+        jobs = tuple(recorded)
+    # every job has an expectation (or says why it has none) and a record: nothing passes by being absent
+    assert all(j.expected is not None or j.unchecked for j in jobs), [j.id for j in jobs if j.expected is None
+                                                                     and not j.unchecked]
     assert all(latest_record(j) is not None for j in jobs), [j.id for j in jobs if latest_record(j) is None]
+
+
+@pytest.mark.parametrize("suite", SUITES, ids=[p.stem for p in SUITES])
+def test_no_floor_is_at_or_below_chance(suite):
+    """An expectation whose floor a network guessing one class meets checks nothing: such a job is
+    `unchecked` with its reason instead."""
+    loaded = load_suite(suite)
+    for j in loaded.jobs:
+        e = j.expected
+        if e is None or e.metric not in ("acc_mean", "mean_final_test_acc", "test_accuracy"):
+            continue
+        dataset = loaded.job(j.of).dataset if j.of else j.dataset
+        assert e.floor > CHANCE[dataset], f"{j.id}: floor {e.floor:.2f} <= chance {CHANCE[dataset]}"
+
+
+def test_paper_claims_cover_the_coresets_and_condensation_methods():
+    """The claims of issue 28: DC, DSA, DM, random, herding and k-center at 1 and 10 per class on MNIST and
+    Fashion-MNIST, each with a job on the paper's protocol."""
+    suite = load_suite("paper")
+    have = {(c.method, c.dataset, c.ipc): c for c in suite.claims}
+    for m in ("dc", "dsa", "dm", "random", "herding", "kcenter"):
+        for d in ("mnist", "fashion_mnist"):
+            for i in (1, 10):
+                c = have[(m, d, i)]
+                assert c.job and c.protocol.endswith("-paper"), c.id
+                assert suite.job(c.job) is not None
+
+
+def test_tables_show_one_protocol_and_pool_reruns(tmp_path):
+    """Records of two protocols and two reruns: the methods table shows the `dc` reruns pooled with their
+    count, never the other protocol's (higher) figure and never the larger rerun alone; the claims check
+    shows the paper-protocol record beside the paper's figure, with its standard error."""
+    from suites import check_claims
+
+    job = report.headline_jobs()[("random", "mnist", 1)]
+    cmd = "datadistill distill --method random --dataset mnist --ipc 1 --out x --preset random"
+    base = {"job": job, "method": "random", "dataset": "mnist", "ipc": 1, "setting": "baseline", "model": "convnet",
+            "n_models": 2, "command": cmd, "commit": "abc", "device": "cpu"}
+    rows = [report.Row({**base, "protocol": "dc", "acc_mean": 50.0, "acc_std": 1.0, "accuracies": [49.0, 51.0]}),
+            report.Row({**base, "protocol": "dc-paper", "acc_mean": 60.0, "acc_std": 1.0, "accuracies": [59.0, 61.0],
+                        "command": cmd + " eval.preset=dc-paper"}),
+            report.Row({**base, "protocol": "dc", "acc_mean": 54.0, "acc_std": 1.0, "accuracies": [53.0, 55.0]})]
+    for n, r in enumerate(rows, 1):
+        r["file"], r["line"] = "dm_cpu.jsonl", n
+    table = report.methods_table(rows)
+    line = next(t for t in table.splitlines() if t.startswith("| random |"))
+    assert "[52.00 ± 2.24 (2 runs)](benchmarks/results/dm_cpu.jsonl#L3)" in line  # pooled: mean 52, pop. std
+    assert "60.00" not in line and "54.00" not in line
+    assert "`dc` protocol" in table.splitlines()[0]
+    # the claims check reads a suite's own records: the paper protocol beside the paper's figure
+    suite = tmp_path / "claims.yaml"
+    suite.write_text(yaml.safe_dump({"suite": "claims", "filling": True, "jobs": [
+        {"id": "p", "kind": "distill", "results": "r.jsonl", "method": "random", "dataset": "digits", "ipc": 1,
+         "setting": "x", "args": ["eval.preset=dc-paper"]}], "claims": [
+        {"id": "c", "paper": "P", "table": "Table 1", "method": "random", "dataset": "digits", "ipc": 1,
+         "value": 58.0, "std": 1.0, "n": 100, "protocol": "dc-paper", "job": "p"}]}))
+    records = tmp_path / "r.jsonl"
+    records.write_text("".join(json.dumps({**base, "job": "p", "protocol": p, "acc_mean": a, "acc_std": 1.0,
+                                           "accuracies": [a - 1, a + 1], "iterations": 0}) + "\n"
+                               for p, a in (("dc-paper", 60.0), ("dc-paper", 62.0))))
+    (cc,) = check_claims(load_suite(suite), records)
+    assert cc.ours["n_runs"] == 2 and cc.ours["acc_mean"] == 61.0
+    assert cc.diff == 3.0 and cc.se == pytest.approx((2 / 4 + 1 / 100) ** 0.5, abs=0.01)  # pooled population variance 2
+    assert "ours 61.00" in cc.line() and "+3.00" in cc.line()
 
 
 @pytest.mark.parametrize("suite", SUITES, ids=[p.stem for p in SUITES])
@@ -154,17 +223,19 @@ def test_bad_suite_is_one_line(tmp_path, capsys, job, message):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
-def test_released_sets_are_the_best_records():
+def test_released_sets_are_the_methods_tables_figures():
+    """Each released set is one job's set, its index entry names that job's record, and the methods table
+    shows that job's figure (its latest record or the pool of its reruns) in its cell."""
     index = json.loads((ROOT / "benchmarks/released/index.json").read_text())
-    best = report.best(report.records())
+    top = report.headline(report.records())
     assert len(index) == len({(e["method"], e["dataset"], e["ipc"]) for e in index})
     for e in index:
         assert (ROOT / e["file"]).is_file()
         file, line = e["record"].split(":")
         r = json.loads((ROOT / file).read_text().splitlines()[int(line) - 1])
         assert r["job"] == e["job"] and r["acc_mean"] == e["acc_mean"]
-        top = best[(e["method"], e["dataset"], e["ipc"])]
-        assert top["acc_mean"] == e["acc_mean"], e["file"]
+        if e["method"] != "dd":  # DD has its own protocol and table
+            assert top[(e["method"], e["dataset"], e["ipc"])]["row"]["job"] == e["job"], e["file"]
 
 
 def test_results_page_is_generated_from_the_records(capsys):

@@ -171,8 +171,11 @@ def plot_metrics(metrics_path: str | Path, out: str | Path) -> Path | None:
     return out
 
 
-def plot_acc_vs_ipc(records: Sequence[dict[str, Any]], out: str | Path, title: str = "") -> Path:
-    """Accuracy vs images per class: one panel per dataset, one line per method, error bars = std."""
+def plot_acc_vs_ipc(records: Sequence[dict[str, Any]], out: str | Path, title: str = "",
+                    ylabel: str = "test accuracy (%)", names: dict[str, str] | None = None) -> Path:
+    """Accuracy vs images per class: one panel per dataset, one line per method, error bars = std.
+    Each method keeps one colour, marker and line style in every panel, and no two methods share all
+    three, so every series stays distinguishable (in grey too)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,29 +187,48 @@ def plot_acc_vs_ipc(records: Sequence[dict[str, Any]], out: str | Path, title: s
             continue
         groups.setdefault(r["dataset"], {}).setdefault(r["method"], []).append(
             (int(r["ipc"]), r["acc_mean"], r["acc_std"]))
-    datasets = sorted(groups) or [""]
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    methods = sorted({m for g in groups.values() for m in g}, key=lambda m: (m not in _METHOD_ORDER,
+                                                                            _METHOD_ORDER.index(m) if m in _METHOD_ORDER else 0, m))
+    colours = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
+    markers, styles = "osD^vP*Xph<>", ("-", "--", "-.", ":")
+    style = {m: dict(color=colours[i % len(colours)], marker=markers[i % len(markers)],
+                     linestyle=styles[i % len(styles)]) for i, m in enumerate(methods)}
+    names = names or {}
+    datasets = sorted(groups, key=lambda d: (list(names).index(d) if d in names else len(names), d)) or [""]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.8), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
-        for method, pts in sorted(groups.get(dataset, {}).items()):
-            pts.sort()
+        for method in methods:
+            pts = sorted(groups.get(dataset, {}).get(method, []))
+            if not pts:
+                continue
             xs, ms, ss = zip(*pts)
-            ax.errorbar(xs, ms, yerr=ss, marker="o", capsize=3, label=method)
+            ax.errorbar(xs, ms, yerr=ss, capsize=3, label=method, markersize=6, linewidth=1.5, **style[method])
         ax.set_xscale("log")
         ticks = sorted({x for pts in groups.get(dataset, {}).values() for x, _, _ in pts})
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel("images per class")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(dataset)
-        if groups:
-            ax.legend(fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_title(names.get(dataset, dataset))
+        ax.grid(alpha=0.3)
+    if groups:
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        for ax in axes[0][1:]:  # methods absent from the first panel
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     out = Path(out)
-    atomic_write(out, lambda p: fig.savefig(p, format="png", dpi=120))
+    atomic_write(out, lambda p: fig.savefig(p, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return out
+
+
+_METHOD_ORDER = ["random", "herding", "kcenter", "dd", "dc", "dsa", "dm", "mtt", "haba", "datm", "rded", "frepo"]
 
 
 def plt_figure(ncols: int = 1, size: tuple[float, float] = (6.0, 4.0)):
