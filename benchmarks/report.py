@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from suites import (RELEASED_DIR, RESULTS_DIR, ROOT, SUITES_DIR, SuiteError, check_claims, load_suite,  # noqa: E402
+from suites import (RELEASED_DIR, RESULTS_DIR, ROOT, SUITES_DIR, SuiteError, SELECTIONS, check_claims, load_suite,  # noqa: E402
                     pooled, read_records)
 
 DOC = ROOT / "docs" / "results.md"
@@ -536,7 +536,7 @@ def claims_table(prefix: str = "../") -> str:
             job = suite.job(c.job) if c.job else None
             src = released.get(job.of.split(":")[-1]) if job is not None and job.of else None
             our_set = f"[{Path(src['file']).name}]({prefix}{src['file']})" if src else (
-                f"drawn by `{c.job}`" if job is not None and job.kind == "distill" else "-")
+                f"made by `{c.job}`" if job is not None and job.kind == "distill" else "-")
             if cc.ours is None:
                 why = c.note or f"not run: `python benchmarks/run.py {suite.name} --only {c.job}`"
                 lines.append(f"| {c.paper}, {c.table} | {c.method} | {DATASETS.get(c.dataset, c.dataset)} | {c.ipc} "
@@ -549,7 +549,7 @@ def claims_table(prefix: str = "../") -> str:
                 f", {cc.ours['n_runs']} runs)" if cc.ours["n_runs"] > 1 else ")")
             ours = f"[{ours}]({prefix}benchmarks/results/{at})" if at else ours
             budget = (f"{cc.our_iterations} / {c.iterations} = {cc.budget:.3g}" if cc.budget is not None
-                      else ("selection" if c.iterations is None else "-"))
+                      else ("selection" if c.method in SELECTIONS else "-"))
             lines.append(f"| {c.paper}, {c.table} | {c.method} | {DATASETS.get(c.dataset, c.dataset)} | {c.ipc} "
                          f"| {paper} | `{cc.protocol_used}` | {ours} | {cc.diff:+.2f} ± {cc.se:.2f} | {budget} "
                          f"| {our_set} | {row.get('device', '?')} | {row.get('commit', '?')} |")
@@ -670,7 +670,7 @@ def render(rows: list[Row]) -> str:
         "Each paper figure the docs compare with is a claim in a suite (`claims:` of "
         "`benchmarks/suites/paper.yaml`), beside our set scored on the evaluation protocol that reproduces the "
         "paper's (`dc-paper`, `dsa-paper` = `dm-paper`: the authors' evaluators, see [evaluation](evaluation.md)). "
-        "`ours - paper` is the difference with its standard error (ours: std / sqrt(models); the paper's std / "
+        "A claim with a metric other than accuracy names it in its table cell. `ours - paper` is the difference with its standard error (ours: std / sqrt(models); the paper's std / "
         "sqrt(n) where the paper states n); the budget column is our distillation iterations over the paper's "
         "(our sets are distilled on 2 CPU cores). `python benchmarks/run.py paper --check` prints the same.",
         "",

@@ -40,7 +40,8 @@ KINDS = {
 COMMON = {"id", "kind", "results", "args", "expected", "paper", "unchecked"}
 # a claim: a paper's published figure, and the job that measures ours on the protocol that reproduces it
 CLAIM_FIELDS = {"id", "paper", "table", "method", "dataset", "ipc", "value", "std", "n", "protocol", "job",
-                "iterations", "note"}
+                "iterations", "note", "metric"}
+SELECTIONS = ("random", "herding", "kcenter")  # methods that pick real images: no iterations to compare
 CLAIM_REQUIRED = {"id", "paper", "table", "method", "dataset", "ipc", "value", "protocol"}
 # chance accuracy (%) of the datasets the suites use: an expectation whose floor is at or below it checks nothing
 CHANCE = {"mnist": 10.0, "fashion_mnist": 10.0, "digits": 10.0}
@@ -103,6 +104,7 @@ class Claim:
     job: str | None = None
     iterations: int | None = None
     note: str | None = None
+    metric: str = "acc_mean"  # the record field the paper's figure is compared with (``X_mean``/``X_std``)
 
 
 @dataclass(frozen=True)
@@ -329,17 +331,19 @@ def job_runs(job: Job, override: Path | None = None) -> list[dict]:
     return [r for r in rows if r.get("command") == rows[-1].get("command")]
 
 
-def pooled(runs: list[dict]) -> dict | None:
+def pooled(runs: list[dict], metric: str = "acc_mean") -> dict | None:
     """One figure from a job's reruns: the mean and population std of every evaluated model's accuracy
-    over all runs (for one run, its own mean and std), with ``n_runs`` and ``n_models`` (in all)."""
-    runs = [r for r in runs if "acc_mean" in r]
+    over all runs (for one run, its own mean and std), with ``n_runs`` and ``n_models`` (in all).
+    Another ``metric`` (a record's ``X`` with ``X_std``) pools the runs' means."""
+    runs = [r for r in runs if metric in r]
     if not runs:
         return None
+    std_key = metric[:-len("_mean")] + "_std" if metric.endswith("_mean") else metric + "_std"
     if len(runs) == 1:
         r = runs[0]
-        return {"acc_mean": r["acc_mean"], "acc_std": r.get("acc_std", 0.0), "n_runs": 1,
+        return {"acc_mean": r[metric], "acc_std": r.get(std_key) or 0.0, "n_runs": 1,
                 "n_models": r.get("n_models") or len(r.get("accuracies") or [0]), "latest": r}
-    accs = [a for r in runs for a in (r.get("accuracies") or [r["acc_mean"]])]
+    accs = [a for r in runs for a in ((r.get("accuracies") if metric == "acc_mean" else None) or [r[metric]])]
     mean = sum(accs) / len(accs)
     std = (sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5
     return {"acc_mean": round(mean, 2), "acc_std": round(std, 2), "n_runs": len(runs), "n_models": len(accs),
@@ -376,7 +380,7 @@ def check_claims(suite: Suite, override: Path | None = None) -> list[ClaimCheck]
     out = []
     for c in suite.claims:
         job = suite.job(c.job) if c.job else None
-        fig = pooled(job_runs(job, override)) if job else None
+        fig = pooled(job_runs(job, override), c.metric) if job else None
         if fig is None:
             out.append(ClaimCheck(c, None, suite=suite.name))
             continue
