@@ -806,6 +806,27 @@ def plot(rows: list[Row], out: Path) -> None:
                                     "augmentation): the methods table's figures", names=DATASETS)
 
 
+README = ROOT / "README.md"
+TABLE_START, TABLE_END = "<!-- methods-table: written by `python benchmarks/report.py` -->", "<!-- /methods-table -->"
+
+
+def readme_with_table(rows: list[Row], text: str) -> str:
+    """README.md's text with the methods table between its markers replaced by today's."""
+    if TABLE_START not in text or TABLE_END not in text:
+        raise SuiteError(f"README.md lacks the markers {TABLE_START} ... {TABLE_END}")
+    head, rest = text.split(TABLE_START, 1)
+    return head + TABLE_START + "\n" + methods_table(rows) + "\n" + TABLE_END + rest.split(TABLE_END, 1)[1]
+
+
+def write_readme_table(rows: list[Row]) -> None:
+    text = README.read_text()
+    new = readme_with_table(rows, text)
+    if new != text:
+        tmp = README.with_suffix(".md.tmp")
+        tmp.write_text(new)
+        tmp.replace(README)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods-table", action="store_true",
@@ -832,9 +853,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.check:
         same = a.out.is_file() and a.out.read_text() == text
         print(f"{a.out}: {'up to date' if same else f'out of date, run `{COMMAND}`'}")
-        return 0 if same else 1
+        readme = README.read_text()
+        same_readme = readme_with_table(rows, readme) == readme
+        if not same_readme:
+            print(f"README.md: its methods table is out of date, run `{COMMAND}`")
+        return 0 if same and same_readme else 1
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(text)
+    if a.out == DOC:
+        write_readme_table(rows)
     plot(rows, a.out.parent / "img" / PLOT.name)
     plot_apps(latest_per_job(rows), a.out.parent / "img")
     print(f"wrote {a.out} and {a.out.parent / 'img' / PLOT.name}")
