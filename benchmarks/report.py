@@ -437,7 +437,7 @@ def soft_table(jobs: dict[str, list[Row]]) -> str:
             f"| {r.get('device', '?')} |")
     out = []
     for (ds, ipc) in sorted(groups, key=lambda k: (k[0] != "mnist", k[1])):
-        out += [f"### {DATASETS.get(ds, ds)}, {ipc} image(s) per class", "", head,
+        out += [f"### Soft labels: {DATASETS.get(ds, ds)}, {ipc} image(s) per class", "", head,
                 "|" + "---|" * (head.count("|") - 1), *groups[(ds, ipc)], ""]
     return "\n".join(out)
 
@@ -693,7 +693,7 @@ def render(rows: list[Row]) -> str:
         "membership-inference attack. CPU budgets, far below the papers' (the suite file names each one).",
         "",
         apps_section(jobs),
-        "### Parity with the authors' evaluator",
+        "## Parity with the authors' evaluators",
         "",
         "A set distilled and scored by the authors' released code, scored again by our paper preset "
         "(`benchmarks/parity.py`; population std, and a 95% Student-t interval of the mean).",
