@@ -294,3 +294,17 @@ def test_an_existing_output_is_kept_unless_forced(tmp_path, capsys):
 def test_every_format_is_registered():
     assert IMPORTERS.names() == ["datm", "dc", "dd", "haba", "mtt"]
     assert IMPORTERS.get("dm") is IMPORTERS.get("dsa") is IMPORTERS.get("dc")
+
+
+def test_a_plain_pickle_is_one_line_and_no_warning(tmp_path, capsys):
+    """A pickle of an object (not a torch.save file): torch's own warning about the file's pickle
+    protocol is not passed on; the refusal is one line."""
+    import pickle
+    import warnings
+
+    src = tmp_path / "res.pt"
+    src.write_bytes(pickle.dumps(NeedsCode(), protocol=4))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert_refused(capsys, src, "dc", tmp_path / "o.safetensors", match="res.pt")
+    assert not [w for w in caught if "pickle protocol" in str(w.message)]

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -175,7 +176,9 @@ def load_foreign(path: Path) -> Any:
     if not path.is_file():
         raise ForeignSetError(f"no such file: {path}")
     try:
-        with torch.serialization.safe_globals(_numpy_globals()):
+        # torch warns (two lines) about a file's pickle protocol before refusing it: the refusal is ours to say
+        with torch.serialization.safe_globals(_numpy_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         name = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
