@@ -743,6 +743,13 @@ def render(rows: list[Row]) -> str:
         "",
         commands(ex_rows, suites),
         "",
+        "## The README's commands, timed",
+        "",
+        "`make distill` and `make test` on a fresh clone, phase by phase, by `python benchmarks/main_job.py` "
+        "(`--what test`; `--avx2` forces PyTorch's AVX2 path): the latest record per CPU and path.",
+        "",
+        main_job_text(rows, prefix="../"),
+        "",
         "## Speed",
         "",
         "One DM or DC iteration against its floor (its floating-point work at the machine's fp32 "
@@ -818,9 +825,57 @@ def readme_with_table(rows: list[Row], text: str) -> str:
     return head + TABLE_START + "\n" + methods_table(rows) + "\n" + TABLE_END + rest.split(TABLE_END, 1)[1]
 
 
+MAIN_START = "<!-- main-job: written by `python benchmarks/report.py` from benchmarks/results/main_job.jsonl -->"
+MAIN_END = "<!-- /main-job -->"
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s} s" if m else f"{s} s"
+
+
+def main_job_records(rows: list[Row]) -> list[Row]:
+    """The latest complete (not smoke) record of `benchmarks/main_job.py` per command, CPU, path and forcing."""
+    latest: dict[tuple, Row] = {}
+    for r in rows:
+        if r["file"] == "main_job.jsonl" and r.get("ok") and not r.get("smoke"):
+            latest[(r["what"], r.get("cpu"), r.get("capability"), json.dumps(r.get("env") or {}))] = r
+    return sorted(latest.values(), key=lambda r: (r["what"] != "distill", r.get("capability"), r.get("cpu")))
+
+
+def main_job_text(rows: list[Row], prefix: str = "") -> str:
+    """One bullet per timed run of the README's commands (`benchmarks/main_job.py`), from its record."""
+    recs = main_job_records(rows)
+    if not recs:
+        return "- Not timed yet: `python benchmarks/main_job.py` (and `--what test`) records it."
+    out = []
+    for r in recs:
+        forced = " forced" if r.get("env") else ""
+        where = (f"on {r.get('cpu')} ({r.get('cpus', '?')} CPUs, PyTorch's {r.get('capability')} path{forced}), "
+                 f"commit {r['commit']}, dependency cache {r.get('venv_cache')}")
+        idle = "" if r.get("idle_before") else f", load average {r['load_before'][0]:.2f} before the start"
+        rec = f"[record]({prefix}benchmarks/results/main_job.jsonl#L{r['line']})"
+        if r["what"] == "distill":
+            out.append(f"- `make distill` {where}, MNIST {'already prepared' if r.get('mnist_cached') else 'fetched'}"
+                       f"{idle}: **{_duration(r['total_seconds'])}** in all; {r['iterations']} DM iterations in "
+                       f"{_duration(r['iteration_seconds'])} ({r['seconds_per_iteration']:.2f} s each), then "
+                       f"{r['n_models']} ConvNets in {_duration(r['evaluation_seconds'])}; it reported "
+                       f"**{r['acc_mean']:.2f} ± {r['acc_std']:.2f}%** ({rec}).")
+        else:
+            out.append(f"- `make test` {where}{idle}: **{_duration(r['total_seconds'])}** in all ({rec}).")
+    return "\n".join(out)
+
+
+def readme_with_main_job(rows: list[Row], text: str) -> str:
+    if MAIN_START not in text or MAIN_END not in text:
+        return text
+    head, rest = text.split(MAIN_START, 1)
+    return head + MAIN_START + "\n" + main_job_text(rows) + "\n" + MAIN_END + rest.split(MAIN_END, 1)[1]
+
+
 def write_readme_table(rows: list[Row]) -> None:
     text = README.read_text()
-    new = readme_with_table(rows, text)
+    new = readme_with_main_job(rows, readme_with_table(rows, text))
     if new != text:
         tmp = README.with_suffix(".md.tmp")
         tmp.write_text(new)
@@ -854,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
         same = a.out.is_file() and a.out.read_text() == text
         print(f"{a.out}: {'up to date' if same else f'out of date, run `{COMMAND}`'}")
         readme = README.read_text()
-        same_readme = readme_with_table(rows, readme) == readme
+        same_readme = readme_with_main_job(rows, readme_with_table(rows, readme)) == readme
         if not same_readme:
             print(f"README.md: its methods table is out of date, run `{COMMAND}`")
         return 0 if same and same_readme else 1
