@@ -189,10 +189,7 @@ def plot_acc_vs_ipc(records: Sequence[dict[str, Any]], out: str | Path, title: s
             (int(r["ipc"]), r["acc_mean"], r["acc_std"]))
     methods = sorted({m for g in groups.values() for m in g}, key=lambda m: (m not in _METHOD_ORDER,
                                                                             _METHOD_ORDER.index(m) if m in _METHOD_ORDER else 0, m))
-    colours = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
-    markers, styles = "osD^vP*Xph<>", ("-", "--", "-.", ":")
-    style = {m: dict(color=colours[i % len(colours)], marker=markers[i % len(markers)],
-                     linestyle=styles[i % len(styles)]) for i, m in enumerate(methods)}
+    style = method_styles(methods)
     names = names or {}
     datasets = sorted(groups, key=lambda d: (list(names).index(d) if d in names else len(names), d)) or [""]
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.8), squeeze=False)
@@ -226,6 +223,20 @@ def plot_acc_vs_ipc(records: Sequence[dict[str, Any]], out: str | Path, title: s
     atomic_write(out, lambda p: fig.savefig(p, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
     return out
+
+
+def method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """A colour, marker and line style per method, in order: no two of the first 18 methods share a
+    colour, and none of them shares both marker and line style with another."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
+    markers, styles = "osD^vP*Xph<>", ("-", "--", "-.", ":")
+    return {m: dict(color=colours[i % len(colours)], marker=markers[i % len(markers)],
+                    linestyle=styles[i % len(styles)]) for i, m in enumerate(methods)}
 
 
 _METHOD_ORDER = ["random", "herding", "kcenter", "dd", "dc", "dsa", "dm", "mtt", "haba", "datm", "rded", "frepo"]
