@@ -608,13 +608,16 @@ def cost_table(rows: list[Row], prefix: str = "../") -> str:
 
 
 def parity_table(rows: list[Row]) -> str:
-    lines = ["| anchor set | preset | epochs | models | ours | 95% interval | the reference evaluator | machine "
-             "| CPU path | commit | command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| anchor set | preset | epochs | models | ours | 95% interval | the reference evaluator | agreement "
+             "| machine | CPU path | commit | command |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        a = r.get("agreement") or {}
+        agree = (f"{'yes' if a['agree'] else '**no**'}: {a['diff']:+.2f} vs 2 x {a['combined_se']:.2f} "
+                 f"(Welch p {a['welch_p']:.2f})") if a else "not stated"
         lines.append(f"| {r['anchor']} | `{r['preset']}` | {r['epochs']} | {r['n_models']} "
                      f"| {r['acc_mean']:.2f} ± {r['acc_std']:.2f} | {r['ci95'][0]:.2f} - {r['ci95'][1]:.2f} "
                      f"| {r['reference_mean']:.2f} ± {r['reference_std']:.2f} ({len(r['reference_accs'])} models) "
-                     f"| {r['device']} | {r['capability']} | {r['commit']} | `{r['command']}` |")
+                     f"| {agree} | {r['device']} | {r['capability']} | {r['commit']} | `{r['command']}` |")
     return "\n".join(lines)
 
 
@@ -695,8 +698,10 @@ def render(rows: list[Row]) -> str:
         apps_section(jobs),
         "## Parity with the authors' evaluators",
         "",
-        "A set distilled and scored by the authors' released code, scored again by our paper preset "
-        "(`benchmarks/parity.py`; population std, and a 95% Student-t interval of the mean).",
+        "One set scored by the authors' own evaluator (their released code, run beside ours; the first row: a set "
+        "they distilled and scored) and by our paper preset (`benchmarks/parity.py`; population std, a 95% "
+        "Student-t interval of our mean). Agreement: the difference of the means within two combined standard "
+        "errors (`tests/test_parity_records.py` checks every record against it).",
         "",
         parity_table(parity) if parity else "No records yet.",
         "",
