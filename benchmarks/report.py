@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from suites import (RELEASED_DIR, RESULTS_DIR, ROOT, SUITES_DIR, SuiteError, SELECTIONS, check_claims, load_suite,  # noqa: E402
-                    pooled, read_records)
+                    pooled, read_records, reruns)
 
 DOC = ROOT / "docs" / "results.md"
 PLOT = ROOT / "docs" / "img" / "acc_vs_ipc.png"
@@ -118,15 +118,6 @@ def job_rows(rows: list[Row]) -> dict[str, list[Row]]:
         if r.get("job"):
             out[r["job"]].append(r)
     return out
-
-
-def reruns(rs: list[Row]) -> list[Row]:
-    """A job's records that make its figure: those of its latest command (its reruns, on any commit or
-    machine), on the model of its latest record."""
-    if not rs:
-        return []
-    last = rs[-1]
-    return [r for r in rs if r.get("command") == last.get("command") and r.get("model") == last.get("model")]
 
 
 def figure(rs: list[Row]) -> dict | None:

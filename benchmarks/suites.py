@@ -318,17 +318,21 @@ def check(jobs: list[Job], override: Path | None = None) -> list[Verdict]:
 
 
 # -- a job's figure, and claims against it ------------------------------------------------------------
+def reruns(rows: list[dict]) -> list[dict]:
+    """Of one job's records, those that make its figure: the records of its latest command (its reruns,
+    on any commit or machine), on the model of its latest record."""
+    if not rows:
+        return []
+    last = rows[-1]
+    return [r for r in rows if r.get("command") == last.get("command") and r.get("model") == last.get("model")]
+
+
 def job_runs(job: Job, override: Path | None = None) -> list[dict]:
-    """The records of the job's latest command: its reruns (the same command, any commit or machine),
-    on the job's own model when it names one; [] when it has none."""
+    """`reruns` of the job's records, on the job's own model when it names one; [] when it has none."""
     rows = [r for r in read_records(results_path(job, override)) if r.get("job") == job.id]
     if job.model:
         rows = [r for r in rows if r.get("model") == job.model] or rows
-    if not rows:
-        return []
-    first_model = rows[-1].get("model")
-    rows = [r for r in rows if r.get("model") == first_model]
-    return [r for r in rows if r.get("command") == rows[-1].get("command")]
+    return reruns(rows)
 
 
 def pooled(runs: list[dict], metric: str = "acc_mean") -> dict | None:
