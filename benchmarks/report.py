@@ -44,7 +44,6 @@ PAPERS = {
 ORDER = {m: i for i, m in enumerate(["full", "random", "herding", "kcenter", "dd", "dc", "dsa", "dm", "mtt", "haba",
                                                   "datm", "rded", "frepo"])}
 SOFT_METHODS = ("datm", "rded", "frepo")  # methods whose figures are the soft suite's score records
-SETTINGS_DD = ("fixed", "random")  # DD's settings that distill for training from scratch (not poison / adapt)
 COST = "paper_cost.jsonl"  # paper_cost.py's extrapolated node-hours: their own table, never a job's result
 NOT_RESULTS = {"smoke.jsonl", COST}
 SOFT = "soft.jsonl"  # the soft-label suite: its score records have their own table; its distill runs are inputs
@@ -103,12 +102,6 @@ def pm(r: dict, key: str = "acc_mean") -> str:
     if r.get("n_models") == 1:  # one network: no spread to show
         std = None
     return f"{r[key]:.2f} ± {std:.2f}" if std is not None else f"{r[key]:.2f}"
-
-
-def is_standard(r: dict) -> bool:
-    """A set for training networks from scratch on its own dataset (what the methods table compares)."""
-    return ("method" in r and r["method"] in PAPERS and r.get("ipc", 0) > 0
-            and (r["method"] != "dd" or r["setting"].startswith(SETTINGS_DD)) and not r.get("step_size"))
 
 
 def job_rows(rows: list[Row]) -> dict[str, list[Row]]:
