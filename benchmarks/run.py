@@ -9,8 +9,8 @@ SUITE is a YAML file or the name of one in benchmarks/suites/ (``cpu``, ``cpu-ab
 JSON line per evaluated model is appended to the job's records file in benchmarks/results/ (or to
 ``--results FILE``), with the command, the commit, the machine and its CPU capability, the accuracy
 and the seconds. A job that already has a record is skipped, and an interrupted job resumes from its
-run folder's checkpoint (``--runs``/ID, default benchmarks/runs/ID), so a suite continues where it
-stopped. Exit status: 0 when every checked job meets its expectation, 1 when one regressed (its
+run folder (``--runs``/ID, default benchmarks/runs/ID: a distillation's checkpoint, an evaluation's
+finished models), so a suite continues where it stopped. Exit status: 0 when every checked job meets its expectation, 1 when one regressed (its
 figure is below expected - tolerance) or failed to run, 2 on bad input.
 """
 
@@ -87,8 +87,9 @@ class Runner:
         if job.kind == "score":
             return ["datadistill", "evaluate", repo_name(src), "--models", job.model, "--scores", "--full-accuracy",
                     f"{self.full_accuracy(job):g}", *self.args(job), "--json"]
-        if job.kind == "evaluate":
-            return ["datadistill", "evaluate", repo_name(src), "--models", job.model, *self.args(job), "--json"]
+        if job.kind == "evaluate":  # each model's result kept in the run folder: a stopped job resumes there
+            return ["datadistill", "evaluate", repo_name(src), "--models", job.model, *self.args(job),
+                    "--work-dir", repo_name(self.run_dir(job) / "models"), "--json"]
         return ["datadistill", "evaluate", repo_name(self.bases_file(job)), *self.args(job), "--json"]
 
     def execute(self, cmd: list[str], capture: bool = False) -> tuple[str, float]:

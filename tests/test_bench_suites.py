@@ -302,6 +302,9 @@ def test_runner_spreads_jobs_over_an_executor(executor, tmp_path, capsys, monkey
                      "--only", "eval-dm-2it,dm-digits-ipc1-1it"]) == 0
     serial = {r["job"]: r for r in map(json.loads, (tmp_path / "serial.jsonl").read_text().splitlines())}
     assert {k: r["accuracies"] for k, r in serial.items()} == {k: r["accuracies"] for k, r in rows.items()}
+    # an evaluation keeps each model's result in its run folder, where a stopped job resumes
+    assert sorted(p.name for p in (tmp_path / "r2" / "eval-dm-2it" / "models").glob("*.json")) == \
+        ["convnet_w32-000.json", "convnet_w32-001.json"]
 
 
 def test_paper_cost_extrapolates_each_job_once_per_device(tmp_path, capsys):
