@@ -70,7 +70,10 @@ class Runner:
         return self.runs / job.id
 
     def command(self, job: Job) -> list[str]:
-        """The job's `datadistill` command line, as its record names it."""
+        """The job's `datadistill` command line (a parity job's: benchmarks/parity.py's), as its record
+        names it."""
+        if job.kind == "parity":
+            return ["python", "benchmarks/parity.py", "--set", job.file, "--preset", job.preset, *self.args(job)]
         if job.kind == "distill":
             return ["datadistill", "distill", "--method", job.cli_method or job.method, "--dataset", job.dataset,
                     "--ipc", str(job.ipc), "--out", repo_name(self.run_dir(job)), *self.args(job)]
@@ -95,7 +98,8 @@ class Runner:
     def execute(self, cmd: list[str], capture: bool = False) -> tuple[str, float]:
         print("$ " + shlex.join(cmd), flush=True)
         t = time.perf_counter()
-        p = subprocess.run([*CLI, *cmd[1:]], cwd=ROOT, capture_output=capture, text=True)
+        head = [sys.executable] if cmd[0] == "python" else CLI  # benchmarks/parity.py, else a datadistill command
+        p = subprocess.run([*head, *cmd[1:]], cwd=ROOT, capture_output=capture, text=True)
         if p.returncode:
             tail = (p.stderr or "").strip().splitlines()[-1:] if capture else []
             raise JobFailed(f"exit status {p.returncode}" + (f": {tail[0]}" if tail else ""))
@@ -160,7 +164,10 @@ class Runner:
         return cmd, run, job.kind in ("full", "evaluate", "bases", "score")
 
     def record(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
-        """The job's records from its output, appended to its records file at once."""
+        """The job's records from its output, appended to its records file at once (a parity job's
+        script appends its own record, both sides' models in it, and that is returned)."""
+        if job.kind == "parity":
+            return [latest_record(job, self.results)]
         records = getattr(self, f"_records_{job.kind}")(job, cmd, out, wall)
         common = {"job": job.id, "suite": self.suite.name, "commit": self.code, **self.where}
         records = [{**r, **common, **({"device": r["device"]} if r.get("device") else {})} for r in records]
@@ -475,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
             for job in jobs:
                 e = job.expected
                 print(f"{job.id}\n  $ {shlex.join(runner.command(job))}\n  expected: "
-                      + (f"{e.metric} {e.value:g} - {e.tolerance:g} ({e.source})" if e else "-"))
+                      + (f"{e.metric} {e.value:g} - {e.tolerance:g} ({e.source})" if e else
+                         "both evaluators within two combined standard errors" if job.kind == "parity" else "-"))
             return 0
         failed = []
         if not a.check and a.executor:

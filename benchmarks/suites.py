@@ -36,6 +36,9 @@ KINDS = {
     "bases": ({"of"}, set()),
     # an application (`datadistill apps APP`): its summary, the sets it compares named in ``args``
     "app": ({"app", "dataset"}, {"needs"}),
+    # parity of a paper preset with the authors' own evaluator on one set ``file`` (benchmarks/parity.py
+    # --set; ``args`` name the authors' checkout): its verdict is the record's agreement within the noise
+    "parity": ({"file", "preset"}, set()),
 }
 COMMON = {"id", "kind", "results", "args", "expected", "paper", "unchecked"}
 # a claim: a paper's published figure, and the job that measures ours on the protocol that reproduces it
@@ -83,6 +86,8 @@ class Job:
     extra: dict = field(default_factory=dict)
     paper: dict | None = None  # the paper's own figure for this setting: value, std, source
     unchecked: str | None = None  # why the job has no expectation (e.g. its figure is at chance by design)
+    file: str | None = None  # parity jobs: the set both evaluators score (a path in the repository)
+    preset: str | None = None  # parity jobs: the paper preset compared with the authors' evaluator
 
 
 @dataclass(frozen=True)
@@ -272,10 +277,17 @@ def read_records(path: Path) -> list[dict]:
     return out
 
 
+def job_rows(job: Job, override: Path | None = None) -> list[dict]:
+    """The records of ``job`` in its records file, oldest first: the lines naming it (a parity job's:
+    also those of its set and preset, which parity.py writes without a job name)."""
+    return [r for r in read_records(results_path(job, override)) if r.get("job") == job.id
+            or (job.kind == "parity" and r.get("set") == job.file and r.get("preset") == job.preset)]
+
+
 def latest_record(job: Job, override: Path | None = None) -> dict | None:
     """The job's newest record (the last line naming it; for an evaluation of several models, the
     job's own model when it names one)."""
-    rows = [r for r in read_records(results_path(job, override)) if r.get("job") == job.id]
+    rows = job_rows(job, override)
     if job.model:
         rows = [r for r in rows if r.get("model") == job.model] or rows
     return rows[-1] if rows else None
@@ -290,6 +302,12 @@ class Verdict:
 
     def line(self) -> str:
         e = self.job.expected
+        if self.job.kind == "parity" and self.status in ("ok", "regression"):
+            a, r = self.record["agreement"], self.record
+            return (f"{self.status:<10} {self.job.id}: ours {r['acc_mean']:.2f} vs the authors' evaluator "
+                    f"{r['reference_mean']:.2f} ({r['n_models']} and {len(r['reference_accs'])} models): "
+                    f"difference {a['diff']:+.2f}, {'within' if a['agree'] else 'beyond'} two combined standard "
+                    f"errors ({2 * a['combined_se']:.2f}; commit {r.get('commit', '?')})")
         if self.status in ("ok", "regression"):
             kind = "regression check against" if e.source.startswith("our record") else "expected from"
             return (f"{self.status:<10} {self.job.id}: {e.metric} {self.measured:.2f} vs {e.value:.2f} "
@@ -307,6 +325,10 @@ def check(jobs: list[Job], override: Path | None = None) -> list[Verdict]:
             out.append(Verdict(job, "not run"))
         elif job.unchecked is not None:
             out.append(Verdict(job, "unchecked", None, rec))
+        elif job.kind == "parity":  # the two evaluators agree within their noise, or it is a regression
+            agree = (rec.get("agreement") or {}).get("agree")
+            out.append(Verdict(job, "no figure", None, rec) if agree is None else
+                       Verdict(job, "ok" if agree else "regression", rec["agreement"]["diff"], rec))
         elif job.expected is None:
             out.append(Verdict(job, "no expectation", None, rec))
         elif job.expected.metric not in rec:
@@ -329,7 +351,7 @@ def reruns(rows: list[dict]) -> list[dict]:
 
 def job_runs(job: Job, override: Path | None = None) -> list[dict]:
     """`reruns` of the job's records, on the job's own model when it names one; [] when it has none."""
-    rows = [r for r in read_records(results_path(job, override)) if r.get("job") == job.id]
+    rows = job_rows(job, override)
     if job.model:
         rows = [r for r in rows if r.get("model") == job.model] or rows
     return reruns(rows)

@@ -40,8 +40,9 @@ def test_current_records_meet_every_expectation(suite, capsys):
     if loaded.filling:  # a suite still being filled (paper protocols, paper budgets): recorded jobs must hold
         jobs = tuple(recorded)
     # every job has an expectation (or says why it has none) and a record: nothing passes by being absent
-    assert all(j.expected is not None or j.unchecked for j in jobs), [j.id for j in jobs if j.expected is None
-                                                                     and not j.unchecked]
+    # (a parity job's expectation is its record's agreement of the two evaluators)
+    assert all(j.expected is not None or j.unchecked or j.kind == "parity" for j in jobs), \
+        [j.id for j in jobs if j.expected is None and not j.unchecked and j.kind != "parity"]
     assert all(latest_record(j) is not None for j in jobs), [j.id for j in jobs if latest_record(j) is None]
 
 
@@ -56,6 +57,26 @@ def test_no_floor_is_at_or_below_chance(suite):
             continue
         dataset = loaded.job(j.of).dataset if j.of else j.dataset
         assert e.floor > CHANCE[dataset], f"{j.id}: floor {e.floor:.2f} <= chance {CHANCE[dataset]}"
+
+
+def test_a_parity_job_is_judged_by_its_records_agreement(tmp_path, capsys):
+    """A parity job's verdict is its latest record's agreement (records of its set and preset count
+    without a job name, as parity.py writes them): agreeing is ok, disagreeing a regression."""
+    suite = tmp_path / "par.yaml"
+    suite.write_text(yaml.safe_dump({"suite": "par", "jobs": [
+        {"id": "p", "kind": "parity", "results": "p.jsonl", "file": "s.safetensors", "preset": "dc-paper"}]}))
+    rec = {"set": "s.safetensors", "preset": "dc-paper", "acc_mean": 90.0, "reference_mean": 89.0, "n_models": 3,
+           "reference_accs": [89.0, 88.0, 90.0], "commit": "abc"}
+    records = tmp_path / "p.jsonl"
+    records.write_text(json.dumps({**rec, "agreement": {"diff": 1.0, "combined_se": 0.6, "agree": True}}) + "\n"
+                       + json.dumps({**rec, "set": "other.safetensors", "agreement": {"diff": 9, "combined_se": 1,
+                                                                                    "agree": False}}) + "\n")
+    assert run.main([str(suite), "--check", "--results", str(records)]) == 0
+    assert "ok         p: ours 90.00 vs the authors' evaluator 89.00" in capsys.readouterr().out
+    with open(records, "a") as f:  # a later record of the same set and preset that disagrees
+        f.write(json.dumps({**rec, "agreement": {"diff": 3.0, "combined_se": 0.6, "agree": False}}) + "\n")
+    assert run.main([str(suite), "--check", "--results", str(records)]) == 1
+    assert "beyond two combined standard errors" in capsys.readouterr().out
 
 
 def test_paper_claims_cover_the_coresets_and_condensation_methods():
@@ -114,7 +135,8 @@ def test_every_job_is_listed_with_its_command(suite, capsys):
     assert run.main([str(suite), "--list"]) == 0
     out = capsys.readouterr().out
     for job in load_suite(suite).jobs:
-        assert f"{job.id}\n  $ datadistill " in out, job.id
+        head = "python benchmarks/parity.py " if job.kind == "parity" else "datadistill "
+        assert f"{job.id}\n  $ {head}" in out, job.id
 
 
 @pytest.mark.filterwarnings("ignore::datadistill.config.DeprecatedKeyWarning")  # the cpu suite's old `--init`
