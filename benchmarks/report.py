@@ -476,7 +476,9 @@ def _nas_table(r: Row) -> str:
     pr, fp = r["protocol"], r["full_protocol"]
     lines += ["", _app_caption(r, f"{len(r['architectures'])} ConvNets, {r['per_class']} images per class; proxies "
                                   f"trained `{pr['name']}` {pr['epochs']} epochs, the whole data {fp['epochs']} "
-                                  "epoch(s), one network each")]
+                                  f"epoch(s), {fp['n_models']} network(s) per architecture"
+                                  + ("" if fp["n_models"] > 1 else ": the reference's agreement with itself across "
+                                     "seeds is not measured"))]
     return "\n".join(lines)
 
 

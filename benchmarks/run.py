@@ -347,7 +347,8 @@ class Runner:
 def app_metrics(summary: dict) -> dict:
     """An application's headline figures as flat fields an expectation can name: continual
     ``SET_last`` (accuracy after the last step) and ``SET_mean``; nas ``SET_spearman``,
-    ``SET_kendall``, ``SET_pick_full_acc`` (the whole-data accuracy of the proxy's pick); privacy
+    ``SET_kendall``, ``SET_pick_full_acc`` (the whole-data accuracy of the proxy's pick), ``full_seed_spearman``
+    and ``full_seed_kendall`` (the reference's seeds against each other); privacy
     ``SET_lira_auc`` and ``SET_lira_tpr1`` (TPR at 1% FPR, %)."""
     out: dict = {}
     if summary["app"] == "continual":
@@ -357,6 +358,9 @@ def app_metrics(summary: dict) -> dict:
         for name, s in summary["sets"].items():
             out.update({f"{name}_spearman": round(s["spearman"], 4), f"{name}_kendall": round(s["kendall"], 4),
                         f"{name}_pick_full_acc": s["top1_full_acc"]})
+        if "seed_spearman" in summary["full"]:  # the reference's agreement with itself across seeds
+            out.update(full_seed_spearman=summary["full"]["seed_spearman"],
+                       full_seed_kendall=summary["full"]["seed_kendall"])
     elif summary["app"] == "privacy":
         for name, p in summary["pipelines"].items():
             out[f"{name}_lira_auc"], out[f"{name}_lira_tpr1"] = p["lira"]["auc"], round(100 * p["lira"]["tpr@1%fpr"], 2)

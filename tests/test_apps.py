@@ -239,16 +239,38 @@ def test_default_grid_has_sixteen_distinct_convnets():
 def test_nas_ranks_against_the_whole_data(set_file, tmp_path):
     grid = {"width": (8, 16), "depth": (1,), "pool": ("avgpooling", "maxpooling")}
     cfg = nas.NASConfig("digits", (SetSource("dm", set_file),), grid=grid, protocol=get_protocol("dc", **QUICK),
-                        full_protocol=get_protocol("dc", epochs=1, n_models=1))
+                        full_protocol=get_protocol("dc", epochs=1, n_models=2))
     out = tmp_path / "nas"
     summary = nas.nas(cfg, out, serial())
+    full = summary["full"]  # two seeds of the reference, their agreement measured from their own rows
+    rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    by = {(r["model"], r["arch"]): r["accuracy"] for r in rows if r["set"] == "full"}
+    seeds = [[by[(m, a)] for a in summary["architectures"]] for m in (0, 1)]
+    assert full["seeds"] == 2 and full["seed_spearman"] == pytest.approx(
+        nas.rank_correlations(*seeds)["spearman"], abs=1e-4) and full["stable"] == (full["seed_spearman"] >= 0.8)
+    assert "seed vs seed (2 seeds)" in nas.format_summary(summary)
     assert len(summary["architectures"]) == 4 and set(summary["sets"]) == {"dm", "random"}
     dm = summary["sets"]["dm"]
     assert -1 <= dm["spearman"] <= 1 and -1 <= dm["kendall"] <= 1 and dm["top1_arch"] in summary["architectures"]
     assert dm["top1_full_acc"] <= summary["full"]["best_acc"] and dm["speedup"] > 1
     rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert len(rows) == 3 * 4 and {r["train_images"] for r in rows if r["set"] != "full"} == {30}
+    assert len(rows) == 4 * 4 and {r["train_images"] for r in rows if r["set"] != "full"} == {30}
     assert (out / "nas.png").is_file()
+
+
+def test_nas_seed_agreement_is_the_rank_correlation_of_the_seeds():
+    """Known answers: identical orders agree (1, stable), reversed ones disagree (-1, not stable, and
+    the table says the proxies then measure the reference's noise); one seed measures nothing."""
+    names = ["a", "b", "c", "d"]
+    rows = [{"model": m, "arch": n, "accuracy": acc} for m, accs in ((0, [1, 2, 3, 4]), (1, [10, 20, 30, 40]))
+            for n, acc in zip(names, accs)]
+    assert nas.seed_agreement(rows, names) == {"seeds": 2, "seed_spearman": 1.0, "seed_kendall": 1.0, "stable": True}
+    rows[4:] = [{"model": 1, "arch": n, "accuracy": acc} for n, acc in zip(names, [4, 3, 2, 1])]
+    bad = nas.seed_agreement(rows, names)
+    assert bad["seed_spearman"] == -1.0 and bad["stable"] is False
+    assert nas.seed_agreement(rows[:4], names) == {}
+    summary = {"sets": {}, "full": {"best_arch": "a", "best_acc": 1.0, "seconds": 1.0, **bad}}
+    assert "not stable across seeds" in nas.format_summary(summary)
 
 
 # -- the command line --------------------------------------------------------------------------------

@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     for opt in ("width", "depth", "norm", "act", "pool"):
         na.add_argument(f"--{opt}", help=f"ConvNet {opt} values, comma-separated")
     na.add_argument("--full-epochs", type=int, default=20, help="epochs of the whole-data training (default 20)")
+    na.add_argument("--full-models", type=int, default=2,
+                    help="whole-data networks per architecture, seeds 0.. (default 2: the reference's agreement "
+                         "with itself is measured; 1 skips it)")
 
     ls = sub.add_parser("list", help="list registered names")
     ls.add_argument("what", choices=["models", "methods", "datasets", "presets", "protocols"])
@@ -688,7 +691,7 @@ def cmd_apps(args: argparse.Namespace) -> int:
             cfg = NASConfig(args.dataset, tuple(parse_sets(args.set, dataset=args.dataset)),
                             grid=parse_grid_options(args.width, args.depth, args.norm, args.act, args.pool),
                             per_class=args.per_class, baselines=() if args.no_random else (RANDOM,),
-                            protocol=protocol, full_protocol=protocol.with_(epochs=args.full_epochs, n_models=1),
+                            protocol=protocol, full_protocol=protocol.with_(epochs=args.full_epochs, n_models=args.full_models),
                             root=args.root, device=device)
             summary = nas(cfg, args.out, ex)
         else:

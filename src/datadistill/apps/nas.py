@@ -6,6 +6,12 @@ on the whole training set. Each proxy's ranking of the architectures is compared
 data's by Spearman's rho and Kendall's tau, and the architecture a proxy picks is scored by its
 whole-data accuracy; the time saved is the whole-data training time over the proxy's.
 
+A reference ranks only if it agrees with itself: the whole data trains ``full_protocol.n_models``
+networks per architecture (2 by default, seeds 0 and 1), and the summary states the two seeds'
+rankings' correlation (``full.seed_spearman``, ``full.seed_kendall``; the mean over pairs beyond two)
+and ``full.stable`` (seed Spearman >= `STABLE`). The proxies are ranked against the mean over seeds.
+Below that bar a proxy's correlation measures the reference's noise, and the table says so.
+
 Every (set, architecture, model) is one executor task with its result file ``jobs/NAME.json``
 (resumable, on any backend). ``records.jsonl`` holds every job's row, ``summary.json`` the
 correlations, ``nas.png`` proxy against whole-data accuracy.
@@ -31,6 +37,7 @@ from .common import (RANDOM, AppError, SetSource, check_out, data_for, file_ipc,
                      random_memory, run_jobs, settings_of, write_records)
 
 FULL = "full"
+STABLE = 0.8  # the seeds' Spearman at which the whole-data ranking is taken as a reference
 # the default grid: 2 widths x 2 depths x 2 normalisations x 2 poolings = 16 ConvNets
 DEFAULT_GRID: dict[str, tuple[Any, ...]] = {"width": (32, 64), "depth": (2, 3), "norm": ("instancenorm", "batchnorm"),
                                             "pool": ("avgpooling", "maxpooling")}
@@ -82,7 +89,7 @@ class NASConfig:
     per_class: int | None = None
     baselines: tuple[str, ...] = (RANDOM,)
     protocol: EvalProtocol = field(default_factory=lambda: EvalProtocol())  # training on a proxy set
-    full_protocol: EvalProtocol = field(default_factory=lambda: EvalProtocol(epochs=20, n_models=1))
+    full_protocol: EvalProtocol = field(default_factory=lambda: EvalProtocol(epochs=20, n_models=2))
     root: str | None = None
     device: str = "cpu"
 
@@ -160,6 +167,7 @@ def summarize(rows: list[dict[str, Any]], names: list[str], cfg: NASConfig, k: i
 
     full, full_s = table(FULL)
     best_full = max(full)
+    agreement = seed_agreement([r for r in rows if r["set"] == FULL], names)
     sets: dict[str, Any] = {}
     for name in dict.fromkeys(r["set"] for r in rows if r["set"] != FULL):
         accs, secs = table(name)
@@ -172,8 +180,24 @@ def summarize(rows: list[dict[str, Any]], names: list[str], cfg: NASConfig, k: i
     return {"app": "nas", "dataset": cfg.dataset, "per_class": k, "architectures": names,
             "protocol": cfg.protocol.to_dict(), "full_protocol": cfg.full_protocol.to_dict(),
             "full": {"accuracies": {n: round(a, 2) for n, a in zip(names, full)}, "seconds": round(full_s, 1),
-                     "best_arch": names[full.index(best_full)], "best_acc": round(best_full, 2)},
+                     "best_arch": names[full.index(best_full)], "best_acc": round(best_full, 2), **agreement},
             "sets": sets}
+
+
+def seed_agreement(rows: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """How far the whole data's ranking agrees with itself across training seeds: the rank
+    correlations of each pair of seeds' accuracies over the architectures (their mean), the seeds'
+    count and whether the ranking is `STABLE`. Empty for one seed: nothing to measure."""
+    seeds = sorted({r["model"] for r in rows})
+    by = {(r["model"], r["arch"]): r["accuracy"] for r in rows}
+    runs = [[by[(s, n)] for n in names] for s in seeds if all((s, n) in by for n in names)]
+    if len(runs) < 2:
+        return {}
+    pairs = [rank_correlations(a, b) for a, b in itertools.combinations(runs, 2)]
+    rho = sum(p["spearman"] for p in pairs) / len(pairs)
+    tau = sum(p["kendall"] for p in pairs) / len(pairs)
+    return {"seeds": len(runs), "seed_spearman": round(rho, 4), "seed_kendall": round(tau, 4),
+            "stable": bool(rho >= STABLE)}
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -185,7 +209,16 @@ def format_summary(summary: dict[str, Any]) -> str:
     for name, s in summary["sets"].items():
         lines.append(f"| {name} | {s['spearman']:.3f} | {s['kendall']:.3f} | {s['top1_arch']} | "
                      f"{s['top1_full_acc']:.2f} | {s['seconds']:.0f} | {s['speedup']:g}x |")
-    lines.append(f"| whole data | 1 | 1 | {full['best_arch']} | {full['best_acc']:.2f} | {full['seconds']:.0f} | 1x |")
+    if "seed_spearman" in full:  # the reference against itself: seed against seed
+        lines.append(f"| whole data, seed vs seed ({full['seeds']} seeds) | {full['seed_spearman']:.3f} | "
+                     f"{full['seed_kendall']:.3f} | {full['best_arch']} | {full['best_acc']:.2f} | "
+                     f"{full['seconds']:.0f} | 1x |")
+        if not full["stable"]:
+            lines += ["", f"The whole-data ranking is not stable across seeds (Spearman {full['seed_spearman']:.2f} "
+                          f"< {STABLE}): the proxies' correlations above measure its noise, not the proxies. "
+                          "Train the whole data longer (--full-epochs)."]
+    else:
+        lines.append(f"| whole data | 1 | 1 | {full['best_arch']} | {full['best_acc']:.2f} | {full['seconds']:.0f} | 1x |")
     return "\n".join(lines)
 
 
