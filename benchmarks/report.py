@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from suites import (RELEASED_DIR, RESULTS_DIR, ROOT, SUITES_DIR, SuiteError, SELECTIONS, check_claims, load_suite,  # noqa: E402
-                    pooled, read_records, reruns)
+from suites import (RELEASED_DIR, RESULTS_DIR, ROOT, SUITES_DIR, SuiteError, SELECTIONS, check_claims,  # noqa: E402
+                    latest_record, load_suite, pooled, read_records, reruns)
 
 DOC = ROOT / "docs" / "results.md"
 PLOT = ROOT / "docs" / "img" / "acc_vs_ipc.png"
@@ -388,12 +388,71 @@ def commands(rows: list[Row], suites: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+IMAGE_FLOATS = {"mnist": 28 * 28, "fashion_mnist": 28 * 28, "digits": 8 * 8}  # one image's floats
+CLASSES = {"mnist": 10, "fashion_mnist": 10, "digits": 10}
+
+
+def _arg(args: tuple[str, ...] | list[str], key: str) -> str | None:
+    """The value of ``--flag V`` or ``key=V`` in a job's arguments (the last one given), else None."""
+    out = None
+    for i, a in enumerate(args):
+        if a == key and i + 1 < len(args):
+            out = args[i + 1]
+        elif key.startswith(("method_config.", "eval.")) and a.startswith(key + "="):
+            out = a.split("=", 1)[1]
+    return out
+
+
+def set_how(suite, job) -> dict:
+    """How the set a score or evaluate job trains on was made, from its distillation job and that job's
+    latest record: ``storage`` (stored floats over a plain set's at the same images per class, with
+    label vectors and a learned lr counted), ``iterations``, ``unrolled`` (steps per trajectory segment,
+    trajectory methods) and ``experts`` (their count and epochs, from the experts job it needs)."""
+    src = suite.job(job.of)
+    owner = load_suite(job.of.split(":")[0]) if ":" in job.of else suite
+    rec = latest_record(src)
+    out: dict = {"storage": None, "iterations": rec.get("iterations") if rec else None, "unrolled": None,
+                 "experts": None, "one_shot": None}
+    plain = (src.ipc or 0) * CLASSES.get(src.dataset, 0) * IMAGE_FLOATS.get(src.dataset, 0)
+    if rec and rec.get("stored_floats") and plain:
+        out["storage"] = rec["stored_floats"] / plain
+    if src.method in SELECTIONS or src.method == "rded":  # one-shot: no iterations to count
+        out["iterations"] = None
+        out["one_shot"] = "selection" if src.method in SELECTIONS else "one pass (crops scored by a teacher)"
+    if src.method in ("mtt", "datm", "haba"):
+        out["unrolled"] = getattr(_method_config(src), "syn_steps", None)
+        if src.needs:
+            ex = owner.job(src.needs)
+            out["experts"] = (_arg(ex.args, "--experts"), _arg(ex.args, "--epochs"))
+    return out
+
+
+def _method_config(job):
+    """A distillation job's method configuration as `distill` resolves it (presets and overrides)."""
+    from datadistill import cli
+    from datadistill.resolve import resolve
+
+    args = [a.replace("{runs}", "runs") for a in job.args]
+    argv = ["distill", "--method", job.cli_method or job.method, "--dataset", job.dataset, "--ipc", str(job.ipc), *args]
+    return resolve(cli.distill_config(cli.parse_args(argv))).method_cfg
+
+
+def _budget(how: dict) -> str:
+    parts = []
+    if how["iterations"] is not None:
+        parts.append(f"{how['iterations']} it" + (f" x {how['unrolled']} steps" if how["unrolled"] else ""))
+    if how["experts"]:
+        n, ep = how["experts"]
+        parts.append(f"experts {n or '?'} x {ep or '?'} ep")
+    return ", ".join(parts) or how["one_shot"] or "-"
+
+
 def soft_table(jobs: dict[str, list[Row]]) -> str:
     """Suite ``soft``: each set's accuracy with its labels beside DD-Ranking's scores, one table per
     (dataset, images per class); jobs without a record are listed with their command."""
     suite = load_suite(SUITES_DIR / "soft.yaml")
-    head = ("| set | labels | accuracy (%) | random subset (%) | IOR (points) | hard labels (%) | HLR (points) | LRS "
-            "| iterations | s / it | distill wall (s) | scores wall (s) | commit | machine |")
+    head = ("| set | labels | protocol | teacher | storage | budget | accuracy (%) | random subset (%) | IOR (points) "
+            "| hard labels (%) | HLR (points) | LRS | s / it | distill wall (s) | scores wall (s) | commit | machine |")
     groups: dict[tuple, list[str]] = defaultdict(list)
     for j in suite.jobs:
         if j.kind != "score":
@@ -414,11 +473,15 @@ def soft_table(jobs: dict[str, list[Row]]) -> str:
             how = f"stored soft, {r.get('label_loss')}"
         spi = f"{r['seconds_per_iteration']:.2f}" if r.get("seconds_per_iteration") else "-"
         wall = f"{r['distill_wall_seconds']:.0f}" if r.get("distill_wall_seconds") else "-"
+        made = set_how(suite, j)
+        t = r.get("teacher") or {}
+        teacher = f"{Path(t['path']).stem} ({t['test_accuracy']:.2f}%)" if t.get("path") else "-"
+        store = f"{made['storage']:.3f}x" if made["storage"] else "-"
         groups[(ds, ipc)].append(
-            f"| [{label}]({link(r, '../')}) | {how} | {pm(r)} | {r['random']:.2f} ({r['random_labels']}) "
+            f"| [{label}]({link(r, '../')}) | {how} | `{r.get('protocol')}` {r.get('epochs')} ep | {teacher} | {store} "
+            f"| {_budget(made)} | {pm(r)} | {r['random']:.2f} ({r['random_labels']}) "
             f"| {r['ior']:+.2f} | {r['hard']:.2f} | {r['hlr']:.2f} | {r['lrs']:.3f} "
-            f"| {r.get('iterations', '-')} | {spi} | {wall} | {r['wall_seconds']:.0f} | {r['commit']} "
-            f"| {r.get('device', '?')} |")
+            f"| {spi} | {wall} | {r['wall_seconds']:.0f} | {r['commit']} | {r.get('device', '?')} |")
     out = []
     for (ds, ipc) in sorted(groups, key=lambda k: (k[0] != "mnist", k[1])):
         out += [f"### Soft labels: {DATASETS.get(ds, ds)}, {ipc} image(s) per class", "", head,
@@ -671,8 +734,13 @@ def render(rows: list[Row]) -> str:
         "relabelling every batch), next to a random real subset of the same size under the same protocol and "
         "labels, and DD-Ranking's scores ([evaluation](evaluation.md#scores-what-a-set-adds)): IOR = accuracy - "
         "random subset; HLR = whole data - the set with hard labels (lower is better); LRS in [0, 1] from both. "
-        "The `dc` protocol on ConvNets; the whole-data reference is the `cpu` suite's 2-epoch record. `s / it` and "
-        "`distill wall` are the distillation's (blank for selections); `scores wall` is the three evaluations'.",
+        "The whole-data reference is the `cpu` suite's 2-epoch record. Beside each figure: its evaluation "
+        "protocol and epochs, the teacher (its test accuracy) when one relabels the batches, the set's storage "
+        "(stored floats, label vectors and a learned lr included, over a plain set's at the same images per class; "
+        "from its distillation's record) and its budget (iterations, unrolled steps per segment, experts and their "
+        "epochs). Rows differ in budget: compare methods at equal budget only where these columns agree. "
+        "`s / it` and `distill wall` are the distillation's (blank for selections); `scores wall` is the three "
+        "evaluations'.",
         "",
         soft_table(jobs),
         "## What distilled sets are for",
