@@ -106,7 +106,7 @@ def standin_experts(cfg: RunConfig, res: Resolved, folder: Path, device: torch.d
     first = torch.arange(min(STANDIN_IMAGES, len(data.train)))
     small = dataclasses.replace(data, train=data.train.subset(first), test=data.test.subset(first))
     ecfg = ExpertConfig(dataset=cfg.dataset, model=res.method_cfg.model, n_experts=1,
-                        epochs=res.method_cfg.epochs_needed, zca=cfg.zca, dataset_options=dict(cfg.dataset_options))
+                        epochs=res.method_cfg.epochs_needed, zca=res.zca, dataset_options=dict(cfg.dataset_options))
     train_experts(ecfg, folder, data=small, device=device)
     return folder
 

@@ -254,7 +254,7 @@ class Runner:
                 "job_seconds": round(wall, 1), "peak_mem_mb": round(meta["peak_mem_mb"]), "device": meta["device"],
                 "command": shlex.join(cmd), "stored_floats": meta.get("storage_numel"),
                 **({"learned_lr": round(meta["learned_lr"], 6)} if meta.get("learned_lr") else {}),
-                **{k: meta[k] for k in ("bases_per_class", "n_hallucinators", "budget_floats") if k in meta},
+                **{k: meta[k] for k in ("bases_per_class", "n_hallucinators", "budget_floats", "storage_ratio") if k in meta},
                 **job.extra, **_flat(meta.get("extra_report")),
             })
         return records

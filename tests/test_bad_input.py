@@ -54,7 +54,7 @@ CASES = [
     ([*D, "eval.n_models=0"], "eval: n_models must be >= 1, got 0"),
     ([*D, "eval.lr=abc"], "eval.lr: expected a number, got 'abc'"),
     ([*D, "eval.decay_at=[2]"], "decay_at must be fractions of the epochs in [0, 1]"),
-    ([*D, "eval.preset=nope"], "Valid evaluation protocol names: dc, dc-paper, dd, dsa, dsa-paper, mtt, mtt-paper, smoke"),
+    ([*D, "eval.preset=nope"], "Valid evaluation protocol names: dc, dc-paper, dd, dsa, dsa-paper, frepo-paper, haba-paper, mtt, mtt-paper, rded-paper, smoke"),
     ([*D, "eval.model=nope"], VALID_MODELS),
     ([*D, "eval.augment=dsa", "eval.dsa_strategy=nope"], "Valid DSA op names: color, crop"),
     ([*D, "method_config.lr_img=abc"], "method_config (dm).lr_img: expected a number, got 'abc'"),
@@ -317,3 +317,15 @@ def test_a_check_of_a_method_runs_before_the_run_folder_exists(tmp_path, monkeyp
         run(_dd_cfg(), tmp_path / "run", progress=False, log=lambda *_: None)
     assert seen["exists"] is False and seen["ctx"].synset is None and seen["ctx"].ipc == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`datadistill list methods | head -0`: the reader is gone before the first line; no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "datadistill.cli", "list", "methods"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader stops before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and err == ""

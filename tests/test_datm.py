@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+import yaml
 import torch.nn.functional as F
 from torch.func import functional_call
 
@@ -164,3 +165,191 @@ def test_presets_load(recwarn):
         assert cfg.epochs_needed <= 50
     cpu = from_dict(DATMConfig, load_preset("datm-cpu")["method_config"])
     assert cpu.max_start_epoch <= 2 and cpu.expert_epochs == 2 and cpu.epochs_needed <= 4
+
+
+# ---------------------------------------------------------------------- the authors' IPC 1 preset
+# configs/CIFAR-10/ConvIN/IPC1.yaml of NUS-HPC-AI-Lab/DATM (and distill/DATM.py's momentum 0.5), in our keys
+AUTHORS_IPC1 = {"syn_steps": 80, "expert_epochs": 2, "min_start_epoch": 0, "max_start_epoch": 4, "sequential": False,
+                "batch_syn": 10, "lr_img": 100.0, "lr_lr": 1e-7, "lr_teacher": 0.01, "momentum": 0.5, "lr_y": 5.0,
+                "momentum_y": 0.9, "loss_threshold": 1.1, "init_correct": True, "soft_init": True,
+                "learn_labels": True, "label_epoch": None, "dsa": True}
+
+
+def test_paper_preset_has_the_authors_ipc1_values():
+    from datadistill import cli
+    from datadistill.resolve import resolve
+
+    res = resolve(cli.distill_config(cli.parse_args(["distill", "--preset", "datm-paper"])))
+    assert res.entry.name == "datm" and res.cfg.dataset == "mnist" and res.cfg.ipc == 1
+    assert res.iterations == 10000 and res.image_init == "real" and res.zca is None
+    assert {k: getattr(res.method_cfg, k) for k in AUTHORS_IPC1} == AUTHORS_IPC1
+    assert {start_epoch_bound(res.method_cfg, it) for it in (0, 999, 9999)} == {4}  # start epochs 0..3, fixed
+    assert res.method_cfg.epochs_needed == 5
+    # the authors' evaluator (MTT's evaluate_synset) with their batch_train 128
+    assert res.protocol.name == "mtt-paper" and res.protocol.use_learned_lr and res.protocol.batch_size == 128
+    argv = ["distill", "--preset", "datm-paper", "--dataset", "fashion_mnist"]
+    res = resolve(cli.distill_config(cli.parse_args(argv)))
+    assert res.cfg.dataset == "fashion_mnist" and res.method_cfg.lr_y == 5.0
+
+
+# ---------------------------------------------------------------------- the fidelity ladder
+LADDER = [  # rung, the method_config keys its one addition may change (the first one must change)
+    ("rung0-mtt", None),
+    ("rung1-correct-init", ("init_correct",)),
+    ("rung2-soft-init", ("soft_init",)),
+    ("rung3-learned-labels", ("learn_labels", "lr_y", "momentum_y")),
+    ("rung4-sequential", ("sequential", "current_max_start_epoch", "expansion_end_iteration")),
+    ("rung5-threshold", ("loss_threshold",)),
+    ("rung6-ftd-experts", ("experts",)),
+]
+ADDITIONS_OFF = {"init_correct": False, "soft_init": False, "learn_labels": False, "sequential": False,
+                 "loss_threshold": None, "min_start_epoch": 0}
+
+
+def _ladder_suite():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from suites import load_suite
+
+    return load_suite("fidelity-datm")
+
+
+def _resolved(job):
+    from datadistill import cli
+    from datadistill.resolve import resolve
+
+    args = [a.replace("{runs}", "runs") for a in job.args]
+    return resolve(cli.distill_config(cli.parse_args(
+        ["distill", "--method", job.method, "--dataset", job.dataset, "--ipc", str(job.ipc), *args])))
+
+
+@pytest.mark.parametrize("ipc", [1, 10])
+def test_each_ladder_rung_adds_exactly_one_thing_to_mtts_record(ipc):
+    import dataclasses
+
+    from datadistill.evaluation.protocol import get_protocol
+
+    suite = _ladder_suite()
+    mtt_eval = suite.job(f"mtt-mnist-ipc{ipc}-mtt-paper")
+    mtt_job = suite.job(mtt_eval.of)  # the MTT record the ladder starts from (cpu-ablations)
+    mtt = _resolved(mtt_job)
+    rungs = [suite.job(f"datm-mnist-ipc{ipc}-{name}") for name, _ in LADDER]
+    assert [j.kind for j in rungs] == ["distill"] * len(LADDER) and all(j.method == "datm" for j in rungs)
+    resolved = [_resolved(j) for j in rungs]
+
+    # rung 0: MTT's run (its experts, iterations, unrolled steps, every shared field) with DATM's additions off
+    first = resolved[0]
+    mtt_suite = mtt_eval.of.split(":")[0]
+    assert suite.job(rungs[0].needs) == suite.job(f"{mtt_suite}:{mtt_job.needs}")  # its experts job
+    assert first.iterations == mtt.iterations
+    for f in dataclasses.fields(mtt.method_cfg):
+        assert getattr(first.method_cfg, f.name) == getattr(mtt.method_cfg, f.name), f.name
+    assert {k: getattr(first.method_cfg, k) for k in ADDITIONS_OFF} == ADDITIONS_OFF
+    assert (first.cfg.dataset, first.cfg.ipc, first.cfg.seed, first.image_init) == \
+        (mtt.cfg.dataset, mtt.cfg.ipc, mtt.cfg.seed, mtt.image_init)
+
+    # one protocol with the learned lr for MTT's set and every rung
+    want = first.protocol
+    name, *overrides = mtt_eval.args[mtt_eval.args.index("--protocol") + 1:]
+    assert get_protocol(name, **{k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)}) == want
+    assert want.name in ("mtt", "mtt-paper") and want.use_learned_lr
+
+    for (name, allowed), prev, cur in zip(LADDER[1:], resolved, resolved[1:]):
+        a, b = prev.to_dict(), cur.to_dict()
+        ma, mb = a.pop("method_config"), b.pop("method_config")
+        assert a == b, name  # the run, its budget and its evaluation are the same
+        changed = {k for k in ma if ma[k] != mb[k]}
+        assert allowed[0] in changed and changed <= set(allowed), (name, changed)
+    last = resolved[-2].method_cfg  # rung 5: all of the reference's DATM on MTT's experts
+    assert (last.init_correct, last.soft_init, last.learn_labels, last.sequential) == (True, True, True, True)
+    assert last.loss_threshold is not None
+    ftd = suite.job(rungs[-1].needs)
+    assert ftd.kind == "experts" and "--sam" in ftd.args
+
+
+# ---------------------------------------------------------------------- FTD experts (sharpness-aware)
+def test_sharpness_aware_direction_is_the_references_gsam():
+    """Our GSAM direction against the reference's formulas (buffer/gsam/gsam.py), written out here on a
+    small linear model: adaptive ascent, second gradient, orthogonal correction; the weights come back."""
+    from datadistill.train import SharpnessAware, sharpness_aware_grads
+
+    gen = torch.Generator().manual_seed(0)
+    net = torch.nn.Linear(6, 3)
+    with torch.no_grad():
+        net.weight.copy_(torch.randn(3, 6, generator=gen))
+        net.bias.copy_(torch.randn(3, generator=gen))
+    x, y = torch.randn(20, 6, generator=gen), torch.randint(0, 3, (20,), generator=gen)
+    rho, alpha, eps = 0.05, 0.3, 1e-12
+    w = [p.detach().clone() for p in net.parameters()]
+
+    def grads_at(ws):
+        ws = [t.detach().clone().requires_grad_() for t in ws]
+        return torch.autograd.grad(F.cross_entropy(F.linear(x, ws[0], ws[1]), y), ws)
+
+    g = grads_at(w)
+    norm = torch.stack([(t.abs() * gi).norm() for t, gi in zip(w, g)]).norm()
+    e = [gi * (rho / (norm + eps)) * t.pow(2) for t, gi in zip(w, g)]
+    g2 = grads_at([t + ei for t, ei in zip(w, e)])
+    inner = sum((a * b).sum() for a, b in zip(g, g2))
+    n_new, n_old = torch.stack([t.norm() for t in g2]).norm(), torch.stack([t.norm() for t in g]).norm()
+    cosine = inner / (n_new * n_old + eps)
+    want = [b - alpha * (a - cosine * n_old * b / (n_new + eps)) for a, b in zip(g, g2)]
+
+    def backward():
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        return loss.detach()
+
+    loss = sharpness_aware_grads(net, backward, SharpnessAware(rho, alpha, adaptive=True))
+    assert torch.allclose(loss, F.cross_entropy(F.linear(x, w[0], w[1]), y))
+    assert all(torch.equal(p.detach(), t) for p, t in zip(net.parameters(), w))  # back at w
+    for p, t, gi in zip(net.parameters(), want, g):
+        assert torch.allclose(p.grad, t, atol=1e-7, rtol=1e-5)
+        assert not torch.allclose(p.grad, gi, atol=1e-5)  # not plain SGD's gradient
+
+
+@pytest.fixture(scope="module")
+def ftd_buffers(digits, tmp_path_factory):
+    from datadistill.experts import ExpertConfig, train_experts
+
+    root = tmp_path_factory.mktemp("ftd")
+    base = dict(dataset="digits", model="mlp", n_experts=1, epochs=2, batch_size=64)
+    return {rho: train_experts(ExpertConfig(**base, sam_rho=rho), root / str(rho), data=digits)
+            for rho in (None, 0.0, 0.01)}
+
+
+def test_ftd_experts_at_rho_zero_are_plain_training_and_otherwise_differ(ftd_buffers):
+    plain, zero, ftd = ftd_buffers[None], ftd_buffers[0.0], ftd_buffers[0.01]
+    for e in range(3):
+        a, b, c = plain.params(0, e), zero.params(0, e), ftd.params(0, e)
+        assert all(torch.equal(a[n], b[n]) for n in a)  # rho 0: the same tensors, bit for bit
+        if e == 0:
+            assert all(torch.equal(a[n], c[n]) for n in a)  # the same seeded start
+        else:  # the sharpness-aware steps move the trajectory, far beyond float rounding (~1e-8 here)
+            assert max(float((a[n] - c[n]).abs().max()) for n in a) > 1e-5
+    assert ftd.config.sam_rho == 0.01 and ftd.config.sam_alpha == 0.3 and ftd.config.sam_adaptive
+    assert plain.config.sam_rho is None
+    assert ftd.summary()["config"]["sam_rho"] == 0.01  # in every shard's metadata, so in a distilled file's too
+
+
+def test_ftd_experts_have_their_own_folder_and_a_mismatch_is_named(ftd_buffers, digits, monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from datadistill.cli import main
+    from datadistill.experts import ExpertConfig, ExpertError, default_experts_dir, train_experts
+    from datadistill.experts.config import trajectory_key
+
+    plain = ftd_buffers[None]
+    with pytest.raises(ExpertError, match=r"sam_rho: stored None vs requested 0\.01"):
+        train_experts(replace(plain.config, sam_rho=0.01), plain.directory, data=digits)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    base = ExpertConfig(dataset="digits", model="mlp")
+    assert "sam_rho" not in trajectory_key(base)  # plain experts keep their folder names
+    assert default_experts_dir(replace(base, sam_rho=0.01)) != default_experts_dir(base)
+    assert default_experts_dir(replace(base, sam_rho=0.01)) != default_experts_dir(replace(base, sam_rho=0.05))
+    for bad in ({"sam_rho": -0.1}, {"sam_rho": 0.01, "sam_alpha": -1}, {"sam_alpha": 0.4}):
+        with pytest.raises(ExpertError, match="sam"):
+            ExpertConfig(dataset="digits", **bad)
+    assert main(["experts", "--dataset", "digits", "--sam-alpha", "0.4", "--out", str(tmp_path / "x")]) == 2

@@ -28,7 +28,7 @@ def test_xavier_init_zeroes_biases_and_scales_weights_by_fan():
     assert abs(float(w.std()) - math.sqrt(2 / (fan_in + fan_out))) < 0.01
     again = create_model("lenet", 1, 10, 28, seed=0, weight_init="xavier")
     assert torch.equal(again.fc_1.weight, w)  # seeded
-    with pytest.raises(UnknownNameError, match="default, kaiming, xavier"):
+    with pytest.raises(UnknownNameError, match="default, kaiming, lecun, xavier"):
         create_model("lenet", 1, 10, 28, weight_init="xavir")
     with pytest.raises(UnknownNameError):
         get_protocol("dd", weight_init="nope")

@@ -7,7 +7,7 @@ from datadistill.cli import main
 from datadistill.evaluation import evaluate, get_protocol
 from datadistill.synset import (SYNSETS, FactorizedSet, Hallucinator, HallucinatorConfig, SyntheticSet,
                                 factorized_synset, load_synset, read_meta, save_synset)
-from datadistill.synset.factorized import default_bases_per_class
+from datadistill.synset.factorized import bases_for_budget
 
 
 def _set(toy, bases=2, hals=3, seed=0, **kw):
@@ -183,9 +183,10 @@ class _HaBaLike:
 
 
 def test_engine_builder_reads_the_method_config(toy):
-    assert [default_bases_per_class(i) for i in (1, 2, 10, 50)] == [1, 1, 9, 49]
+    assert [bases_for_budget(i) for i in (1, 2, 10, 50)] == [1, 2, 10, 50]  # the authors': ipc bases
+    assert [bases_for_budget(i, "ipc-1") for i in (1, 2, 10, 50)] == [1, 1, 9, 49]
     s = factorized_synset(_HaBaLike(), toy, 10, "real", torch.Generator().manual_seed(0))
-    assert (s.bases_per_class, s.n_hallucinators, s.hallucinators[0].hidden_channels) == (9, 2, 4)
+    assert (s.bases_per_class, s.n_hallucinators, s.hallucinators[0].hidden_channels) == (10, 2, 4)
     assert s.log_lr.requires_grad and abs(s.learned_lr() - 0.01) < 1e-8
     s = factorized_synset(_HaBaLike(bases_per_class=3, lr_teacher=None), toy, 10, "noise", torch.Generator())
     assert s.bases_per_class == 3 and s.learned_lr() is None and (s.examples_per_class, s.ipc) == (6, 10)
@@ -280,7 +281,8 @@ def test_show_draws_bases_and_hallucinations(toy, tmp_path, capsys):
     from PIL import Image
 
     w, h = Image.open(out).size
-    assert h > w  # 6 rows (bases) of 1 + 3 columns
+    assert w > h  # one panel per class side by side (3 classes), each 2 bases down and 1 + 3 tiles across
+    assert "h2: correlation with its base" in capsys.readouterr().out  # and its collapse diagnostic
 
 
 def test_evaluation_trains_on_a_factorized_set(toy):

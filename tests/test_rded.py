@@ -1,17 +1,25 @@
 """RDED: teacher-ranked crops of real images, stitched, with the teacher's soft labels."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from datadistill.config import ConfigError, RunConfig, from_dict
 from datadistill.data import load_dataset
+from datadistill.evaluation import get_protocol
+from datadistill.evaluation.labels import label_plan
 from datadistill.methods import METHODS, Context
-from datadistill.methods.rded import (RDEDConfig, check_rded, rded_from_file, rded_synset, sample_boxes,
-                                      select_class, stitch)
+from datadistill.methods.rded import (RDED, RDEDConfig, check_floor, check_rded, crop_resize, rded_from_file,
+                                      rded_synset, sample_boxes, select_class, stitch)
+from datadistill.methods.rded import set_crops
 from datadistill.models import create_model
-from datadistill.resolve import check_run
+from datadistill.resolve import check_run, resolve
+from datadistill.synset import PixelSet, read_meta, save_synset
 from datadistill.teachers import Teacher, load_teacher, save_teacher
+from datadistill.viz import save_grid
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +137,109 @@ def test_config_ranges_and_registration():
 
 
 def test_a_file_asks_for_its_teacher_when_it_exists(teacher_file, tmp_path):
-    meta = {"method": "rded", "method_config": {"temperature": 20.0}, "teacher": {"path": teacher_file}}
+    meta = {"method": "rded", "method_config": {"temperature": 20.0, "factor": 2}, "teacher": {"path": teacher_file}}
     how = rded_from_file(meta, None)
-    assert how.protocol == {"labels": "teacher", "teacher": teacher_file, "label_loss": "kl", "label_temperature": 20.0}
+    # the loss stays the protocol's: KL (T^2-scaled) on `dc`, the reference's unscaled KL on `rded-paper`
+    assert how.protocol == {"labels": "teacher", "teacher": teacher_file, "label_temperature": 20.0, "rded_factor": 2}
+    for preset, loss in (("dc", "kl"), ("rded-paper", "kl_unscaled")):
+        p = get_protocol(preset).with_(**how.protocol)
+        digits = load_dataset("digits")
+        one = PixelSet(digits.train.images[:10], torch.arange(10), 10)
+        assert label_plan(one, p, digits.spec).info["label_loss"] == loss
     meta["teacher"]["path"] = str(tmp_path / "gone.safetensors")
     assert rded_from_file(meta, None).protocol["labels"] == "soft"
+
+
+# ------------------------------------------------------------------------------------ crop-scale floor, crop records
+@pytest.mark.parametrize("floor", [0.08, 0.3, 0.5])
+def test_every_chosen_box_respects_the_crop_scale_floor(digits, floor):
+    H, W = digits.spec.image_size
+    boxes = sample_boxes(500, 5, (H, W), (floor, 1.0), torch.Generator().manual_seed(0))
+    assert (boxes[..., 2] ** 2 >= floor * H * W).all()
+    # the floor is reached, not kept away from: the smallest side is the smallest one that covers it
+    # (at 0.3 torchvision's rounding would give 15 x 15 = 225 < 0.3 * 784 = 235.2)
+    assert int(boxes[..., 2].min()) == math.ceil(math.sqrt(floor * H * W))
+    sel = select_class(RDEDConfig(factor=2, num_crop=3, mipc=12, min_scale=floor), _teacher(digits.spec).logits,
+                       digits, 4, 2, torch.Generator().manual_seed(1))
+    assert (sel.boxes[:, 2] ** 2 >= floor * H * W).all() and (sel.boxes[:, :2] + sel.boxes[:, 2:] <= H).all()
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+def test_the_crops_round_trip_through_the_file_and_rebuild_the_images(digits, teacher_file, tmp_path, factor):
+    cfg = RDEDConfig(teacher=teacher_file, factor=factor, num_crop=2, mipc=10, min_scale=0.25)
+    s = rded_synset(cfg, digits, 2, "real", torch.Generator().manual_seed(3))
+    ctx = Context(data=digits, synset=s, device=torch.device("cpu"), generator=torch.Generator(), seed=0, ipc=2)
+    meta = RDED(cfg, ctx).file_meta()
+    path = save_synset(tmp_path / "rded.safetensors", s, digits.spec, method="rded", **meta)
+    crops = read_meta(path)["crops"]
+    assert crops == meta["crops"] and len(crops["image"]) == 10 * 2 * factor**2
+    H, W = digits.spec.image_size
+    for n, src, (t, l, h, w), (pt, pl, ph, pw) in zip(crops["image"], crops["source"], crops["box"], crops["place"]):
+        assert int(digits.train.labels[src]) == int(s.labels[n])  # a crop of its own class
+        assert h == w and h * w >= 0.25 * H * W and (ph, pw) == (H // factor, W // factor)
+        # the recorded box of the recorded image, resized, is what the set holds at the recorded place
+        crop = crop_resize(digits.train.images[src][None], torch.tensor([[[t, l, h]]]), (ph, pw))[0, 0]
+        torch.testing.assert_close(s.images[n, :, pt : pt + ph, pl : pl + pw], crop)
+    per_image = torch.bincount(torch.tensor(crops["image"]))
+    assert (per_image == factor**2).all()  # every tile of every image is recorded once
+    assert len(set(crops["source"])) == len(crops["source"])  # one crop per real image
+
+
+def test_the_grid_draws_each_image_beside_its_crops_sources(digits, teacher_file, tmp_path):
+    from PIL import Image
+
+    cfg = RDEDConfig(teacher=teacher_file, factor=2, num_crop=2, mipc=10)
+    s = rded_synset(cfg, digits, 2, "real", torch.Generator().manual_seed(0))
+    crops = set_crops(s)
+    plain = Image.open(save_grid(s, digits.spec, tmp_path / "plain.png"))
+    drawn = Image.open(save_grid(s, digits.spec, tmp_path / "crops.png", crops=crops, sources=digits.train.images))
+    # 2 images per class, each followed by its 4 sources: 10 cells a row, each drawn >= 48 pixels wide
+    assert drawn.size[0] >= 10 * 48 and drawn.size[1] >= 10 * 48 and drawn.size[0] > 4 * plain.size[0]
+    # the outlines: the images are grey, so every coloured pixel is a box's; each is nearest one of
+    # tab10's first four colours (one per tile), and none the fifth
+    rgb = np.asarray(drawn.convert("RGB")).reshape(-1, 3).astype(float)
+    coloured = rgb[rgb.max(1) - rgb.min(1) > 80]
+    palette = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)], float)
+    counts = np.bincount(((coloured[:, None] - palette[None]) ** 2).sum(-1).argmin(1), minlength=5)
+    assert (counts[:4] > 20 * 2 * 10).all() and counts[4] < counts[:4].min() / 20, counts
+    # without the sources (data not at hand) the plain grid is drawn
+    assert Image.open(save_grid(s, digits.spec, tmp_path / "nosrc.png", crops=crops)).size == plain.size
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"min_scale": 0.0}, "min_scale (the smallest crop area, a fraction of the image) must be in (0, 1], got 0.0"),
+    ({"min_scale": -0.2}, "must be in (0, 1], got -0.2"),
+    ({"min_scale": 1.5}, "must be in (0, 1], got 1.5"),
+    ({"min_scale": float("nan")}, "got nan"),
+    ({"min_scale": 0.6, "max_scale": 0.5}, "max_scale must be in [min_scale, 1] = [0.6, 1], got 0.5"),
+])
+def test_a_bad_crop_scale_floor_is_one_line(bad, message):
+    with pytest.raises(ConfigError) as e:
+        resolve(from_dict(RunConfig, {"method": "rded", "dataset": "digits", "ipc": 1, "method_config": bad}))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_floor_beyond_the_shorter_side_is_refused():
+    check_floor(RDEDConfig(min_scale=0.5), (12, 24))  # a 12 x 12 crop is half of 12 x 24
+    with pytest.raises(ConfigError, match=r"min_scale=0.9 asks for square crops of at least 17 pixels a side, more "
+                                          r"than this 12x24 image's shorter side; lower min_scale$"):
+        check_floor(RDEDConfig(min_scale=0.9), (12, 24))
+
+
+def test_a_run_stores_its_crops_and_draws_them_on_its_grid(tiny_teacher, tmp_path):
+    from PIL import Image
+
+    from datadistill.engine import run
+    from datadistill.synset import load_synset
+
+    cfg = from_dict(RunConfig, {
+        "dataset": "procedural", "dataset_options": {"num_classes": 3, "size": 12, "per_class": 24},
+        "method": "rded", "ipc": 2, "iterations": 0, "method_config": {"teacher": tiny_teacher, "num_crop": 2},
+        "eval": {"preset": "smoke", "epochs": 1, "n_models": 1, "model": "convnet_w32"}})
+    run(cfg, tmp_path / "r", progress=False, log=lambda *_: None)
+    f = load_synset(tmp_path / "r" / "distilled.safetensors")
+    crops = f.meta["crops"]
+    assert sorted(crops["image"]) == [0, 1, 2, 3, 4, 5] and all(len(b) == 4 for b in crops["box"])
+    plain = save_grid(f.synset, f.spec, tmp_path / "plain.png")
+    # the run's grid: 2 images per class, each beside its source (2 x 2 cells a row), not the plain grid
+    assert Image.open(tmp_path / "r" / "grid.png").size[0] > 3 * Image.open(plain).size[0]

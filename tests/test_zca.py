@@ -155,7 +155,8 @@ def test_full_baseline_with_zca_whitens_train_and_test(toy, seen_test, monkeypat
 
 def test_zca_config_key_and_validation():
     assert from_dict(RunConfig, apply_overrides({}, ["zca=0.1"])).zca == 0.1
-    assert RunConfig().zca is None
+    assert RunConfig().zca == "auto" and resolve(RunConfig()).zca is None  # the method's default: dm does not whiten
+    assert resolve(from_dict(RunConfig, {"zca": None, "method": "haba"})).zca is None
     with pytest.raises(ConfigError, match="zca must be a positive"):
         resolve(from_dict(RunConfig, {"zca": -1.0, "dataset": "procedural"}))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,16 @@ EPILOG = "Config: a YAML preset (--preset) plus key=value overrides, e.g. method
 
 def _csv(s: str) -> list[str]:
     return [p.strip() for p in s.split(",") if p.strip()]
+
+
+def _zca(s: str) -> float | str:
+    """``--zca``: a regularization, ``off`` (no whitening) or ``auto`` (the method's default)."""
+    if s.lower() in ("off", "auto"):
+        return s.lower()
+    try:
+        return float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a regularization (e.g. 0.1), off or auto, got {s!r}") from None
 
 
 def _floats(s: str) -> tuple[float, ...]:
@@ -70,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-every", type=int, help="evaluate every K iterations (0: only at the end)")
     d.add_argument("--models", type=_csv, help="comma-separated models for the final evaluation")
     d.add_argument("--seed", type=int)
-    d.add_argument("--zca", type=float, help="ZCA-whiten the data first with this regularization (MTT's CIFAR and "
-                   "Tiny ImageNet settings use 0.1); the transform is stored with the distilled set")
+    d.add_argument("--zca", type=_zca, help="ZCA-whiten the data first with this regularization (MTT's CIFAR and "
+                   "Tiny ImageNet settings use 0.1), or off; default: the method's (haba: 0.1, as its authors; the "
+                   "others: off); the transform is stored with the distilled set")
     d.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     d.add_argument("--root", help="data root (default $DATADISTILL_DATA or ~/.cache/datadistill/data)")
     d.add_argument("--out", help="run directory (default runs/METHOD-DATASET-ipcN-sSEED)")
@@ -85,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", metavar="key=value")
     e.add_argument("--models", type=_csv, help="comma-separated models (cross-architecture table)")
     e.add_argument("--protocol", default=None, help="evaluation preset (dc, dsa, mtt, dd, smoke; the papers' own: "
-                   "dc-paper, dsa-paper = dm-paper, mtt-paper)")
+                   "dc-paper, dsa-paper = dm-paper, mtt-paper, haba-paper, frepo-paper, rded-paper)")
     e.add_argument("--full", action="store_true", help="baseline: train on the whole training set of --dataset")
     e.add_argument("--dataset", help="with --full: the dataset")
     e.add_argument("--zca", type=float, help="with --full: ZCA-whiten the dataset with this regularization (a "
@@ -134,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="write a PNG grid of a distilled set")
     s.add_argument("file")
     s.add_argument("--out", help="PNG path (default: FILE with .png)")
+    s.add_argument("--root", help="data root, for the training images a set of real patches (RDED) is drawn beside")
 
     x = sub.add_parser("export", help="export a distilled set as an ImageFolder tree of PNGs")
     x.add_argument("file")
@@ -193,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--augment", default="dsa", choices=["dsa", "none"])
     ex.add_argument("--dsa-strategy", default="color_crop_cutout_flip_scale_rotate")
     ex.add_argument("--zca", type=float, help="ZCA-whiten the data with this regularization (MTT uses 0.1)")
+    ex.add_argument("--sam", type=float, metavar="RHO", help="FTD's sharpness-aware training (GSAM, adaptive) "
+                    "with this ascent radius, as DATM's experts (its README: 0.01); default: plain SGD (MTT)")
+    ex.add_argument("--sam-alpha", type=float, help="with --sam: weight of GSAM's orthogonal correction (default 0.3, "
+                    "DATM's README)")
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--indices", help="train only these experts, e.g. 0-4 or 0,1,2 (other processes do the rest)")
     ex.add_argument("--out", help="buffer folder (default ~/.cache/datadistill/experts/DATASET-MODEL-HASH)")
@@ -316,6 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; a distill run continues with --resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into a reader that stopped (`| head`): quiet, as other tools are
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would raise again
+        return 141
     except Exception as e:  # user-facing errors get one clear line; bugs keep their traceback
         if _is_user_error(e):
             print(f"datadistill: error: {e}", file=sys.stderr)
@@ -356,6 +377,8 @@ def distill_config(args: argparse.Namespace) -> RunConfig:
     (also what `benchmarks/paper_cost.py` times a suite's jobs with)."""
     from .config import RunConfig, from_dict
 
+    if args.zca == "off":  # None would read as "not given": say it as the override it is, before the user's
+        args = argparse.Namespace(**{**vars(args), "zca": None, "overrides": ["zca=null", *args.overrides]})
     base = _run_dict(args, eval_every=args.eval_every, zca=args.zca, models=args.models or None)
     _init_flags(base, args.init, args.source_dataset, image_init=args.image_init, net_init=args.net_init)
     return from_dict(RunConfig, base, where="config")
@@ -603,9 +626,10 @@ def experts_config(args: argparse.Namespace) -> ExpertConfig:
     """The `ExpertConfig` of a parsed ``experts`` command line."""
     from .experts import ExpertConfig
 
+    sam = {} if args.sam_alpha is None else {"sam_alpha": args.sam_alpha}
     return ExpertConfig(dataset=args.dataset, model=args.model, n_experts=args.experts, epochs=args.epochs,
                         lr=args.lr, batch_size=args.batch_size, augment=args.augment, dsa_strategy=args.dsa_strategy,
-                        zca=args.zca, seed=args.seed)
+                        zca=args.zca, seed=args.seed, sam_rho=args.sam, **sam)
 
 
 def cmd_experts(args: argparse.Namespace) -> int:
@@ -633,6 +657,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
         raise
     s = buf.summary()
     epochs = f"{buf.epochs} epoch{'s' * (buf.epochs != 1)}"
+    if cfg.sam_rho is not None:
+        epochs += f", FTD sharpness-aware: rho {cfg.sam_rho:g}, alpha {cfg.sam_alpha:g}"
     print(f"expert trajectories in {out}: {len(buf)} of {cfg.n_experts} experts finished ({cfg.model} on "
           f"{cfg.dataset}, {epochs} each); this run took {time.perf_counter() - start:.1f} s; mean final "
           f"test accuracy {s['mean_final_test_acc']:.2f}%")
@@ -718,9 +744,29 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     f = load_synset(args.file)
     out = Path(args.out) if args.out else Path(args.file).with_suffix(".png")
-    save_grid(f.synset, f.spec, out, view=f.zca.invert if f.zca is not None else None)
+    crops, sources, note = f.meta.get("crops"), None, ""
+    if crops:  # a set of patches of real images: drawn beside its sources when the data is at hand
+        from .config import ConfigError
+        from .data.registry import DatasetMissingError
+        from .grids import open_for_evaluation
+
+        try:
+            sources = open_for_evaluation(args.file, root=args.root)[1].train.images
+            note = ", each image beside its patches' training images"
+        except (ConfigError, DatasetMissingError) as e:
+            note = f"; its crops' training images are not drawn: {e}"
+    save_grid(f.synset, f.spec, out, view=f.zca.invert if f.zca is not None else None, crops=crops, sources=sources)
     print(f"wrote {out} ({f.method}, {f.spec.name}, {f.synset.ipc} image(s) per class"
-          + (", ZCA whitening inverted for viewing)" if f.zca is not None else ")"))
+          + (", ZCA whitening inverted for viewing" if f.zca is not None else "") + note + ")")
+    from .synset.factorized import FactorizedSet, collapse_diagnostic
+
+    if isinstance(f.synset, FactorizedSet):  # HaBa: its storage and how far its hallucinators collapsed
+        s = f.synset
+        budget = f.meta.get("budget_ipc")  # a file from before the budget had one owner names it here
+        ratio = s.storage_ratio() * s.ipc / budget if budget else s.storage_ratio()
+        print(f"{s.bases_per_class} bases x {s.n_hallucinators} hallucinators per class; storage {ratio:.3f}x "
+              f"a plain set of {budget or s.ipc} image(s) per class")
+        print("\n".join(collapse_diagnostic(s).lines()))
     return 0
 
 

@@ -219,7 +219,9 @@ class RunConfig:
     dataset: str = "mnist"
     dataset_options: dict = field(default_factory=dict)
     data_root: str | None = None
-    zca: float | None = None  # ZCA whitening with this regularization (MTT: 0.1); None: off
+    # ZCA whitening with this regularization (MTT's CIFAR: 0.1); None: off; "auto": the method's own
+    # default (`MethodEntry.zca`: HaBa whitens as its authors do, every other method does not)
+    zca: float | str | None = "auto"
     method: str = "dm"
     ipc: int = 10
     iterations: int | None = None  # None: the method's default
@@ -245,8 +247,8 @@ class RunConfig:
             ("eval_models_during", self.eval_models_during, self.eval_models_during >= 1, ">= 1"),
             ("checkpoint_every", self.checkpoint_every, self.checkpoint_every >= 0,
              ">= 0 (0: checkpoint only at the end)"),
-            ("zca", self.zca, self.zca is None or 0 < self.zca < float("inf"),
-             "a positive regularization (MTT uses 0.1) or null for no whitening"),
+            ("zca", self.zca, self.zca in (None, "auto") or (not isinstance(self.zca, str) and 0 < self.zca < float("inf")),
+             "a positive regularization (MTT uses 0.1), null for no whitening or auto (the method's default)"),
         ) if not ok]
         if bad:
             raise ConfigError("; ".join(bad))

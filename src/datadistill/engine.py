@@ -155,7 +155,9 @@ def _distill(checked: Checked, out: Path, *, resume: bool, progress: bool, stop_
         if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and it + 1 < res.iterations:
             rep = evaluate(synset, data, res.protocol.with_(n_models=cfg.eval_models_during), device=device,
                            networks=networks)
-            _append_jsonl(out / "metrics.jsonl", {"iteration": it + 1, "eval": rep.to_dict()})
+            more = method.eval_metrics()  # e.g. HaBa's collapse diagnostic
+            _append_jsonl(out / "metrics.jsonl", {"iteration": it + 1, "eval": rep.to_dict(),
+                                                  **({"set": more} if more else {})})
             bar.write(f"iteration {it + 1}: {rep.summary()}")
             _call(callbacks, "on_eval", it + 1, rep)
         done_here += 1
@@ -181,14 +183,16 @@ def _distill(checked: Checked, out: Path, *, resume: bool, progress: bool, stop_
                                           **({"extra": extra} if extra else {})})
     spi = elapsed / max(res.iterations, 1) if res.iterations else 0.0
     peak = peak_memory_mb(device)
+    meta = method.file_meta()
     save_synset(out / DISTILLED, synset, data.spec, method=res.entry.name, method_config=dataclasses.asdict(res.method_cfg),
                 seed=cfg.seed, iterations=res.iterations, init=res.image_init,
                 evaluation={m: r.to_dict() for m, r in reports.items()}, commit=git_commit(),
                 protocol=res.protocol.name, seconds_per_iteration=spi, peak_mem_mb=peak, zca=data.zca,
                 wall_seconds=time.perf_counter() - t_run, device=device_name(device),
                 **({"extra_report": extra} if extra else {}),
-                **method.file_meta())
-    save_grid(synset, data.spec, out / "grid.png", view=data.zca.invert if data.zca is not None else None)
+                **meta)
+    save_grid(synset, data.spec, out / "grid.png", view=data.zca.invert if data.zca is not None else None,
+              crops=meta.get("crops"), sources=data.train.images)  # a set of real patches: drawn with its sources
     plot_metrics(out / "metrics.jsonl", out / "loss.png")
     result = RunResult(out, synset, data, reports, res.iterations, spi, time.perf_counter() - t_run, peak, device,
                        extra)

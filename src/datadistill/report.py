@@ -19,7 +19,7 @@ def run_report(res: Resolved, r: "RunResult") -> str:
         "",
         f"- iterations: {res.iterations} ({r.seconds_per_iteration:.3f} s per iteration on {r.device})",
         f"- initialization: {res.image_init}, seed {cfg.seed}",
-        *([f"- ZCA whitening, regularization {cfg.zca} (grid shown un-whitened)"] if cfg.zca is not None else []),
+        *([f"- ZCA whitening, regularization {res.zca:g} (grid shown un-whitened)"] if res.zca is not None else []),
         f"- evaluation: protocol `{res.protocol.name}` ({res.protocol.epochs} epochs, augment {res.protocol.augment}, "
         f"{res.protocol.n_models} models, final test accuracy)",
         f"- peak memory: {r.peak_mem_mb:.0f} MB",

@@ -17,7 +17,7 @@ import torch
 from .config import ConfigError, RunConfig, from_dict, load_yaml, new_names, renamed_keys
 from .data import DATASETS, LoadedDataset, load_dataset
 from .device import pick_device
-from .evaluation import EvalProtocol, get_protocol
+from .evaluation import PROTOCOLS, EvalProtocol, get_protocol
 from .methods import METHODS, Context, MethodEntry
 from .models import MODELS
 from .registry import UnknownNameError
@@ -35,11 +35,12 @@ class Resolved:
     iterations: int
     image_init: str
     models: tuple[str, ...]
+    zca: float | None = None  # the whitening the run applies (``cfg.zca`` with "auto" resolved); None: none
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved configuration as saved in a run's ``config.yaml``."""
         d = self.cfg.to_dict()
-        d.update(method=self.entry.name, iterations=self.iterations, image_init=self.image_init,
+        d.update(method=self.entry.name, iterations=self.iterations, image_init=self.image_init, zca=self.zca,
                  models=list(self.models), method_config=dataclasses.asdict(self.method_cfg),
                  eval=self.protocol.to_dict())
         d["eval"]["preset"] = d["eval"].pop("name")
@@ -52,7 +53,8 @@ def resolve(cfg: RunConfig) -> Resolved:
     method_cfg = from_dict(entry.config, cfg.method_config, where=f"method_config ({entry.name})")
     ev = dict(cfg.eval)
     preset = ev.pop("preset", entry.eval_preset)
-    if ev.get("labels") == "teacher" and not ev.get("teacher") and getattr(method_cfg, "teacher", None):
+    labels = ev.get("labels", PROTOCOLS.get(preset).labels)  # a preset may relabel with a teacher (rded-paper)
+    if labels == "teacher" and not ev.get("teacher") and getattr(method_cfg, "teacher", None):
         ev["teacher"] = method_cfg.teacher  # a method's own teacher relabels its evaluation unless told otherwise
     protocol = get_protocol(preset, **{k: _tuple(v) for k, v in ev.items()})  # ConfigError names the field
     for name in (protocol.model, *cfg.models, getattr(method_cfg, "model", protocol.model)):
@@ -64,7 +66,9 @@ def resolve(cfg: RunConfig) -> Resolved:
     iterations = entry.iterations if cfg.iterations is None else cfg.iterations  # ranges: RunConfig
     if entry.iterations == 0 and iterations > 0:
         raise ConfigError(f"method {entry.name!r} selects real images and has no iterations; use iterations=0")
-    return Resolved(cfg, entry, method_cfg, protocol, iterations, image_init, tuple(cfg.models) or (protocol.model,))
+    zca = entry.zca if cfg.zca == "auto" else cfg.zca
+    return Resolved(cfg, entry, method_cfg, protocol, iterations, image_init, tuple(cfg.models) or (protocol.model,),
+                    zca=None if zca is None else float(zca))
 
 
 def _tuple(v: Any) -> Any:
@@ -89,10 +93,10 @@ def check_run(cfg: RunConfig) -> Checked:
     res = resolve(cfg)
     device = pick_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, **cfg.dataset_options)
-    if cfg.zca is not None:  # fitted on the training set, applied to train and test (cached per process)
+    if res.zca is not None:  # fitted on the training set, applied to train and test (cached per process)
         from .data import whiten_dataset
 
-        data = whiten_dataset(data, cfg.zca)
+        data = whiten_dataset(data, res.zca)
     check_ipc(cfg.ipc, data)
     if res.entry.check is not None:
         ctx = Context(data=data, synset=None, device=device, generator=make_generator(cfg.seed, "check"),
@@ -116,13 +120,19 @@ def check_ipc(ipc: int, data: LoadedDataset) -> None:
 
 def saved_config(cfg: RunConfig, out: Path, log: Callable[[str], Any]) -> RunConfig:
     """The configuration an interrupted run was started with (a resumed run keeps it); ``cfg``, the
-    one asked for now, only to say which of its values are ignored."""
+    one asked for now, only to say which of its values are ignored. A method config key that did not
+    exist when the run was saved takes the value that behaves as the run did (the config class's
+    ``SAVED_BEFORE``, e.g. HaBa's ``bases_rule``), not today's default."""
     saved = load_yaml(out / "config.yaml")
     try:
         asked = resolve(cfg).to_dict()
     except (ConfigError, UnknownNameError):
         asked = {}
     keys = {f.name for f in dataclasses.fields(RunConfig)} | set(renamed_keys(RunConfig))
+    if isinstance(saved.get("method_config"), dict) and saved.get("method") in METHODS:
+        # keys added to a method since the run was saved keep the behaviour it ran with (`SAVED_BEFORE`)
+        before = dict(getattr(METHODS.get(saved["method"]).config, "SAVED_BEFORE", {}) or {})
+        saved["method_config"] = {**before, **saved["method_config"]}
     cfg = from_dict(RunConfig, {k: v for k, v in saved.items() if k in keys}, where=str(out / "config.yaml"))
     saved = new_names(RunConfig, saved)  # an older config.yaml compared under today's names
     if isinstance(saved.get("method_config"), dict) and saved.get("method") in METHODS:

@@ -22,21 +22,28 @@ def grid_tensor(images: torch.Tensor, spec: DatasetSpec, nrow: int, padding: int
 
 
 def save_grid(synset: Any, spec: DatasetSpec, path: str | Path, max_per_class: int = 20,
-              view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Path:
+              view: Callable[[torch.Tensor], torch.Tensor] | None = None, crops: dict[str, Any] | None = None,
+              sources: torch.Tensor | None = None) -> Path:
     """One row per class (up to ``max_per_class`` images), written atomically as PNG.
 
     ``view`` maps the set's images to normalized images before they are drawn: a set distilled on
     ZCA-whitened data looks like noise unless it is un-whitened (``view=zca.invert``).
 
+    A set made of patches of real images whose file records them (metadata ``crops``, see
+    `save_crop_grid`) is drawn with each image beside the training images its patches came from,
+    the boxes outlined, when ``sources`` (the training images the indices refer to) are given.
+
     Set types with a layout of their own are drawn their way (`GRIDS`, by registered set type): a
     set grouped by GD steps (``steps``, Dataset Distillation) one row per step, each row labelled with
-    the step sizes learned for it in every epoch (`save_step_grid`); a factorized set (HaBa) one row
-    per base (`save_factorized_grid`).
+    the step sizes learned for it in every epoch (`save_step_grid`); a factorized set (HaBa) one panel
+    per class, bases by hallucinators, with its collapse diagnostic (`save_factorized_grid`).
     """
     from torchvision.utils import save_image
 
     if view is not None:
         spec = _ViewedSpec(spec, view)  # type: ignore[assignment]  # every grid kind draws through it
+    if crops and sources is not None:
+        return save_crop_grid(synset, spec, path, crops, sources, max_per_class=min(max_per_class, 10))
     own = GRIDS.get(set_type(synset))
     if own is not None:
         return own(synset, spec, path)
@@ -66,6 +73,77 @@ class _ViewedSpec:
         return self._spec.denormalize(self._view(x))
 
 
+def save_crop_grid(synset: Any, spec: DatasetSpec, path: str | Path, crops: dict[str, Any], sources: torch.Tensor,
+                   max_per_class: int = 10) -> Path:
+    """A set of patches of real images (RDED) beside where the patches came from: one row per class;
+    each image (up to ``max_per_class``) followed by the training images of its patches, in the
+    order of their places (row major), each patch's box outlined on its source and its place
+    outlined on the image in one colour per patch.
+
+    ``crops`` is the file's record: parallel lists ``image`` (the set's row holding the patch),
+    ``source`` (the training image, an index into ``sources``), ``box`` and ``place`` (``top, left,
+    height, width`` in pixels of the source and of the set's image)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    images, labels = synset.materialize()
+    rows_of = torch.as_tensor(crops["image"])
+    boxes, places = torch.as_tensor(crops["box"]).view(-1, 4), torch.as_tensor(crops["place"]).view(-1, 4)
+    src = torch.as_tensor(crops["source"])
+    per = min(synset.ipc, max_per_class)
+    m = max(int(torch.bincount(rows_of).max()), 1) if rows_of.numel() else 1  # patches per image
+    H, W = images.shape[-2:]
+    pad, gap = 2, 10  # pixels between a group's cells, between groups
+    group_w = (1 + m) * W + m * pad
+    canvas_w = per * group_w + (per - 1) * gap
+    canvas_h = spec.num_classes * H + (spec.num_classes - 1) * gap
+    canvas = torch.ones(canvas_h, canvas_w, 3)
+
+    def shown(x: torch.Tensor) -> torch.Tensor:  # one image as [H, W, 3] in [0, 1]
+        return spec.denormalize(x.detach().float().cpu()[None]).clamp(0, 1)[0].expand(3, -1, -1).permute(1, 2, 0)
+
+    colours = plt.get_cmap("tab10").colors
+    outlines = []  # (x0, y0, w, h, colour) in canvas pixels
+    for c in range(spec.num_classes):
+        y0 = c * (H + gap)
+        for g, n in enumerate(torch.nonzero(labels == c).flatten()[:per].tolist()):
+            x0 = g * (group_w + gap)
+            canvas[y0 : y0 + H, x0 : x0 + W] = shown(images[n])
+            mine = torch.nonzero(rows_of == n).flatten()
+            mine = mine[torch.argsort(places[mine, 0] * W + places[mine, 1])]
+            for t, j in enumerate(mine.tolist()):
+                colour = colours[t % len(colours)]
+                pt, pl, ph, pw = places[j].tolist()
+                outlines.append((x0 + pl, y0 + pt, pw, ph, colour))
+                xs = x0 + (t + 1) * (W + pad)
+                canvas[y0 : y0 + H, xs : xs + W] = shown(sources[int(src[j])])
+                bt, bl, bh, bw = boxes[j].tolist()
+                outlines.append((xs + bl, y0 + bt, bw, bh, colour))
+    scale = max(1.0, 48 / max(H, W))  # a cell at least ~48 pixels on a side
+    fig, ax = plt.subplots(figsize=(1.0 + canvas_w * scale / 100, 0.6 + canvas_h * scale / 100))
+    ax.imshow(canvas.numpy(), interpolation="nearest")
+    for x, y, w, h, colour in outlines:
+        ax.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, edgecolor=colour, linewidth=1.2))
+    ax.set_xticks([g * (group_w + gap) + W / 2 for g in range(per)])
+    ax.set_xticklabels([f"image {g}" for g in range(per)], fontsize=7)
+    ax.xaxis.tick_top()
+    ax.set_yticks([c * (H + gap) + H / 2 for c in range(spec.num_classes)])
+    ax.set_yticklabels(list(spec.class_names), fontsize=7)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title("each image, then its patches' training images: boxes cut, one colour per patch", fontsize=8,
+                 pad=14)
+    fig.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+    return path
+
+
 def save_step_grid(synset: Any, spec: DatasetSpec, path: str | Path) -> Path:
     """One row per distilled step, labelled ``step s: lr e1, e2, ...`` (one per epoch)."""
     import matplotlib
@@ -93,35 +171,76 @@ def save_step_grid(synset: Any, spec: DatasetSpec, path: str | Path) -> Path:
 
 
 def save_factorized_grid(synset: Any, spec: DatasetSpec, path: str | Path, max_per_class: int = 10) -> Path:
-    """A factorized set (HaBa): one row per base (up to ``max_per_class`` per class), the base and
-    then its hallucinations by hallucinator ``h0, h1, ...``; rows labelled with the class name."""
+    """A factorized set (HaBa): one panel per class, five to a row; in a panel its bases (up to
+    ``max_per_class``) down, and across each base then its hallucinations by hallucinator ``h0, h1, ...``.
+
+    Every tile is stretched to its own range (its minimum black, its maximum white): hallucinations
+    drift in scale (`synset.factorized`) and would otherwise clip to solid strokes. Under each column,
+    that hallucinator's collapse diagnostic over the class's bases (``r``: correlation with the base,
+    ``hf``: high-frequency ratio, `synset.factorized.collapse_diagnostic`); the caption gives it over
+    all classes and names the hallucinators that are low-pass copies of their bases."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    b, n_h = synset.bases_per_class, synset.n_hallucinators
+    from .synset.factorized import collapse_diagnostic
+
+    report = collapse_diagnostic(synset)
+    b, n_h, n_c = synset.bases_per_class, synset.n_hallucinators, synset.num_classes
     per = min(b, max_per_class)
-    idx = torch.cat([torch.arange(c * b, c * b + per) for c in range(synset.num_classes)]).to(synset.bases.device)
+    idx = torch.cat([torch.arange(c * b, c * b + per) for c in range(n_c)]).to(synset.bases.device)
     with torch.no_grad():
         hal = torch.stack([synset.hallucinate(h, idx) for h in range(n_h)], dim=1)  # [rows, H, c, h, w]
         bases = synset.bases[idx]
     if bases.shape[1] != hal.shape[2]:  # bases with fewer channels than the images: draw them gray
         bases = bases.mean(1, keepdim=True).expand(-1, hal.shape[2], -1, -1)
-    pad = 2
-    grid = grid_tensor(torch.cat([bases.unsqueeze(1), hal], dim=1).flatten(0, 1), spec, nrow=n_h + 1, padding=pad)
-    grid = grid.permute(1, 2, 0).numpy()
-    ih, iw = bases.shape[-2:]
-    rows = idx.numel()
-    fig, ax = plt.subplots(figsize=(1.2 + 0.5 * (n_h + 1), 0.4 + 0.5 * rows))
-    ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_xticks([pad + j * (iw + pad) + iw / 2 for j in range(n_h + 1)])
-    ax.set_xticklabels(["base"] + [f"h{h}" for h in range(n_h)], fontsize=7)
-    ax.xaxis.tick_top()
-    ax.set_yticks([pad + c * per * (ih + pad) + ih / 2 for c in range(synset.num_classes)])
-    ax.set_yticklabels(list(spec.class_names), fontsize=7)
-    ax.tick_params(length=0)
-    fig.tight_layout()
+    tiles = spec.denormalize(torch.cat([bases.unsqueeze(1), hal], dim=1).flatten(0, 1).detach().float().cpu())
+    lo = tiles.amin(dim=(1, 2, 3), keepdim=True)
+    tiles = (tiles - lo) / (tiles.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-12)
+    tiles = tiles.view(n_c, per, n_h + 1, *tiles.shape[1:])
+    ch, ih, iw = tiles.shape[3:]
+    pad = max(1, ih // 14)
+    gh, gw = per * (ih + pad) - pad, (n_h + 1) * (iw + pad) - pad  # a panel's pixels
+
+    # layout in inches: caption, then rows of panels (title + column names, tiles, two lines of figures)
+    tile_in = 0.36  # 36 pixels at 100 dpi: a little over a 28-pixel image's own size
+    w, h = gw / (iw + pad) * tile_in, gh / (ih + pad) * tile_in
+    above, below, gap, margin, caption = 0.42, 0.36, 0.22, 0.12, 0.62
+    cols = min(n_c, 5)
+    rows = -(-n_c // cols)
+    fw = 2 * margin + cols * w + (cols - 1) * gap
+    fh = caption + rows * (above + h + below) + margin
+    fig = plt.figure(figsize=(fw, fh))
+    num = lambda v: f"{v:.2f}".replace("0.", ".", 1) if abs(v) < 1 else f"{v:.1f}"  # noqa: E731
+    for c in range(n_c):
+        r, k = divmod(c, cols)
+        top = fh - caption - r * (above + h + below) - above
+        ax = fig.add_axes(((margin + k * (w + gap)) / fw, (top - h) / fh, w / fw, h / fh))
+        grid = torch.ones(ch, gh, gw)
+        for i in range(per):
+            for j in range(n_h + 1):
+                grid[:, i * (ih + pad):i * (ih + pad) + ih, j * (iw + pad):j * (iw + pad) + iw] = tiles[c, i, j]
+        img = grid.permute(1, 2, 0).numpy()
+        ax.imshow(img.squeeze(-1) if ch == 1 else img, cmap="gray", vmin=0, vmax=1, interpolation="nearest",
+                  aspect="auto")
+        ax.axis("off")
+        name = str(spec.class_names[c]) if c < len(spec.class_names) else str(c)
+        ax.set_title(f"class {name}", fontsize=9, pad=11)
+        centre = [j * (iw + pad) + iw / 2 for j in range(n_h + 1)]
+        for j, label in enumerate(["base"] + [f"h{x}" for x in range(n_h)]):
+            ax.text(centre[j], -pad, label, ha="center", va="bottom", fontsize=7)
+        figures = [("r", "hf")] + [(num(d["corr"]), num(d["hf_ratio"])) for d in report.of_class(c)]
+        for j, (a, bb) in enumerate(figures):
+            ax.text(centre[j], gh + pad, f"{a}\n{bb}", ha="center", va="top", fontsize=7, linespacing=1.15,
+                    style="italic" if j == 0 else "normal")
+    low = report.low_pass()
+    overall = ", ".join(f"h{x} {d['corr']:.2f} / {d['hf_ratio']:.2f}" for x, d in enumerate(report.per_hallucinator()))
+    fig.text(0.5, 1 - 0.08 / fh, f"{b} base{'s' if b > 1 else ''} x {n_h} hallucinators per class"
+             + (f" (first {per} bases shown)" if per < b else "") + "; every tile stretched to its own range\n"
+             f"under each column, over the class's bases: r = correlation with the base, hf = high-frequency ratio\n"
+             f"all classes: {overall}; {len(low)} of {n_h} hallucinators are low-pass copies of their bases"
+             + (f" ({', '.join(f'h{x}' for x in low)})" if low else ""), ha="center", va="top", fontsize=8)
     path = Path(path)
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)

@@ -143,10 +143,12 @@ def _train_set(job: dict[str, Any], out: Path):
     epochs = needs_experts(probe_run)
     if epochs is not None:
         from ..experts import ExpertConfig, train_experts
+        from ..resolve import resolve
 
         experts_dir = str(out / "experts" / split.replace(":", "-"))
+        zca = resolve(from_dict(RunConfig, probe_run, where="config")).zca  # the experts see the run's data
         ecfg = ExpertConfig(dataset=job["dataset"], model=(probe_run.get("method_config") or {}).get("model", "convnet"),
-                            n_experts=cfg.experts, epochs=epochs, seed=seed, dataset_options={"split": split})
+                            n_experts=cfg.experts, epochs=epochs, seed=seed, dataset_options={"split": split}, zca=zca)
         train_experts(ecfg, experts_dir, root=job["root"], device=job["device"])
     rc = from_dict(RunConfig, run_config(p, cfg, split, seed, experts_dir), where="config")
     if not (run_dir / "distilled.safetensors").is_file():

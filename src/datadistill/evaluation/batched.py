@@ -10,8 +10,13 @@ rounding (other kernels, other summation order):
   augmentations from its own generator ``make_generator(seed, "eval-train")``, in the order the
   sequential loop draws them (its batch, then that batch's augmentation);
 - the loss is the sum over models of each model's mean cross-entropy, so each model's gradient is
-  its own; SGD (momentum, weight decay) is elementwise, so one `torch.optim.SGD` over the stacked
-  tensors is N independent optimizers, restarted at the milestones as the sequential loop does;
+  its own; SGD (momentum, weight decay), Adam and AdamW are elementwise, so one optimizer over the
+  stacked tensors is N independent optimizers, with the protocol's lr schedule and run length
+  (`train.optim`, shared with the sequential loop) and restarted at the milestones as it is;
+- the protocol's augmentation (any registered one) and its per-batch standardization act on each
+  model's batch with that model's generator, and the test set is standardized as the sequential
+  path sees it. Labels other than hard class indices under cross-entropy (soft labels, a teacher,
+  another loss) are not batched: `evaluate` trains those models one after another.
 - on the CPU each model's batch goes forward and backward in the sequential path's chunks
   (`functional.chunked`), so its gradient is summed in the same order.
 
@@ -46,7 +51,8 @@ from ..data.spec import DatasetSpec, RealData
 from ..functional.chunked import pick_chunk
 from ..models import create_model, has_batchnorm
 from ..seeding import make_generator
-from ..train.loop import Augment, Batches, sgd_epochs
+from ..train.loop import Augment, Batches
+from ..train.optim import Optim, Stepper
 from .protocol import EvalProtocol
 
 Stacked = dict[str, Tensor]
@@ -126,22 +132,29 @@ def train_stacked(
     device: torch.device | str = "cpu",
     chunk: int | None = None,
     restart_at_milestones: bool = False,
+    optim: Optim | None = None,
 ) -> tuple[Stacked, Stacked]:
-    """`train.train_classifier` for N stacked models (``generators[i]`` is model i's), one SGD step
-    for all of them per batch; ``params`` and ``buffers`` are updated in place and returned.
-    ``chunk``: samples per model per forward-backward pass (None: the whole batch)."""
+    """`train.train_classifier` for N stacked models (``generators[i]`` is model i's), one optimizer
+    step for all of them per batch; ``params`` and ``buffers`` are updated in place and returned.
+    ``chunk``: samples per model per forward-backward pass (None: the whole batch). ``optim``
+    (`train.optim`) replaces the SGD arguments as in `train_classifier`: SGD, Adam and AdamW are
+    elementwise, so one optimizer over the stacked tensors is N independent ones."""
     base.train()
     losses = _losses(base)
-    leaves = [p for p in params.values() if p.requires_grad]
-    for _, opt in sgd_epochs(leaves, epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                             milestones=milestones, restart_at_milestones=restart_at_milestones):
+    if optim is None:
+        optim = Optim(lr=lr, epochs=epochs, momentum=momentum, weight_decay=weight_decay, milestones=milestones,
+                      restart_at_milestones=restart_at_milestones)
+    run = Stepper(optim, [(k, p) for k, p in params.items() if p.requires_grad], stacked=True)
+    for _, opt in run.epochs():
         for x, y in lockstep(batches, generators, batch_size, augment, device):
             opt.zero_grad(set_to_none=True)
             n = x.shape[1]
             step = chunk if chunk and chunk < n else n
             for i in range(0, n, step):  # sum over models: each model's gradient is its own
                 losses(params, buffers, x[:, i : i + step], y[:, i : i + step], n).sum().backward()
-            opt.step()
+            run.step()
+            if run.done:
+                break
     return params, buffers
 
 
@@ -194,10 +207,8 @@ def evaluate_batched(
         del nets  # only the stacked copy stays in memory
         train_stacked(
             base, params, buffers, batches, [make_generator(seed, "eval-train") for seed in group],
-            epochs=protocol.train_epochs, lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay,
-            milestones=protocol.milestones, batch_size=protocol.batch_size, augment=augment, device=device,
-            chunk=pick_chunk(device, independent=not has_batchnorm(base)),
-            restart_at_milestones=protocol.reference_schedule,
+            epochs=protocol.train_epochs, lr=lr, batch_size=protocol.batch_size, augment=augment, device=device,
+            chunk=pick_chunk(device, independent=not has_batchnorm(base)), optim=protocol.optim(lr),
         )
         accs += accuracies(base, params, buffers, test, protocol.test_batch_size, device)
         seeds += group

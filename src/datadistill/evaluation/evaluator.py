@@ -10,12 +10,12 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..augment.classic import ClassicAugment
 from ..config import ConfigError, deprecated
-from ..data.spec import DatasetSpec, LoadedDataset, RealData
+from ..data.spec import LoadedDataset, RealData
 from ..models import MODELS, create_model
 from ..seeding import make_generator
 from ..train import accuracy, real_batches, replay_steps, train_classifier
+from .augments import build_augment, dsa_augment, standardize
 from .batched import evaluate_batched
 from .labels import label_plan
 from .protocol import EvalProtocol
@@ -53,21 +53,7 @@ class EvalReport:
         }
 
 
-def dsa_augment(spec: DatasetSpec, strategy: str, *, flip_all: bool = False,
-                align_corners: bool = False) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
-    """DSA with fresh parameters per batch (training-time augmentation, not siamese): as in the
-    reference evaluation, one operation per batch and per-sample parameters. Flips only where the
-    spec allows them, unless ``flip_all`` (the papers' evaluators flip digits too)."""
-    from ..augment import DSAConfig, apply, sample_params
-
-    cfg = DSAConfig(strategy=strategy, op_choice="per_batch", align_corners=align_corners)
-    allow_flip = spec.allow_flip or flip_all
-
-    def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        params = sample_params(cfg, x.shape[0], g, tuple(x.shape[-2:]), allow_flip=allow_flip)
-        return apply(x, params.to(x.device), cfg)
-
-    return augment
+__all__ = ["EvalReport", "RealSet", "dsa_augment", "evaluate", "evaluate_full", "evaluate_models", "format_table"]
 
 
 def evaluate(
@@ -110,6 +96,12 @@ def evaluate(
 
     Labels: the protocol's ``labels``, ``label_loss``, ``label_temperature`` and ``teacher``
     (`evaluation.labels`); the report's ``extra["labels"]`` records what was used.
+
+    Training: the protocol's optimizer, lr schedule and length (`EvalProtocol.optim`; a
+    ``steps_by_size`` table picks the steps from the set's number of images, and the report's
+    protocol records them), its augmentation by name (`evaluation.augments`) and, with
+    ``standardize``, every training batch and every test batch of ``test_batch_size`` images (in
+    order) standardized by its own mean and std.
     """
     if batch_models < 1:
         raise ConfigError(f"batch_models must be >= 1, got {batch_models}")
@@ -121,15 +113,14 @@ def evaluate(
     lr = protocol.lr
     if protocol.use_learned_lr and synset.learned_lr() is not None:
         lr = float(synset.learned_lr())
-    augment = None
-    if protocol.augment == "dc":
-        augment = ClassicAugment(protocol.dc_strategy)
-    elif protocol.augment == "dsa":
-        augment = dsa_augment(spec, protocol.dsa_strategy, flip_all=protocol.dsa_flip_all,
-                              align_corners=protocol.dsa_align_corners)
+    if protocol.schedule != "replay":
+        protocol = protocol.sized(_set_size(synset))
+    augment = build_augment(spec, protocol)
     plan = label_plan(synset, protocol, spec, device)
     synset = plan.synset
     test = data.test.to(device)
+    if protocol.standardize:
+        test = standardized_test(test, protocol.test_batch_size)
     accs, seeds = [], []
     t0 = time.perf_counter()
     n_models = protocol.n_models
@@ -170,10 +161,9 @@ def evaluate(
                 replay_steps(net, steps, device)
         else:
             train_classifier(
-                net, _Frozen(synset).batches, epochs=protocol.train_epochs, lr=lr, momentum=protocol.momentum,
-                weight_decay=protocol.weight_decay, milestones=protocol.milestones,
+                net, _Frozen(synset).batches, epochs=protocol.train_epochs, lr=lr, optim=protocol.optim(lr),
                 batch_size=protocol.batch_size, generator=g, augment=augment, device=device,
-                restart_at_milestones=protocol.reference_schedule, loss=plan.loss, relabel=plan.relabel,
+                loss=plan.loss, relabel=plan.relabel,
             )
         accs.append(accuracy(net, test, protocol.test_batch_size, device))
         seeds.append(seed)
@@ -182,6 +172,21 @@ def evaluate(
     if probe is not None:
         extra["probes"] = probes
     return EvalReport(model, protocol, accs, seeds, time.perf_counter() - t0, lr, extra)
+
+
+def _set_size(synset: Any) -> int | None:
+    """The set's number of examples (FRePo's step table counts them), None when it has no length."""
+    try:
+        return len(synset)
+    except TypeError:
+        return None
+
+
+def standardized_test(test: RealData, batch_size: int) -> RealData:
+    """The test set as HaBa's evaluation feeds it: each batch of ``batch_size`` images, in order,
+    standardized by its own mean and std (`augments.standardize`)."""
+    images = torch.cat([standardize(test.images[i : i + batch_size]) for i in range(0, len(test), batch_size)])
+    return RealData(images, test.labels, test.num_classes)
 
 
 def as_set_and_data(synset: Any, data: LoadedDataset) -> tuple[Any, LoadedDataset]:

@@ -8,7 +8,9 @@ the model sees), so the same protocol applies to any set, a random subset includ
 makes "improvement over random" a fair comparison for soft-label methods (`evaluation.scores`).
 
 Hard labels under the default loss keep the classic code path untouched (cross-entropy with class
-indices), so every hard-label figure stays exactly what it was.
+indices), so every hard-label figure stays exactly what it was. Class indices under a vector loss
+(``mse``, ``sse_half``, ...) become one-hot vectors, or with ``label_encoding="frepo"`` FRePo's
+``(e_c - 1/C) / sqrt(C/10)`` (the labels its sets start from and its evaluation regresses on).
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from ..config import ConfigError
 from ..data.spec import DatasetSpec
@@ -37,6 +42,11 @@ class LabelPlan:
     @property
     def hard(self) -> bool:
         return self.loss is None and self.relabel is None and not has_soft_labels(self.synset)
+
+
+def frepo_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """FRePo's label encoding of class indices: ``(e_c - 1/C) / sqrt(C / 10)``."""
+    return (F.one_hot(labels.long(), num_classes).float() - 1.0 / num_classes) / math.sqrt(num_classes / 10)
 
 
 def has_soft_labels(synset: Any) -> bool:
@@ -68,6 +78,9 @@ def label_plan(synset: Any, protocol: EvalProtocol, spec: DatasetSpec,
     else:  # teacher
         from ..teachers import load_teacher  # noqa: PLC0415
 
+        if not protocol.teacher:
+            raise ConfigError(f"labels=teacher (protocol {protocol.name!r}) needs a teacher file: teacher=PATH "
+                              "(make one with `datadistill teacher`)")
         teacher = load_teacher(protocol.teacher, device=device)
         teacher.check_fits(spec)
         loss = "kl" if loss == "auto" else LABEL_LOSSES.canonical(loss)
@@ -84,8 +97,13 @@ def label_plan(synset: Any, protocol: EvalProtocol, spec: DatasetSpec,
     if loss == "ce":
         return LabelPlan(synset, None, relabel, info)
     name, t = loss, temperature
+    encode = protocol.label_encoding == "frepo"
+    if encode:
+        info["label_encoding"] = "frepo"
 
     def sample_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if encode and target.ndim == 1:
+            target = frepo_targets(target, logits.shape[1]).to(logits.dtype)
         return per_sample_loss(name, logits, target, t)
 
     return LabelPlan(synset, sample_loss, relabel, info)

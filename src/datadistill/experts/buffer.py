@@ -164,8 +164,11 @@ class ExpertBuffer:
             problems.append(f"dataset: stored {c.dataset!r} vs requested {dataset!r}")
         if MODELS.canonical(model) != c.model:
             problems.append(f"model: stored {c.model!r} vs requested {model!r}")
-        if (None if zca is None else float(zca)) != c.zca:
-            problems.append(f"zca: stored {c.zca!r} vs requested {zca!r}")
+        if (None if zca is None else float(zca)) != c.zca:  # the run and its experts must see the same data
+            fix = (f"train experts with --zca {zca:g}" if zca is not None else "train experts without --zca")
+            run = f"run with zca={c.zca:g}" if c.zca is not None else "run with zca=null (no whitening)"
+            problems.append(f"zca: stored {c.zca!r} vs requested {zca!r}, the experts were trained on "
+                            f"{'un-whitened' if c.zca is None else 'ZCA-whitened'} data ({fix}, or {run})")
         if need_epochs > self.epochs:
             problems.append(f"epochs: stored {self.epochs} per expert, {need_epochs} needed (train experts with "
                             f"--epochs {need_epochs} or more into another folder)")

@@ -14,8 +14,11 @@ AUGMENTS = ("dsa", "none")
 
 # Fields that change what expert i's trajectory is. n_experts and epochs only say how many experts
 # and how long each one is; seed picks which draws (compared when training more into a folder).
+# The sharpness-aware fields count only when ``sam_rho`` is set (`trajectory_key`), so the folders
+# of plain experts keep their names.
+SAM_FIELDS = ("sam_rho", "sam_alpha", "sam_adaptive")
 TRAJECTORY_FIELDS = ("dataset", "model", "lr", "momentum", "weight_decay", "batch_size", "augment", "dsa_strategy",
-                     "zca", "dataset_options")
+                     "zca", "dataset_options", *SAM_FIELDS)
 # Fields every expert in one folder shares (a folder is one buffer; only n_experts may grow).
 FOLDER_FIELDS = (*TRAJECTORY_FIELDS, "seed", "epochs")
 
@@ -33,6 +36,11 @@ class ExpertConfig:
     ``model`` and ``dataset`` accept any registered name or alias (``ConvNet``, ``CIFAR10``) and are
     stored canonical. ``zca`` is the regularization of ZCA whitening applied to the data first
     (``None``: no whitening). ``dataset_options`` are passed to `load_dataset`.
+
+    ``sam_rho`` (None: plain SGD) trains with FTD's sharpness-aware steps (`train.sam`, Du et al.
+    2023), as DATM's experts are trained: ascent radius ``sam_rho`` (the DATM README: 0.01),
+    orthogonal correction ``sam_alpha`` (README: 0.3; the script's default 0.4), ``sam_adaptive``
+    (always on in the reference).
     """
 
     dataset: str
@@ -48,6 +56,9 @@ class ExpertConfig:
     zca: float | None = None
     seed: int = 0
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    sam_rho: float | None = None
+    sam_alpha: float = 0.3
+    sam_adaptive: bool = True
 
     def __post_init__(self) -> None:
         from ..augment import parse_strategy
@@ -83,6 +94,17 @@ class ExpertConfig:
             if isinstance(self.zca, bool) or not isinstance(self.zca, (int, float)) or self.zca <= 0:
                 raise ExpertError(f"zca is the ZCA regularization, a positive number (or None), got {self.zca!r}")
             set_("zca", float(self.zca))
+        if self.sam_rho is not None:
+            for name in ("sam_rho", "sam_alpha"):
+                v = getattr(self, name)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+                    raise ExpertError(f"{name} must be a number >= 0, got {v!r}")
+                set_(name, float(v))
+            if not isinstance(self.sam_adaptive, bool):
+                raise ExpertError(f"sam_adaptive must be true or false, got {self.sam_adaptive!r}")
+        elif (self.sam_alpha, self.sam_adaptive) != (0.3, True):
+            raise ExpertError("sam_alpha and sam_adaptive shape the sharpness-aware steps: set sam_rho too "
+                              "(e.g. --sam 0.01), or leave them at their defaults")
         if not isinstance(self.dataset_options, dict):
             raise ExpertError(f"dataset_options must be a dict, got {self.dataset_options!r}")
         set_("dataset_options", dict(self.dataset_options))
@@ -104,8 +126,9 @@ class ExpertConfig:
 
 
 def trajectory_key(cfg: ExpertConfig) -> dict[str, Any]:
-    """The fields that define expert i's trajectory (the strategy only when DSA is on)."""
-    key = {name: getattr(cfg, name) for name in TRAJECTORY_FIELDS}
+    """The fields that define expert i's trajectory (the strategy only when DSA is on, the
+    sharpness-aware settings only when ``sam_rho`` is set)."""
+    key = {name: getattr(cfg, name) for name in TRAJECTORY_FIELDS if cfg.sam_rho is not None or name not in SAM_FIELDS}
     if cfg.augment != "dsa":
         key["dsa_strategy"] = None
     return key
@@ -116,8 +139,8 @@ def config_diff(stored: ExpertConfig, requested: ExpertConfig, names: tuple[str,
     a = {**trajectory_key(stored), **{n: getattr(stored, n) for n in names if n not in TRAJECTORY_FIELDS}}
     b = {**trajectory_key(requested), **{n: getattr(requested, n) for n in names if n not in TRAJECTORY_FIELDS}}
     both_dsa = stored.augment == requested.augment == "dsa"
-    return [f"{n}: stored {a[n]!r} vs requested {b[n]!r}" for n in names
-            if a[n] != b[n] and (n != "dsa_strategy" or both_dsa)]
+    return [f"{n}: stored {a.get(n)!r} vs requested {b.get(n)!r}" for n in names
+            if a.get(n) != b.get(n) and (n != "dsa_strategy" or both_dsa)]
 
 
 def default_experts_dir(cfg: ExpertConfig) -> Path:

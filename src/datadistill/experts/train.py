@@ -2,7 +2,8 @@
 
 Each expert is a fresh network from its own seed (``cfg.expert_seed(i)``), trained with the shared
 loop `train.train_classifier` (constant lr, no milestones) on the whole real training set, with
-DSA drawn from the expert's own generator. Its parameters are recorded before training and after
+DSA drawn from the expert's own generator; with ``cfg.sam_rho`` set, by FTD's sharpness-aware steps
+(`train.sam`) on the same batches and draws. Its parameters are recorded before training and after
 every epoch, then written as one shard; nothing of an unfinished expert is ever stored, so a rerun
 trains exactly the missing ones and gets the same tensors as an uninterrupted run.
 """
@@ -27,7 +28,7 @@ from ..fileio import atomic_write
 from ..models import create_model
 from ..paths import check_output_dir
 from ..seeding import make_generator
-from ..train import accuracy, real_batches, train_classifier
+from ..train import SharpnessAware, accuracy, real_batches, train_classifier
 from ..version import versions
 from .buffer import (FORMAT_VERSION, KIND, META_KEY, ExpertBuffer, Shard, check_consistent, scan, shard_name,
                      tensor_key, write_manifest)
@@ -135,10 +136,11 @@ def _train_one(cfg: ExpertConfig, i: int, data: LoadedDataset, train, test, augm
         accs.append(round(100 * accuracy(model, test, device=device), 2))
 
     record(0, net)
+    sam = None if cfg.sam_rho is None else SharpnessAware(cfg.sam_rho, cfg.sam_alpha, cfg.sam_adaptive)
     train_classifier(net, real_batches(train), epochs=cfg.epochs, lr=cfg.lr, momentum=cfg.momentum,
                      weight_decay=cfg.weight_decay, milestones=(), batch_size=cfg.batch_size,
                      generator=make_generator(seed, "expert-train"), augment=augment, device=device,
-                     on_epoch_end=lambda epoch, model: record(epoch + 1, model))
+                     on_epoch_end=lambda epoch, model: record(epoch + 1, model), sam=sam)
     meta = {"format_version": FORMAT_VERSION, "kind": KIND, "config": cfg.to_dict(), "expert": i, "seed": seed,
             "epochs": cfg.epochs, "param_names": [n for n, _ in net.named_parameters()],
             "spec": s.to_dict(), "test_acc": accs, "seconds": round(time.perf_counter() - start, 3),

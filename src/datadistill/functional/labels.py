@@ -10,7 +10,11 @@ regression targets (FRePo, KIP). How a network is trained on them is named by on
 - ``kl``: ``T^2 * KL(p || softmax(z / T))`` (Hinton et al.'s distillation loss; SRe2L and RDED's
   relabelling), ``p`` already the teacher's softmax at the same ``T``. The ``T^2`` keeps the
   gradient's scale independent of ``T``;
-- ``mse``: ``mean_c (z_c - y_c)^2`` against real-valued targets (the kernel methods' labels).
+- ``kl_unscaled``: ``KL(p || softmax(z / T))`` without the ``T^2``: ``nn.KLDivLoss(reduction="batchmean")``
+  on ``log_softmax(z / T)``, as RDED's (and SRe2L's) student training computes it;
+- ``mse``: ``mean_c (z_c - y_c)^2`` against real-valued targets (the kernel methods' labels);
+- ``sse_half``: ``1/2 sum_c (z_c - y_c)^2``, FRePo's squared loss (its reference code's
+  ``mean_squared_loss``): ``C/2`` times ``mse``, so its gradient is ``C/2`` times larger.
 
 Every function returns one loss per sample (``[B]``), so a caller may sum chunks and divide by the
 batch size (`functional.chunked`) and get the mean exactly.
@@ -52,10 +56,23 @@ def kl(logits: Tensor, target: Tensor, temperature: float = 1.0) -> Tensor:
     return temperature ** 2 * (torch.xlogy(target, target) - target * log_q).sum(1)
 
 
+@LABEL_LOSSES.register("kl_unscaled")
+def kl_unscaled(logits: Tensor, target: Tensor, temperature: float = 1.0) -> Tensor:
+    target = _vectors(target, logits, "kl_unscaled")
+    log_q = F.log_softmax(logits / temperature, dim=1)
+    return (torch.xlogy(target, target) - target * log_q).sum(1)
+
+
 @LABEL_LOSSES.register("mse")
 def mse(logits: Tensor, target: Tensor, temperature: float = 1.0) -> Tensor:
     target = _vectors(target, logits, "mse")
     return (logits - target).pow(2).mean(1)
+
+
+@LABEL_LOSSES.register("sse_half")
+def sse_half(logits: Tensor, target: Tensor, temperature: float = 1.0) -> Tensor:
+    target = _vectors(target, logits, "sse_half")
+    return 0.5 * (logits - target).pow(2).sum(1)
 
 
 def _vectors(target: Tensor, logits: Tensor, name: str) -> Tensor:

@@ -57,6 +57,7 @@ class Method(Protocol):
     def eval_networks(self) -> Callable[[int, str], Any] | None: ...
     def file_meta(self) -> dict[str, Any]: ...
     def final_metrics(self, synset: Any, data: LoadedDataset, device: torch.device) -> dict[str, Any] | None: ...
+    def eval_metrics(self) -> dict[str, Any] | None: ...
 
 
 class MethodHooks:
@@ -74,6 +75,11 @@ class MethodHooks:
 
     def final_metrics(self, synset: Any, data: LoadedDataset, device: torch.device) -> dict[str, Any] | None:
         """Further final numbers beyond the evaluation's accuracy (e.g. DD's before/after), or None."""
+        return None
+
+    def eval_metrics(self) -> dict[str, Any] | None:
+        """Cheap numbers about the set recorded beside each intermediate evaluation (e.g. HaBa's
+        collapse diagnostic), or None."""
         return None
 
 
@@ -129,7 +135,8 @@ class MethodEntry:
 
     ``iterations`` is the default number of ``step`` calls (0 for selection methods whose result
     is the initialization); ``image_init`` is the default initialization of the set's images, one of
-    ``image_inits``. A method instance's own hooks are `MethodHooks`; the entry's work from a file alone:
+    ``image_inits``; ``zca`` the whitening a run gets unless it names one. A method instance's own
+    hooks are `MethodHooks`; the entry's work from a file alone:
 
     - ``from_file(meta, spec) -> FileEvaluation``: the evaluation a distilled file of this method
       asks for (default `default_from_file`);
@@ -159,6 +166,9 @@ class MethodEntry:
     from_file: Callable[[dict[str, Any], Any], FileEvaluation] = default_from_file
     format_metrics: Callable[..., list[str]] = format_metrics
     pretrain: Callable[..., str] | None = None
+    # the ZCA regularization a run whitens its data with when it does not say (``RunConfig.zca`` "auto");
+    # None: no whitening
+    zca: float | None = None
 
 
 METHODS: Registry[MethodEntry] = Registry("method")

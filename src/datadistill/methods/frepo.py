@@ -26,12 +26,16 @@ Images and labels are learned jointly with LAMB (lr 3e-4, cosine decay to 0.1x o
 iterations). Labels start at the centered one-hot ``e_c - 1/C``, scaled by ``1/sqrt(C/10)``. On
 datasets that allow horizontal flips the support set is the images plus their flips (same labels).
 
-BatchNorm is supported: features are taken in eval mode with the network's running statistics
-(per-example, so ``K_ss`` is a proper Gram matrix), and online training in train mode updates them.
-The running statistics follow the batch closely (PyTorch momentum 0.9, the reference's flax 0.1).
+The pool's networks are the reference's ``Conv`` (`convnet_frepo_prenorm`: conv, ReLU, average
+pooling per block, widths 128/256/512, BatchNorm on the inputs of blocks 2 and 3), initialized as
+flax does (``weight_init="lecun"``). BatchNorm: features are taken in eval mode with the network's
+running statistics (per-example, so ``K_ss`` is a proper Gram matrix), and online training in train
+mode updates them. The running statistics follow the batch closely (PyTorch momentum 0.9, the
+reference's flax 0.1).
 
-The learned labels are real-valued regression targets: they are the set's soft labels, trained
-on with the squared loss (``label_loss="mse"``).
+The learned labels are real-valued regression targets: they are the set's soft labels, trained on
+with the reference's squared loss ``1/2 sum_c (z_c - y_c)^2`` (``label_loss="sse_half"``; sets
+saved before this setting existed say ``mse``, the mean over classes, and keep that meaning).
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ from torch import nn
 
 from ..config import ConfigError
 from ..functional import feature_krr
-from ..models import create_model
+from ..functional.labels import LABEL_LOSSES, sse_half
+from ..models import WEIGHT_INITS, create_model
 from ..synset import PixelSet
 from .base import Context, DivergenceError, MethodEntry, MethodHooks, check_ranges, register_method
 
@@ -62,13 +67,15 @@ class FRePoConfig:
     reg: float = 1e-6  # ridge lambda, times tr(K_ss) / |S|
     learn_labels: bool = True
     label_margin: float = 1.0  # weight of the margin term on the learned labels (0: off)
-    model: str = "convnet_frepo"  # the pool's networks
+    model: str = "convnet_frepo_prenorm"  # the pool's networks (the reference's Conv)
+    weight_init: str = "lecun"  # their initialization (models.WEIGHT_INITS; the reference's flax default)
     num_models: int = 10  # pool size
     max_online_updates: int = 100  # online steps before a network is replaced
     lr_online: float = 3e-4  # Adam on the pool's networks
     online_batch: int = 1000  # set examples per online step (all of them when fewer)
     flip: bool = True  # add horizontally flipped images to the support set (where the dataset allows flips)
     bn_momentum: float = 0.9  # PyTorch convention: weight of the new batch in BatchNorm's running statistics
+    label_loss: str = "sse_half"  # how the set's learned labels are trained on (functional.labels), saved in the file
 
     def __post_init__(self) -> None:
         check_ranges("frepo", self, positive=("batch_real", "num_models", "max_online_updates", "online_batch"),
@@ -77,6 +84,8 @@ class FRePoConfig:
             raise ConfigError(f"frepo: optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not 0 <= self.lr_final <= 1:
             raise ConfigError(f"frepo: lr_final must be in [0, 1], got {self.lr_final!r}")
+        WEIGHT_INITS.get(self.weight_init)  # unknown names list the valid ones
+        LABEL_LOSSES.get(self.label_loss)
 
 
 class Lamb(torch.optim.Optimizer):
@@ -125,15 +134,15 @@ def margin_loss(y: torch.Tensor) -> torch.Tensor:
 
 def half_squared_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``1/2 ||pred - target||^2`` per row, averaged over rows (the reference's regression loss)."""
-    return 0.5 * ((pred - target) ** 2).sum(1).mean()
+    return sse_half(pred, target).mean()
 
 
 def frepo_synset(cfg: FRePoConfig, data: Any, ipc: int, init: str, generator: torch.Generator) -> PixelSet:
-    """A `PixelSet` whose soft labels (squared loss) start at `initial_labels`."""
+    """A `PixelSet` whose soft labels start at `initial_labels`, trained on with ``cfg.label_loss``."""
     s = (PixelSet.from_real(data.train, ipc, generator) if init == "real"
          else PixelSet.from_noise(data.spec, ipc, generator))
     y0 = initial_labels(s.labels, s.num_classes)
-    return PixelSet(s.images.detach(), s.labels, s.num_classes, soft_labels=y0, label_loss="mse")
+    return PixelSet(s.images.detach(), s.labels, s.num_classes, soft_labels=y0, label_loss=cfg.label_loss)
 
 
 class FRePo(MethodHooks):
@@ -156,7 +165,8 @@ class FRePo(MethodHooks):
     def _fresh_model(self) -> nn.Module:
         spec, g = self.ctx.spec, self.ctx.generator
         net = create_model(self.cfg.model, spec.channels, self.C, spec.image_size,
-                           seed=int(torch.randint(0, 2**62, (1,), generator=g))).to(self.ctx.device)
+                           seed=int(torch.randint(0, 2**62, (1,), generator=g)),
+                           weight_init=self.cfg.weight_init).to(self.ctx.device)
         for m in net.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = self.cfg.bn_momentum

@@ -27,18 +27,30 @@ starts the hallucinators near the identity, and ``hallucinator_norm="base"`` res
 hallucination to its base's mean and standard deviation, which stops the drift of the
 hallucinations' scale that the instance-normalized ConvNet cannot see (`synset.factorized`).
 
-Storage: ``--ipc`` is the storage budget in images per class the set is compared against, and the
-file's ``ipc``; by default the set gets ``max(1, ipc - 1)`` bases per class (1 / 9 / 49 for 1 / 10 /
-50), the hallucinators taking the rest. The file records the factorization (``bases_per_class``,
-``n_hallucinators``) and ``stored_floats`` next to ``budget_floats``, what the budget holds as plain
-images. (Files written before this stored the budget as ``budget_ipc`` and ``bases x hallucinators``
-as ``ipc``; they still load.)
+Data: the released scripts all pass ``--zca`` (kornia's ``ZCAWhitening(eps=0.1)`` fitted on the
+training set), so a HaBa run whitens by default (`MethodEntry.zca` 0.1; ``zca=null`` runs on the
+mean/std-normalized images) and its experts must be trained on the same whitened data (``datadistill
+experts --zca 0.1``); `trajectory.open_experts` refuses experts of another whitening in one line.
+
+Storage: ``--ipc`` is the budget in images per class the set is compared against, and the file's
+``ipc``. ``bases_rule`` maps it to bases per class (`bases_for_budget`): ``ipc`` (default, the
+released code: ``--ipc`` bases, the hallucinators on top) or ``ipc-1`` (ours: ``max(1, ipc - 1)``,
+about a plain set's storage); ``bases_per_class`` overrides both. The file records the factorization
+(``bases_per_class``, ``n_hallucinators``), ``stored_floats`` next to ``budget_floats`` (what the
+budget holds as plain images) and their quotient ``storage_ratio``; the run's final metrics state the
+ratio too. (Files written before ``bases_rule`` used ``ipc-1``; files before ``stored_floats`` stored
+the budget as ``budget_ipc`` and ``bases x hallucinators`` as ``ipc``; both still load as they were.)
+
+Collapse: the final metrics, every intermediate evaluation's row, the report and the grid's caption
+carry `synset.factorized.collapse_diagnostic`, each hallucination's correlation with its base and its
+share of high-frequency energy over the base's (a hallucinator that is a blurred copy of its base
+adds little a plain image would not).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +59,10 @@ from ..config import ConfigError
 from ..functional.contrastive import supervised_contrastive_loss
 from ..models import MODELS, create_model
 from ..seeding import derive_seed
-from ..synset.factorized import HallucinatorConfig, default_bases_per_class, factorized_synset
-from .base import Context, MethodEntry, MethodHooks, register_method
+from ..models.layers import check_choice
+from ..synset.factorized import (BASES_RULES, HallucinatorConfig, bases_for_budget, collapse_diagnostic,
+                                 factorized_synset)
+from .base import Context, MethodEntry, MethodHooks, format_metrics, register_method
 from .trajectory import Matcher, TrajectoryMatching, check_matching, experts_meta
 
 
@@ -57,6 +71,9 @@ class HaBaConfig(TrajectoryMatching):
     """`TrajectoryMatching`'s fields (flat in the YAML; ``lr_img`` and ``min_lr`` with the released
     code's defaults) plus the factorization and the adversarial contrastive pair."""
 
+    # a run saved before ``bases_rule`` existed had ipc - 1 bases (`resolve.saved_config`)
+    SAVED_BEFORE: ClassVar[dict[str, Any]] = {"bases_rule": "ipc-1"}
+
     lr_img: float = 100.0  # bases
     min_lr: float = 0.001
     lr_hallucinator: float = 100.0  # released value (ZCA CIFAR); 0.1 for un-whitened 1-channel data (README)
@@ -64,7 +81,8 @@ class HaBaConfig(TrajectoryMatching):
     momentum_lr: float = 0.9
     learn_lr: bool = True
     # the factorization
-    bases_per_class: int | None = None  # None: max(1, ipc - 1)
+    bases_per_class: int | None = None  # None: from the budget by ``bases_rule``
+    bases_rule: str = "ipc"  # "ipc": the released code's (more storage than ipc images); "ipc-1": equal storage
     n_hallucinators: int = 5
     hallucinator_kernel: int = 3
     hallucinator_channels: int | None = None  # None: the image's channels
@@ -86,6 +104,7 @@ class HaBaConfig(TrajectoryMatching):
         if self.n_hallucinators < 2:
             raise ValueError(f"HaBa needs n_hallucinators >= 2 (its diversity loss compares two), got "
                              f"{self.n_hallucinators}")
+        check_choice("haba", "bases_rule", self.bases_rule, BASES_RULES)
         if self.bases_per_class is not None and self.bases_per_class < 1:
             raise ValueError(f"bases_per_class must be >= 1 or null, got {self.bases_per_class}")
         if not self.temperature > 0:
@@ -100,7 +119,7 @@ def check_haba(cfg: HaBaConfig, ctx: Context) -> None:
     class than the smallest class has real images (the bases start from them), and trajectory
     matching's (`check_matching`)."""
     MODELS.get(cfg.extractor)
-    bases = cfg.bases_per_class or default_bases_per_class(ctx.ipc)
+    bases = cfg.bases_per_class or bases_for_budget(ctx.ipc, cfg.bases_rule)
     n = min(ctx.data.train.class_count(c) for c in range(ctx.spec.num_classes))
     if bases > n:
         raise ConfigError(f"haba: bases_per_class {bases} is more than the smallest class of {ctx.spec.name} has "
@@ -194,16 +213,40 @@ class HaBa(MethodHooks):
         self.match.load_alpha(state["alpha"])
 
     def file_meta(self) -> dict[str, Any]:
-        """The factorization and its storage beside the budget's (the file's ``ipc`` is the set's, the budget)."""
+        """The factorization and its storage beside the budget's (the file's ``ipc`` is the set's, the
+        budget); the collapse diagnostic is in the final metrics (the file's ``extra_report``)."""
         s, spec = self.synset, self.ctx.spec
         per_image = spec.channels * spec.image_size[0] * spec.image_size[1]
         return {"bases_per_class": s.bases_per_class, "n_hallucinators": s.n_hallucinators,
                 "stored_floats": s.storage_numel(), "budget_floats": s.ipc * spec.num_classes * per_image,
-                "experts": experts_meta(self.match.experts)}
+                "storage_ratio": round(s.storage_ratio(), 4), "experts": experts_meta(self.match.experts)}
+
+    def final_metrics(self, synset: Any, data: Any, device: torch.device) -> dict[str, Any]:
+        """The storage ratio and the collapse diagnostic of the final set."""
+        return {"storage_ratio": round(synset.storage_ratio(), 4), "bases_per_class": synset.bases_per_class,
+                **collapse_diagnostic(synset).summary()}
+
+    def eval_metrics(self) -> dict[str, Any]:
+        """The collapse diagnostic, beside every intermediate evaluation."""
+        return collapse_diagnostic(self.synset).summary()
+
+
+def format_haba_metrics(metrics: dict[str, Any], *, markdown: bool = False, title: str = "final metrics") -> list[str]:
+    """`format_metrics`, then each hallucinator's correlation with its base and high-frequency ratio."""
+    lines = format_metrics(metrics, markdown=markdown, title=title)
+    per = metrics.get("per_hallucinator") or []
+    if not per:
+        return lines
+    if not markdown:
+        return [*lines, "per hallucinator (correlation with its base, high-frequency ratio): "
+                + ", ".join(f"h{h} {d['corr']:.2f} / {d['hf_ratio']:.2f}" for h, d in enumerate(per))]
+    return [*lines, "Collapse diagnostic per hallucinator (`synset.factorized.collapse_diagnostic`):", "",
+            "| hallucinator | correlation with its base | high-frequency ratio |", "|---|---|---|",
+            *(f"| h{h} | {d['corr']:.3f} | {d['hf_ratio']:.3f} |" for h, d in enumerate(per)), ""]
 
 
 register_method(MethodEntry(
     name="haba", config=HaBaConfig, build=HaBa, iterations=15000, eval_preset="mtt",
-    synset=factorized_synset, check=check_haba,
+    synset=factorized_synset, check=check_haba, zca=0.1, format_metrics=format_haba_metrics,
     description="HaBa, factorized sets of bases x hallucinators (Liu et al., NeurIPS 2022); needs `datadistill experts`",
 ))

@@ -19,21 +19,27 @@ iterations. Per class ``c`` (the paper's two stages, Fig. 3):
 4. Stitching. The ranked crops fill ``ipc`` images of ``factor x factor`` tiles: tile ``k`` (row
    major) of image ``i`` holds crop ``k * ipc + i`` (`stitch`), so every image gets one crop from
    each band of the ranking. With ``factor=1`` the images are the crops themselves.
+   The file records every chosen crop (`crop_records`: its training image, box, tile and score)
+   under ``crops``; the run's grid and ``datadistill show`` draw each image beside its sources, the
+   boxes outlined.
 5. Labels. Each stitched image's soft label is the teacher's ``softmax(logits / T)`` of the whole
    image (`rded_synset`); the set trains with ``label_loss="kl"`` at temperature ``T``. The
    reference code stores no labels: its evaluation relabels every augmented batch with the teacher
    (FKD/SRe2L practice), which the file's evaluation (`rded_from_file`) asks for when the teacher
    file exists; the stored labels are the fallback without it.
 
-Deviations from the reference code: a crop larger than the image's shorter side is clamped to it
-(torchvision retries and falls back to a centre crop; for square images the case never arises);
-crops are resized with bilinear interpolation without antialiasing (the reference antialiases,
-which only matters when a crop is shrunk, i.e. ``factor >= 2``); images are kept as float tensors
-(the reference writes 8-bit JPEGs).
+Deviations from the reference code: a crop's side is rounded as torchvision rounds it but never
+below the floor's (``min_scale``; torchvision may fall short of it by part of a pixel); a crop
+larger than the image's shorter side is clamped to it (torchvision retries and falls back to a
+centre crop; for square images the case never arises); crops are resized with bilinear
+interpolation without antialiasing (the reference antialiases, which only matters when a crop is
+shrunk, i.e. ``factor >= 2``); images are kept as float tensors (the reference writes 8-bit JPEGs).
 """
 
 from __future__ import annotations
 
+import math
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -58,6 +64,8 @@ class RDEDConfig:
     evaluation (20).
 
     ``teacher``: path of a teacher file (``datadistill teacher ...``) trained on the run's dataset.
+    ``min_scale``, ``max_scale``: the crop-scale floor and ceiling, the fractions of the image's area a
+    candidate crop covers (the reference: torchvision's default 0.08 to 1).
     ``batch_size``: crops per teacher forward (memory only, never the result).
     """
 
@@ -72,21 +80,37 @@ class RDEDConfig:
 
     def __post_init__(self) -> None:
         check_ranges("rded", self, positive=("factor", "num_crop", "mipc", "batch_size"))
-        if not 0 < self.min_scale <= self.max_scale <= 1:
-            raise ConfigError(f"rded: need 0 < min_scale <= max_scale <= 1, got min_scale={self.min_scale}, "
-                              f"max_scale={self.max_scale}")
+        if not 0 < self.min_scale <= 1:
+            raise ConfigError(f"rded: min_scale (the smallest crop area, a fraction of the image) must be in (0, 1], "
+                              f"got {self.min_scale}; the reference's is 0.08")
+        if not self.min_scale <= self.max_scale <= 1:
+            raise ConfigError(f"rded: max_scale must be in [min_scale, 1] = [{self.min_scale}, 1], "
+                              f"got {self.max_scale}")
         if not self.temperature > 0:
             raise ConfigError(f"rded: temperature must be > 0, got {self.temperature}")
 
 
 # ------------------------------------------------------------------------------------ crops
+def floor_side(size: tuple[int, int], min_scale: float) -> int:
+    """The smallest square side whose area is at least ``min_scale`` of an ``H x W`` image's."""
+    area = min_scale * size[0] * size[1]
+    side = max(1, math.ceil(math.sqrt(area)))
+    while side > 1 and (side - 1) ** 2 >= area:  # sqrt's rounding, both ways
+        side -= 1
+    while side * side < area:
+        side += 1
+    return side
+
+
 def sample_boxes(n: int, num_crop: int, size: tuple[int, int], scale: tuple[float, float],
                  generator: torch.Generator) -> torch.Tensor:
     """``[n, num_crop, 3]`` integer boxes ``(top, left, side)``: square crops covering a fraction
-    U(scale) of an ``H x W`` image's area, at a uniform position (RandomResizedCrop, ratio 1)."""
+    U(scale) of an ``H x W`` image's area, at a uniform position (RandomResizedCrop, ratio 1). The
+    side is rounded as torchvision rounds it, but never below `floor_side`, so that every box covers
+    at least ``scale[0]`` of the image (torchvision's rounding may fall short by part of a pixel)."""
     H, W = size
     area = torch.empty(n, num_crop).uniform_(scale[0], scale[1], generator=generator) * (H * W)
-    side = area.sqrt().round().long().clamp(1, min(H, W))
+    side = area.sqrt().round().long().clamp(min(floor_side(size, scale[0]), min(H, W)), min(H, W))
     u = torch.rand(n, num_crop, 2, generator=generator)
     top = (u[..., 0] * (H - side + 1)).floor().long()
     left = (u[..., 1] * (W - side + 1)).floor().long()
@@ -150,22 +174,49 @@ def stitch(crops: torch.Tensor, ipc: int, factor: int, size: tuple[int, int]) ->
     possible (the first ``H % factor`` rows of tiles one pixel taller); a crop is resized to its
     tile by nearest-neighbour (the identity when ``H`` and ``W`` are multiples of ``factor``)."""
     tiles = crops.view(factor, factor, ipc, *crops.shape[1:])
-    rows = [size[0] // factor + (r < size[0] % factor) for r in range(factor)]
-    cols = [size[1] // factor + (s < size[1] % factor) for s in range(factor)]
+    rows, cols = _tile_sizes(size[0], factor), _tile_sizes(size[1], factor)
     return torch.cat([torch.cat([F.interpolate(tiles[r, s], size=(rows[r], cols[s]), mode="nearest")
                                  for s in range(factor)], -1) for r in range(factor)], -2)
+
+
+def _tile_sizes(n: int, factor: int) -> list[int]:
+    """``n`` pixels split into ``factor`` tiles as evenly as possible, the first ``n % factor`` larger."""
+    return [n // factor + (r < n % factor) for r in range(factor)]
+
+
+def tile_places(k: int, ipc: int, factor: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where `stitch` puts ranked crop ``j < k``: the image (``j % ipc``, within the class) and its tile
+    ``(top, left, height, width)`` in that image, as ``([k], [k, 4])`` integer tensors."""
+    rows, cols = _tile_sizes(size[0], factor), _tile_sizes(size[1], factor)
+    tops, lefts = [sum(rows[:r]) for r in range(factor)], [sum(cols[:s]) for s in range(factor)]
+    j = torch.arange(k)
+    r, s = (j // ipc).div(factor, rounding_mode="floor"), (j // ipc) % factor
+    places = torch.stack([torch.tensor(tops)[r], torch.tensor(lefts)[s], torch.tensor(rows)[r],
+                          torch.tensor(cols)[s]], -1)
+    return j % ipc, places
 
 
 # ------------------------------------------------------------------------------------ the set
 @dataclass
 class Selection:
     """What `select_class` chose for one class: the stitched images and, per crop in rank order,
-    the index of its real image (into ``data.train``), its box and its score."""
+    the index of its real image (into ``data.train``), its box ``(top, left, side)``, its score, the
+    image of the class it went to (``0 .. ipc-1``) and its place there ``(top, left, height, width)``."""
 
     images: torch.Tensor
     sources: torch.Tensor
     boxes: torch.Tensor
     losses: torch.Tensor
+    image: torch.Tensor
+    places: torch.Tensor
+
+
+def check_floor(cfg: RDEDConfig, size: tuple[int, int]) -> None:
+    """ConfigError when the crop-scale floor asks for square crops larger than the image's shorter side."""
+    side = floor_side(size, cfg.min_scale)
+    if side > min(size):
+        raise ConfigError(f"rded: min_scale={cfg.min_scale} asks for square crops of at least {side} pixels a side, "
+                          f"more than this {size[0]}x{size[1]} image's shorter side; lower min_scale")
 
 
 def select_class(cfg: RDEDConfig, logits: Logits, data: LoadedDataset, c: int, ipc: int,
@@ -178,13 +229,35 @@ def select_class(cfg: RDEDConfig, logits: Logits, data: LoadedDataset, c: int, i
         raise ConfigError(f"rded: class {c} has {pool.numel()} training images, fewer than ipc * factor^2 = {k} "
                           "crops to select (one per image); lower ipc or factor")
     size = spec.image_size
+    check_floor(cfg, size)
     out = (size[0] // cfg.factor, size[1] // cfg.factor)
     boxes = sample_boxes(pool.numel(), cfg.num_crop, size, (cfg.min_scale, cfg.max_scale), generator)
     crops = crop_resize(train.images[pool], boxes, out)
     losses = crop_losses(logits, crops, c, size, cfg.batch_size)
     rows, cols = select_crops(losses, k)
     images = stitch(crops[rows, cols], ipc, cfg.factor, size)
-    return Selection(images, pool[rows.to(pool.device)], boxes[rows, cols], losses[rows, cols])
+    image, places = tile_places(k, ipc, cfg.factor, size)
+    return Selection(images, pool[rows.to(pool.device)].cpu(), boxes[rows, cols], losses[rows, cols].cpu(), image,
+                     places)
+
+
+def crop_records(selections: list[Selection], ipc: int) -> dict[str, Any]:
+    """The file's ``crops`` metadata (the form `viz.save_crop_grid` draws): per chosen crop, class by
+    class in rank order, the row of the set it is in, its training image, its box and place, both
+    ``(top, left, height, width)`` in pixels, and its score."""
+    rows, sources, boxes, places, scores = [], [], [], [], []
+    for c, sel in enumerate(selections):
+        rows += (sel.image + c * ipc).tolist()
+        sources += sel.sources.tolist()
+        boxes += [[t, l, side, side] for t, l, side in sel.boxes.tolist()]
+        places += sel.places.tolist()
+        scores += [round(v, 5) for v in sel.losses.tolist()]
+    return {"format": "box and place: top, left, height, width (pixels); source: index into the training split",
+            "image": rows, "source": sources, "box": boxes, "place": places, "score": scores}
+
+
+# the selection behind each set `rded_synset` built, for `RDED.file_meta` (the factory returns only the set)
+_CROPS: "weakref.WeakKeyDictionary[PixelSet, dict[str, Any]]" = weakref.WeakKeyDictionary()
 
 
 def rded_synset(cfg: RDEDConfig, data: LoadedDataset, ipc: int, init: str, generator: torch.Generator) -> PixelSet:
@@ -193,12 +266,19 @@ def rded_synset(cfg: RDEDConfig, data: LoadedDataset, ipc: int, init: str, gener
         raise ConfigError(f"rded crops real images; init must be 'real', got {init!r}")
     device = data.train.images.device
     teacher = load_teacher(cfg.teacher, device=device)
-    images = torch.cat([select_class(cfg, teacher.logits, data, c, ipc, generator).images
-                        for c in range(data.spec.num_classes)])
+    selections = [select_class(cfg, teacher.logits, data, c, ipc, generator) for c in range(data.spec.num_classes)]
+    images = torch.cat([sel.images for sel in selections])
     soft = torch.softmax(teacher.logits(images).float() / cfg.temperature, dim=1)
     labels = torch.arange(data.spec.num_classes).repeat_interleave(ipc)
-    return PixelSet(images.cpu(), labels, data.spec.num_classes, soft_labels=soft.cpu(), label_loss="kl",
-                    label_temperature=cfg.temperature)
+    synset = PixelSet(images.cpu(), labels, data.spec.num_classes, soft_labels=soft.cpu(), label_loss="kl",
+                      label_temperature=cfg.temperature)
+    _CROPS[synset] = crop_records(selections, ipc)
+    return synset
+
+
+def set_crops(synset: Any) -> dict[str, Any] | None:
+    """The ``crops`` record of a set `rded_synset` built (None for any other set)."""
+    return _CROPS.get(synset)
 
 
 # ------------------------------------------------------------------------------------ checks, file
@@ -217,23 +297,30 @@ def check_rded(cfg: RDEDConfig, ctx: Context) -> None:
         load_teacher(path).check_fits(spec)
     except TeacherError as e:
         raise ConfigError(f"rded: {e}") from None
+    check_floor(cfg, spec.image_size)
 
 
 def rded_from_file(meta: dict[str, Any], spec: Any) -> FileEvaluation:
     """An RDED file is evaluated as the paper does, relabelling every augmented batch with the
     teacher at the set's temperature, when the recorded teacher file is still there; else with the
-    stored soft labels."""
-    t = (meta.get("method_config") or {}).get("temperature")
+    stored soft labels. The loss stays the protocol's (``auto``: KL with the ``T^2`` factor;
+    ``rded-paper``: the reference's unscaled KL), and ``rded_factor`` tells the reference's tile
+    shuffle (``augment="rded"``) the set's factor."""
+    cfg = meta.get("method_config") or {}
+    t, factor = cfg.get("temperature"), cfg.get("factor")
     teacher = (meta.get("teacher") or {}).get("path")
     protocol: dict[str, Any] = {"label_temperature": t} if t is not None else {}
+    if factor is not None:
+        protocol["rded_factor"] = int(factor)
     if isinstance(teacher, str) and Path(teacher).is_file():
-        return FileEvaluation(protocol={**protocol, "labels": "teacher", "teacher": teacher, "label_loss": "kl"})
-    return FileEvaluation(protocol={**protocol, "labels": "soft", "label_loss": "kl"})
+        return FileEvaluation(protocol={**protocol, "labels": "teacher", "teacher": teacher})
+    return FileEvaluation(protocol={**protocol, "labels": "soft"})
 
 
 class RDED(MethodHooks):
     """The set is built by `rded_synset`; there is nothing to optimize. ``file_meta`` records the
-    teacher (path, sha256, model, test accuracy) under ``teacher``."""
+    teacher (path, sha256, model, test accuracy) under ``teacher`` and the chosen crops under
+    ``crops`` (`crop_records`)."""
 
     def __init__(self, cfg: RDEDConfig, ctx: Context) -> None:
         self.cfg, self.ctx = cfg, ctx
@@ -249,7 +336,8 @@ class RDED(MethodHooks):
 
     def file_meta(self) -> dict[str, Any]:
         t = load_teacher(Path(self.cfg.teacher).expanduser().resolve())
-        return {"teacher": t.describe()}
+        crops = set_crops(self.ctx.synset)
+        return {"teacher": t.describe(), **({"crops": crops} if crops is not None else {})}
 
 
 register_method(MethodEntry(

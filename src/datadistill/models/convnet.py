@@ -6,6 +6,8 @@ norm, activation, 2x2 pooling. The zoo's "instancenorm" is ``GroupNorm(C, C)`` w
 parameters (not ``InstanceNorm2d``): paper numbers depend on it. Default: width 128, depth 3,
 ReLU, instance norm, average pooling, one linear classifier on the flattened features.
 ``widen`` multiplies the width from one block to the next (FRePo's ConvNet doubles it: 128, 256, 512).
+``prenorm`` moves the norm to each block's input, before its conv, with none on the first block (the
+raw image): FRePo's ``Conv`` (conv, ReLU, pooling; norm on the input of blocks 2 and 3).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class ConvNet(nn.Module):
         act: Act = "relu",
         pool: Pool = "avgpooling",
         widen: int = 1,
+        prenorm: bool = False,
     ) -> None:
         super().__init__()
         _choice("norm", norm, NORMS)
@@ -76,9 +79,11 @@ class ConvNet(nn.Module):
         for d in range(depth):
             pad = 3 if in_channels == 1 and d == 0 else 1
             out = width * widen**d
+            if prenorm and d > 0:
+                layers.append(_norm(norm, (c, h, w)))
             layers.append(nn.Conv2d(c, out, kernel_size=3, padding=pad))
             h, w, c = h + 2 * pad - 2, w + 2 * pad - 2, out
-            layers += [_norm(norm, (c, h, w)), _act(act)]
+            layers += [_act(act)] if prenorm else [_norm(norm, (c, h, w)), _act(act)]
             if pool != "none":
                 layers.append(_pool(pool))
                 h, w = h // 2, w // 2
@@ -98,9 +103,10 @@ class ConvNet(nn.Module):
 
 @register_model("convnet", "ConvNet")
 def convnet(in_channels: int, num_classes: int, image_size: tuple[int, int], width: int = 128, depth: int = 3,
-            norm: Norm = "instancenorm", act: Act = "relu", pool: Pool = "avgpooling", widen: int = 1) -> nn.Module:
+            norm: Norm = "instancenorm", act: Act = "relu", pool: Pool = "avgpooling", widen: int = 1,
+            prenorm: bool = False) -> nn.Module:
     """ConvNet of the DC zoo; every variant below is a preset of this builder."""
-    return ConvNet(in_channels, num_classes, image_size, width, depth, norm, act, pool, widen)
+    return ConvNet(in_channels, num_classes, image_size, width, depth, norm, act, pool, widen, prenorm)
 
 
 for _d in (1, 2, 3, 4, 5):
@@ -113,5 +119,10 @@ for _tag, _n in (("nn", "none"), ("bn", "batchnorm"), ("ln", "layernorm"), ("in"
     register_preset(f"convnet_{_tag}", convnet, f"ConvNet{_tag.upper()}", norm=_n)
 for _tag, _p in (("ap", "avgpooling"), ("mp", "maxpooling"), ("np", "none")):
     register_preset(f"convnet_{_tag}", convnet, f"ConvNet{_tag.upper()}", pool=_p)
-# FRePo's feature network (Zhou et al. 2022, reference code's "conv"): widths 128, 256, 512, BatchNorm
+# FRePo's widths 128, 256, 512 with BatchNorm after each conv (the DC zoo's order): not the reference's network
 register_preset("convnet_frepo", convnet, "ConvNetFRePo", widen=2, norm="batchnorm")
+# FRePo's feature network exactly (reference code's "conv" with normalization=batch): BatchNorm on the
+# inputs of blocks 2 and 3, widths 128, 256, 512
+register_preset("convnet_frepo_prenorm", convnet, widen=2, norm="batchnorm", prenorm=True)
+# FRePo's evaluation network (its script/eval.py: "conv", normalization "identity"): widths 128, 256, 512, no norm
+register_preset("convnet_frepo_eval", convnet, widen=2, norm="none")

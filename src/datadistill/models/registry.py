@@ -90,10 +90,25 @@ def _kaiming_init(net: nn.Module) -> nn.Module:
     return net
 
 
+def _lecun_init(net: nn.Module) -> nn.Module:
+    """flax's defaults (``lecun_normal`` kernels, zero biases) in conv and linear layers, as FRePo's
+    JAX code initializes its networks: a normal of variance 1 / fan_in truncated at two standard
+    deviations (the scale corrected for the truncation, as jax's ``variance_scaling``)."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
+            fan_in = m.weight[0].numel() if not isinstance(m, nn.ConvTranspose2d) else m.weight[:, 0].numel()
+            std = (1.0 / fan_in) ** 0.5 / 0.87962566103423978
+            nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return net
+
+
 WEIGHT_INITS: Registry[Callable[[nn.Module], nn.Module]] = Registry("weight initialization")
 WEIGHT_INITS.add("default", _default_init)
 WEIGHT_INITS.add("xavier", _xavier_init)
 WEIGHT_INITS.add("kaiming", _kaiming_init)
+WEIGHT_INITS.add("lecun", _lecun_init)
 
 
 def _check_kwargs(name: str, builder: ModelBuilder, kw: dict[str, Any]) -> None:

@@ -2,11 +2,11 @@
 
 from .base import SYNSETS, SyntheticSet
 from .export import SynsetDataset, export_imagefolder
-from .factorized import FactorizedSet, Hallucinator, HallucinatorConfig, factorized_synset
+from .factorized import FactorizedSet, Hallucinator, HallucinatorConfig, collapse_diagnostic, factorized_synset
 from .io import SynsetFile, SynsetFileError, load_synset, read_meta, save_synset, update_meta
 from .pixel import PixelSet
 from .steps import StepSet
 
 __all__ = ["SYNSETS", "SyntheticSet", "PixelSet", "StepSet", "FactorizedSet", "Hallucinator", "HallucinatorConfig",
-           "factorized_synset", "SynsetDataset", "export_imagefolder", "SynsetFile",
+           "factorized_synset", "collapse_diagnostic", "SynsetDataset", "export_imagefolder", "SynsetFile",
            "SynsetFileError", "load_synset", "read_meta", "save_synset", "update_meta"]

@@ -1,5 +1,7 @@
 """The standard training loop."""
 
 from .loop import accuracy, lr_at, real_batches, replay_steps, train_classifier
+from .sam import SharpnessAware, sharpness_aware_grads
 
-__all__ = ["accuracy", "lr_at", "real_batches", "replay_steps", "train_classifier"]
+__all__ = ["SharpnessAware", "accuracy", "lr_at", "real_batches", "replay_steps", "sharpness_aware_grads",
+           "train_classifier"]

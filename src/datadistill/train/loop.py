@@ -12,6 +12,8 @@ from tqdm.auto import tqdm
 from ..data.spec import RealData
 from ..functional.chunked import chunked_backward, pick_chunk
 from ..models import has_batchnorm
+from .optim import Optim, Stepper
+from .sam import SharpnessAware, sharpness_aware_grads
 
 Batches = Callable[[int, torch.Generator], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -74,6 +76,8 @@ def train_classifier(
     restart_at_milestones: bool = False,
     loss: SampleLoss | None = None,
     relabel: Relabel | None = None,
+    sam: SharpnessAware | None = None,
+    optim: Optim | None = None,
 ) -> nn.Module:
     """Train ``model`` with SGD and a step learning-rate schedule; returns it (in train mode).
 
@@ -86,6 +90,10 @@ def train_classifier(
     ``loss(logits, targets) -> [B]`` replaces cross-entropy with class indices (soft labels:
     `functional.labels`); ``relabel(x)`` gives each batch's targets *after* augmentation (a teacher
     labelling exactly the images the model sees, as SRe2L and RDED train).
+    ``sam``: each step goes along FTD's sharpness-aware direction (`train.sam`; two passes per batch).
+    ``optim``: another optimizer, lr schedule or run length (`train.optim`: Adam, cosine, a number of
+    steps); it replaces ``epochs``, ``lr``, ``momentum``, ``weight_decay``, ``milestones`` and
+    ``restart_at_milestones``.
     On the CPU a batch goes forward and backward in chunks whose gradients add up to the batch's
     (`functional.chunked`), unless the model has BatchNorm, whose statistics span the batch.
     """
@@ -93,9 +101,11 @@ def train_classifier(
     chunk = pick_chunk(device, independent=not has_batchnorm(model))
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
-    schedule = sgd_epochs(list(model.parameters()), epochs=epochs, lr=lr, momentum=momentum,
-                          weight_decay=weight_decay, milestones=milestones, restart_at_milestones=restart_at_milestones)
-    for epoch, opt in tqdm(schedule, total=epochs, desc=desc, disable=not progress, leave=False):
+    if optim is None:
+        optim = Optim(lr=lr, epochs=epochs, momentum=momentum, weight_decay=weight_decay, milestones=milestones,
+                      restart_at_milestones=restart_at_milestones)
+    run = Stepper(optim, list(model.named_parameters()))
+    for epoch, opt in tqdm(run.epochs(), total=run.total_epochs, desc=desc, disable=not progress, leave=False):
         for x, y in batches(batch_size, generator):
             x, y = x.detach().to(device), y.to(device)
             if augment is not None:
@@ -105,8 +115,13 @@ def train_classifier(
             if x.ndim == 4:
                 x = x.contiguous(memory_format=fmt)
             opt.zero_grad(set_to_none=True)
-            chunked_backward(model, x, y, chunk, loss)
-            opt.step()
+            if sam is None:
+                chunked_backward(model, x, y, chunk, loss)
+            else:
+                sharpness_aware_grads(model, lambda: chunked_backward(model, x, y, chunk, loss), sam)
+            run.step()
+            if run.done:
+                break
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
     return model
