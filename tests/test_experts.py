@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 import datadistill.experts.buffer as buffer_mod
 import datadistill.experts.train as train_mod
 from datadistill.cli import main
-from datadistill.evaluation.evaluator import dsa_augment
+from datadistill.augment.training import dsa_augment
 from datadistill.experts import ExpertBuffer, ExpertConfig, ExpertError, default_experts_dir, train_experts
 from datadistill.models import create_model
 from datadistill.seeding import make_generator

@@ -1,5 +1,5 @@
 """The import layers of ARCHITECTURE.md: a module never imports one of a higher layer, and no module
-outside ``methods/dd/`` imports Dataset Distillation.
+outside ``methods/dd/`` imports Dataset Distillation, and no modules import each other round (a cycle).
 
 Every module of ``src/datadistill`` is parsed (not imported) and every import counts: top-level
 ones, lazy ones inside functions and relative ones within a package. Only imports under
@@ -109,6 +109,50 @@ def imports(name: str, path: Path, known: set[str]) -> list[tuple[str, int]]:
 MODULES = modules()
 
 
+def import_graph(mods: dict[str, Path]) -> dict[str, set[str]]:
+    """Module -> the modules it imports (lazy ones too; ``from mod import name`` counts as ``mod``)."""
+    graph: dict[str, set[str]] = {n: set() for n in mods}
+    for name, path in mods.items():
+        for target, _ in imports(name, path, set(mods)):
+            while target not in mods and "." in target:  # a name inside a module: the module
+                target = target.rpartition(".")[0]
+            if target in mods and target != name:
+                graph[name].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles: each strongly connected group of two or more modules, one path around it."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return groups
+
+
 def test_every_module_has_a_layer():
     for name in MODULES:
         layer(name)
@@ -131,6 +175,22 @@ def test_only_dd_imports_dd(name):
         assert "from .dd import" not in text and "from .dd." not in text
         dd = []
     assert not dd, f"datadistill.{name} imports DD (lines {dd}): reach it through the registry and its hooks"
+
+
+def test_no_import_cycle():
+    """No group of modules imports itself round, lazily or not: a lazy import that breaks a cycle at
+    load time still ties the layers into one knot."""
+    found = cycles(import_graph(MODULES))
+    assert not found, "import cycles under src/datadistill: " + "; ".join(" <-> ".join(g) for g in found)
+
+
+def test_the_cycle_checker_finds_a_lazy_cycle(tmp_path):
+    (tmp_path / "a.py").write_text("from .b import f\n")
+    (tmp_path / "b.py").write_text("def f():\n    from .c import g\n")
+    (tmp_path / "c.py").write_text("from . import a\n")
+    (tmp_path / "d.py").write_text("from .a import x\n")
+    mods = {n: tmp_path / f"{n}.py" for n in "abcd"}
+    assert cycles(import_graph(mods)) == [["a", "b", "c"]]
 
 
 def test_the_checker_sees_lazy_relative_and_from_package_imports(tmp_path):

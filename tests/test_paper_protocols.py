@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from datadistill.augment import DSAConfig, apply, sample_params
 from datadistill.data import load_dataset
 from datadistill.evaluation import evaluate, get_protocol
-from datadistill.evaluation.evaluator import dsa_augment
+from datadistill.augment.training import dsa_augment
 from datadistill.synset import PixelSet
 
 

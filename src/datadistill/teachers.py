@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from .augment.training import dsa_augment
 from .config import ConfigError
 from .data.spec import DatasetSpec, LoadedDataset
 from .fileio import atomic_write
@@ -112,8 +113,6 @@ def train_teacher(data: LoadedDataset, *, model: str = "convnet", epochs: int = 
     net = create_model(name, spec.channels, spec.num_classes, spec.image_size, seed=seed)
     aug = None
     if augment:
-        from .evaluation.evaluator import dsa_augment  # noqa: PLC0415 (evaluation imports teachers)
-
         aug = dsa_augment(spec, "color_crop_cutout_flip_scale_rotate")
     t0 = time.perf_counter()
     train_classifier(net, real_batches(data.train.to(device)), epochs=epochs, lr=lr, momentum=momentum,

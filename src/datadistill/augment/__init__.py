@@ -15,6 +15,7 @@ from .dsa import (
     sample_params,
     siamese_params_for_classes,
 )
+from .training import dsa_augment
 
 __all__ = [
     "CLASSIC_OPS",
@@ -32,4 +33,5 @@ __all__ = [
     "register_op",
     "sample_params",
     "siamese_params_for_classes",
+    "dsa_augment",
 ]

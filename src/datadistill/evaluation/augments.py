@@ -4,7 +4,7 @@ Each entry builds ``augment(x, generator) -> x`` for a dataset spec and a protoc
 augmentation); the evaluator applies it to every training batch with fresh parameters drawn from the
 model's own generator, in the sequential and the batched path alike.
 
-- ``none``; ``dsa``: DSA, one op per batch, parameters per sample (`dsa_augment`); ``dc``: the DC
+- ``none``; ``dsa``: DSA, one op per batch, parameters per sample (`augment.training.dsa_augment`); ``dc``: the DC
   paper's classic ops (`augment.classic`);
 - ``frepo``: FRePo's evaluation augmentation (`augment.frepo`), with flips where FRePo's code flips
   (not MNIST or Fashion-MNIST) and the dataset allows them;
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from ..augment.training import dsa_augment
 from ..data.spec import DatasetSpec
 from ..registry import Registry
 from ..train.loop import Augment
@@ -28,23 +29,6 @@ if TYPE_CHECKING:
 
 AugmentBuilder = Callable[[DatasetSpec, "EvalProtocol"], "Augment | None"]
 EVAL_AUGMENTS: Registry[AugmentBuilder] = Registry("evaluation augmentation")
-
-
-def dsa_augment(spec: DatasetSpec, strategy: str, *, flip_all: bool = False,
-                align_corners: bool = False) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
-    """DSA with fresh parameters per batch (training-time augmentation, not siamese): as in the
-    reference evaluation, one operation per batch and per-sample parameters. Flips only where the
-    spec allows them, unless ``flip_all`` (the papers' evaluators flip digits too)."""
-    from ..augment import DSAConfig, apply, sample_params
-
-    cfg = DSAConfig(strategy=strategy, op_choice="per_batch", align_corners=align_corners)
-    allow_flip = spec.allow_flip or flip_all
-
-    def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        params = sample_params(cfg, x.shape[0], g, tuple(x.shape[-2:]), allow_flip=allow_flip)
-        return apply(x, params.to(x.device), cfg)
-
-    return augment
 
 
 @EVAL_AUGMENTS.register("none")

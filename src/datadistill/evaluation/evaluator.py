@@ -15,7 +15,7 @@ from ..data.spec import LoadedDataset, RealData
 from ..models import MODELS, create_model
 from ..seeding import make_generator
 from ..train import accuracy, real_batches, replay_steps, train_classifier
-from .augments import build_augment, dsa_augment, standardize
+from .augments import build_augment, standardize
 from .batched import evaluate_batched
 from .labels import label_plan
 from .protocol import EvalProtocol
@@ -53,7 +53,7 @@ class EvalReport:
         }
 
 
-__all__ = ["EvalReport", "RealSet", "dsa_augment", "evaluate", "evaluate_full", "evaluate_models", "format_table"]
+__all__ = ["EvalReport", "RealSet", "evaluate", "evaluate_full", "evaluate_models", "format_table"]
 
 
 def evaluate(

@@ -20,10 +20,10 @@ from safetensors.torch import save
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..augment.training import dsa_augment
 from ..data import DATASETS, load_dataset
 from ..data.spec import LoadedDataset
 from ..device import device_name
-from ..evaluation.evaluator import dsa_augment
 from ..fileio import atomic_write
 from ..models import create_model
 from ..paths import check_output_dir
