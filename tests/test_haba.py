@@ -231,7 +231,7 @@ def _blur(x):
 
 
 def test_diagnostic_tells_a_blurred_copy_from_an_independent_image(digits):
-    from datadistill.synset.factorized import collapse_of
+    from datadistill.synset.collapse import collapse_of
 
     base = _sharp_digits(digits)
     noise = torch.randn(base.shape, generator=torch.Generator().manual_seed(0))

@@ -83,3 +83,22 @@ def test_dataset_view_and_imagefolder_export(toy, tmp_path):
     folder = ImageFolder(str(out))
     assert len(folder) == 6 and folder.classes == ["0_class0", "1_class1", "2_class2"]
     assert [t for _, t in folder.samples] == [0, 0, 1, 1, 2, 2]
+
+
+def test_every_set_declares_its_labels_and_schedule():
+    """`SetFeatures`: callers ask a set what it has instead of probing attribute names."""
+    from datadistill.apps.common import MemorySet
+    from datadistill.evaluation.evaluator import RealSet
+    from datadistill.synset import FactorizedSet, SetFeatures, StepSet
+
+    x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 0, 1, 1])
+    plain = PixelSet(x, y, 2)
+    soft = PixelSet(x, y, 2, soft_labels=torch.rand(4, 2), label_loss="mse")
+    assert plain.label_vectors() is None and soft.label_vectors().shape == (4, 2)
+    assert soft.hard().label_vectors() is None and soft.label_loss == "mse" and not soft.has_schedule
+    steps = StepSet(torch.randn(4, 1, 8, 8), 2, steps=2, epochs=1)
+    assert steps.has_schedule and steps.label_vectors() is None and steps.hard() is steps
+    assert MemorySet(x, y, torch.rand(4, 2)).label_vectors().shape == (4, 2)
+    assert MemorySet(x, y).label_vectors() is None
+    for cls in (PixelSet, StepSet, FactorizedSet, MemorySet, RealSet):
+        assert issubclass(cls, SetFeatures), cls

@@ -177,14 +177,14 @@ def save_factorized_grid(synset: Any, spec: DatasetSpec, path: str | Path, max_p
     Every tile is stretched to its own range (its minimum black, its maximum white): hallucinations
     drift in scale (`synset.factorized`) and would otherwise clip to solid strokes. Under each column,
     that hallucinator's collapse diagnostic over the class's bases (``r``: correlation with the base,
-    ``hf``: high-frequency ratio, `synset.factorized.collapse_diagnostic`); the caption gives it over
+    ``hf``: high-frequency ratio, `synset.collapse.collapse_diagnostic`); the caption gives it over
     all classes and names the hallucinators that are low-pass copies of their bases."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .synset.factorized import collapse_diagnostic
+    from .synset.collapse import collapse_diagnostic
 
     report = collapse_diagnostic(synset)
     b, n_h, n_c = synset.bases_per_class, synset.n_hallucinators, synset.num_classes

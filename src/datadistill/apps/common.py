@@ -22,6 +22,7 @@ from ..executor import Executor, Task
 from ..fileio import atomic_write_text
 from ..paths import check_output_dir
 from ..seeding import make_generator
+from ..synset.base import SetFeatures
 
 RANDOM = "random"
 JOBS = "jobs"
@@ -103,7 +104,7 @@ def data_for(source: SetSource, dataset: str, root: str | None, device: str = "c
     return f, match_whitening(data, f.zca)
 
 
-class MemorySet:
+class MemorySet(SetFeatures):
     """Images of some classes with their class labels (and label vectors when the set had them): the
     set protocol the evaluator trains on (`evaluation.evaluate`), for any subset of classes."""
 
@@ -118,6 +119,9 @@ class MemorySet:
 
     def learned_lr(self) -> None:
         return None
+
+    def label_vectors(self) -> torch.Tensor | None:
+        return self.soft_labels
 
     def hard(self) -> "MemorySet":
         return MemorySet(self.images, self.labels)
@@ -138,7 +142,7 @@ def file_memory(f: Any, classes: Sequence[int], per_class: int | None = None) ->
     """The images of ``classes`` of a loaded set file (``per_class``: the first that many of each)."""
     synset = f.synset
     x, y = synset.materialize()
-    soft = getattr(synset, "soft_labels", None)
+    soft = synset.label_vectors()
     keep = []
     for c in classes:
         idx = (y == c).nonzero().flatten()
@@ -149,7 +153,7 @@ def file_memory(f: Any, classes: Sequence[int], per_class: int | None = None) ->
         keep.append(idx)
     idx = torch.cat(keep)
     return MemorySet(x[idx], y[idx], None if soft is None else soft[idx],
-                     getattr(synset, "label_loss", "soft_ce"), getattr(synset, "label_temperature", 1.0))
+                     synset.label_loss, synset.label_temperature)
 
 
 def random_memory(train: RealData, classes: Sequence[int], per_class: int, seed: int) -> MemorySet:

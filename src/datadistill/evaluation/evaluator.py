@@ -14,6 +14,7 @@ from ..config import ConfigError, deprecated
 from ..data.spec import LoadedDataset, RealData
 from ..models import MODELS, create_model
 from ..seeding import make_generator
+from ..synset.base import SetFeatures
 from ..train import accuracy, real_batches, replay_steps, train_classifier
 from .augments import build_augment, standardize
 from .batched import evaluate_batched
@@ -149,7 +150,7 @@ def evaluate(
                                weight_init=protocol.weight_init)
         g = make_generator(seed, "eval-train")
         if protocol.schedule == "replay":
-            if not hasattr(synset, "schedule"):
+            if not synset.has_schedule:
                 raise ValueError(f"the replay protocol needs a set with a step schedule; {type(synset).__name__} "
                                  "has none (use the dc or dsa protocol)")
             if not plan.hard:
@@ -220,7 +221,7 @@ class _Frozen:
             yield batch[0].detach(), batch[1].detach()
 
 
-class RealSet:
+class RealSet(SetFeatures):
     """The whole real training set behind the set protocol (the ``full`` baseline)."""
 
     def __init__(self, data: RealData) -> None:

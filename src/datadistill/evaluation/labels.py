@@ -50,7 +50,8 @@ def frepo_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def has_soft_labels(synset: Any) -> bool:
-    return getattr(synset, "soft_labels", None) is not None
+    """Whether the set carries label vectors (`synset.SetFeatures.label_vectors`)."""
+    return synset.label_vectors() is not None
 
 
 def label_plan(synset: Any, protocol: EvalProtocol, spec: DatasetSpec,
@@ -62,7 +63,7 @@ def label_plan(synset: Any, protocol: EvalProtocol, spec: DatasetSpec,
     if mode == "auto":
         mode = "soft" if soft else "hard"
     loss = protocol.label_loss
-    set_t = float(getattr(synset, "label_temperature", 1.0)) if soft else 1.0
+    set_t = float(synset.label_temperature) if soft else 1.0
     temperature = protocol.label_temperature if protocol.label_temperature is not None else set_t
     info: dict[str, Any] = {"labels": mode}
     relabel = None

@@ -150,7 +150,7 @@ class FRePo(MethodHooks):
         self.cfg, self.ctx, self.synset = cfg, ctx, ctx.synset
         spec, s = ctx.spec, ctx.synset
         self.C = spec.num_classes
-        soft = getattr(s, "soft_labels", None)
+        soft = s.label_vectors()
         y0 = soft if soft is not None else initial_labels(s.labels, self.C)
         self.labels = nn.Parameter(y0.detach().clone().float().to(s.images.device), requires_grad=cfg.learn_labels)
         params = [s.images] + ([self.labels] if cfg.learn_labels else [])

@@ -42,7 +42,7 @@ ratio too. (Files written before ``bases_rule`` used ``ipc-1``; files before ``s
 the budget as ``budget_ipc`` and ``bases x hallucinators`` as ``ipc``; both still load as they were.)
 
 Collapse: the final metrics, every intermediate evaluation's row, the report and the grid's caption
-carry `synset.factorized.collapse_diagnostic`, each hallucination's correlation with its base and its
+carry `synset.collapse.collapse_diagnostic`, each hallucination's correlation with its base and its
 share of high-frequency energy over the base's (a hallucinator that is a blurred copy of its base
 adds little a plain image would not).
 """
@@ -60,8 +60,8 @@ from ..functional.contrastive import supervised_contrastive_loss
 from ..models import MODELS, create_model
 from ..seeding import derive_seed
 from ..models.layers import check_choice
-from ..synset.factorized import (BASES_RULES, HallucinatorConfig, bases_for_budget, collapse_diagnostic,
-                                 factorized_synset)
+from ..synset.collapse import collapse_diagnostic
+from ..synset.factorized import BASES_RULES, FactorizedSet, HallucinatorConfig, bases_for_budget, factorized_synset
 from .base import Context, MethodEntry, MethodHooks, format_metrics, register_method
 from .trajectory import Matcher, TrajectoryMatching, check_matching, experts_meta
 
@@ -130,7 +130,7 @@ def check_haba(cfg: HaBaConfig, ctx: Context) -> None:
 class HaBa(MethodHooks):
     def __init__(self, cfg: HaBaConfig, ctx: Context, experts: Any = None) -> None:
         self.cfg, self.ctx, self.synset = cfg, ctx, ctx.synset
-        if not hasattr(self.synset, "hallucinators") or self.synset.learned_lr() is None:
+        if not isinstance(self.synset, FactorizedSet) or self.synset.learned_lr() is None:
             raise ValueError("HaBa needs a FactorizedSet with a learned step size")
         spec = ctx.spec
         self.match = Matcher(cfg, ctx, experts)
@@ -240,7 +240,7 @@ def format_haba_metrics(metrics: dict[str, Any], *, markdown: bool = False, titl
     if not markdown:
         return [*lines, "per hallucinator (correlation with its base, high-frequency ratio): "
                 + ", ".join(f"h{h} {d['corr']:.2f} / {d['hf_ratio']:.2f}" for h, d in enumerate(per))]
-    return [*lines, "Collapse diagnostic per hallucinator (`synset.factorized.collapse_diagnostic`):", "",
+    return [*lines, "Collapse diagnostic per hallucinator (`synset.collapse.collapse_diagnostic`):", "",
             "| hallucinator | correlation with its base | high-frequency ratio |", "|---|---|---|",
             *(f"| h{h} | {d['corr']:.3f} | {d['hf_ratio']:.3f} |" for h, d in enumerate(per)), ""]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol, runtime_checkable
+from typing import ClassVar, Iterator, Protocol, runtime_checkable
 
 import torch
 
@@ -33,6 +33,29 @@ class SyntheticSet(Protocol):
     def learned_lr(self) -> float | None: ...
     def tensors(self) -> dict[str, torch.Tensor]: ...
     def config(self) -> dict: ...
+
+
+class SetFeatures:
+    """What a set declares beyond the core protocol, with a plain hard-labelled set's defaults. Every
+    set that training and evaluation take derives from it (`PixelSet`, `FactorizedSet`, `StepSet`,
+    the evaluator's `RealSet`, the apps' `MemorySet`), so that no caller probes a set by attribute name:
+
+    - ``label_vectors()``: the set's label vectors ``[N, C]`` (soft or learned labels), or None when
+      it has class labels only; ``label_loss`` and ``label_temperature`` say how to train on them;
+    - ``hard()``: the same set with class labels only (the set itself when it has nothing else);
+    - ``has_schedule``: whether the set is an ordered schedule of steps (``schedule()``: DD's
+      `StepSet`), which the ``replay`` protocol trains along.
+    """
+
+    has_schedule: ClassVar[bool] = False
+    label_loss: str = "soft_ce"
+    label_temperature: float = 1.0
+
+    def label_vectors(self) -> torch.Tensor | None:
+        return None
+
+    def hard(self) -> "SetFeatures":
+        return self
 
 
 SYNSETS: Registry[type] = Registry("synthetic set type")

@@ -168,7 +168,7 @@ def update_meta(path: str | os.PathLike[str], **changes: Any) -> dict[str, Any]:
 
 
 def _version_for(synset: Any, zca: ZCA | None) -> int:
-    if getattr(synset, "soft_labels", None) is not None:
+    if synset.label_vectors() is not None:
         return 3
     return 2 if zca is not None else 1
 

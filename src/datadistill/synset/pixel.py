@@ -21,10 +21,10 @@ from torch import nn
 
 from ..data.spec import DatasetSpec, RealData
 from ..functional.labels import LABEL_LOSSES
-from .base import SYNSETS, shuffled_batches
+from .base import SYNSETS, SetFeatures, shuffled_batches
 
 
-class PixelSet(nn.Module):
+class PixelSet(nn.Module, SetFeatures):
     def __init__(
         self,
         images: torch.Tensor,
@@ -97,6 +97,9 @@ class PixelSet(nn.Module):
         """Images and their targets: the label vectors when the set has them, else the classes."""
         targets = self.soft_labels if self.soft_labels is not None else self.labels
         return self.images[index], targets[index]
+
+    def label_vectors(self) -> torch.Tensor | None:
+        return self.soft_labels
 
     def hard(self) -> "PixelSet":
         """A copy with the same images and step size and class labels only (hard-label evaluation)."""

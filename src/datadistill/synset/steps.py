@@ -16,7 +16,7 @@ from torch import nn
 
 from ..data.spec import DatasetSpec, RealData
 from ..functional.unroll import schedule
-from .base import SYNSETS, shuffled_batches
+from .base import SYNSETS, SetFeatures, shuffled_batches
 
 
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
@@ -24,7 +24,9 @@ def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     return y + torch.log(-torch.expm1(-y))
 
 
-class StepSet(nn.Module):
+class StepSet(nn.Module, SetFeatures):
+    has_schedule = True  # the replay protocol trains along `schedule()`
+
     def __init__(self, images: torch.Tensor, num_classes: int, steps: int, epochs: int,
                  lrs: torch.Tensor | float = 0.02, learn_lr: bool = True) -> None:
         super().__init__()
