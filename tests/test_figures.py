@@ -27,8 +27,8 @@ written either way):
 - a time (a figure followed by s, min, h or ms, or a duration) by a record's field of seconds
   (``wall_seconds``, ``seconds_per_iteration``, ...: `TIME_FIELD`) in that unit, or of hours;
 - any other figure by any numeric field of any record (nested mappings included, list elements
-  not: thousands of per-model accuracies and ROC points would hold anything) or a claim's value or
-  std;
+  not: thousands of per-model accuracies and ROC points would hold anything; the short summary
+  lists of ``SUMMARY_LISTS``, such as a timing's load averages, aside) or a claim's value or std;
 - or as the difference or ratio of two held figures of the same paragraph, as far as their rounding
   allows: the docs show the operands beside it.
 
@@ -97,11 +97,15 @@ class Figure:
 
 # -- where figures come from ----------------------------------------------------------------------
 
+# lists that are summaries, not samples: main_job.py's load averages before a run (1, 5, 15 minutes)
+SUMMARY_LISTS = frozenset({"load_before"})
+
+
 def numbers(x, key: re.Pattern | None = None) -> list[float]:
     """The numeric fields of a record (those whose name matches ``key``, if given), nested ones
     included. Not the elements of lists (each model's accuracy as a fraction, seeds, ROC curves):
     the docs quote a record's summaries, and thousands of list elements would hold almost any figure
-    by chance. Booleans are not numbers."""
+    by chance; the few short lists of summaries in ``SUMMARY_LISTS`` aside. Booleans are not numbers."""
     if not isinstance(x, dict):
         return []
     out = []
@@ -110,6 +114,8 @@ def numbers(x, key: re.Pattern | None = None) -> list[float]:
             out.append(float(y))
         elif isinstance(y, dict):
             out += numbers(y, key)
+        elif k in SUMMARY_LISTS and isinstance(y, list) and key is None:
+            out += [float(v) for v in y if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return out
 
 
@@ -476,6 +482,11 @@ def test_allowed_figures_are_reviewed_and_still_there():
             f"tests/figures_allowed.yaml: {e['file']} no longer writes {e['figure']} as a figure: remove the entry"
         assert any(f in unheld([path]) for f in written), \
             f"tests/figures_allowed.yaml: {e['file']}: a record or a claim now holds {e['figure']}: remove the entry"
+
+
+def test_numbers_skip_sample_lists_but_not_summary_lists():
+    r = {"acc_mean": 90.0, "accuracies": [0.91, 0.89], "load_before": [1.46, 2.67, 2.89], "x": {"y": 3}}
+    assert sorted(numbers(r)) == [1.46, 2.67, 2.89, 3.0, 90.0]
 
 
 def test_the_check_itself(tmp_path: Path):
