@@ -5,7 +5,8 @@ import torch
 
 from datadistill.config import ConfigError, RunConfig, from_dict
 from datadistill.data.spec import DatasetSpec, LoadedDataset, RealData
-from datadistill.engine import resolve, run
+from datadistill.engine import run
+from datadistill.resolve import resolve
 from datadistill.methods import METHODS
 from datadistill.methods.coreset import CoresetConfig, herding, k_center, select_indices
 from datadistill.synset import PixelSet, load_synset

@@ -45,7 +45,7 @@ def test_presets_load_and_validate():
 
 
 def test_resolve_fills_method_defaults_and_validates_names():
-    from datadistill.engine import resolve
+    from datadistill.resolve import resolve
 
     res = resolve(from_dict(RunConfig, {"method": "dm", "dataset": "digits"}))
     assert res.iterations == 20000 and res.image_init == "real" and res.method_cfg.lr_img == 1.0

@@ -8,7 +8,7 @@ import datadistill.evaluation.evaluator as evaluator
 from datadistill.cli import main
 from datadistill.config import ConfigError, RunConfig, apply_overrides, from_dict
 from datadistill.data import ZCAError, fit_zca, load_dataset, whiten_dataset
-from datadistill.engine import resolve
+from datadistill.resolve import resolve
 from datadistill.evaluation import evaluate, evaluate_models, get_protocol
 from datadistill.synset import PixelSet, SynsetFileError, load_synset, save_synset, update_meta
 from datadistill.viz import save_grid

@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig
 from .data import LoadedDataset
-from .device import device_name, peak_memory_mb, pick_device  # noqa: F401  (pick_device: also its old home)
+from .device import device_name, peak_memory_mb
 from .evaluation import EvalReport, evaluate
 from .fileio import atomic_write, atomic_write_text
 from .methods import Context, DivergenceError
 from .paths import check_output_dir, missing_dirs, remove_empty_dirs
 from .report import run_report
-from .resolve import Checked, Resolved, check_ipc, check_run, resolve, saved_config  # noqa: F401  (their old home)
+from .resolve import Checked, Resolved, check_run, saved_config
 from .rundir import RunDirError, discard_failed_run, prepare_run_dir, run_dir_lock
 from .seeding import make_generator
 from .synset import PixelSet, save_synset

@@ -146,7 +146,7 @@ class MethodEntry:
       networks, for ``datadistill pretrain``) and returns a summary line; None: nothing to train.
 
     ``check(cfg, ctx)`` states the method's own requirements, checked before a run starts and
-    before its folder is created (`engine.check_run`): it raises `ConfigError` (or another error
+    before its folder is created (`resolve.check_run`): it raises `ConfigError` (or another error
     that names the problem and what is valid) for, e.g., a missing pool or expert folder. ``ctx``
     is the run's context without a set (``ctx.synset`` is None) on the data as loaded; a check
     reads files and compares, it must not train or write anything.
