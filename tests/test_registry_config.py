@@ -77,3 +77,22 @@ def test_renamed_config_keys_still_load_with_a_one_line_deprecation():
     assert from_dict(Cfg, {"new": 4}).new == 4
     with pytest.raises(ConfigError, match="both 'old'"):
         from_dict(Cfg, {"old": 3, "new": 4})
+
+
+def test_each_method_declares_the_network_and_teacher_its_config_names():
+    """`MethodEntry.network`/`teacher`: resolving a run asks the entry, never the config's field names;
+    a method whose config has a ``model`` (or ``teacher``) field must declare it, or resolve would
+    stop checking that network (or stop relabelling with that teacher)."""
+    import dataclasses
+
+    from datadistill.methods import METHODS
+
+    for name in METHODS.names():
+        entry = METHODS.get(name)
+        cfg = entry.config()
+        fields = {f.name for f in dataclasses.fields(cfg)} if dataclasses.is_dataclass(cfg) else set()
+        assert entry.network(cfg) == (cfg.model if "model" in fields else None), name
+        if "teacher" in fields:
+            assert entry.teacher(dataclasses.replace(cfg, teacher="t.safetensors")) == "t.safetensors", name
+        else:
+            assert entry.teacher(cfg) is None, name

@@ -54,10 +54,10 @@ def resolve(cfg: RunConfig) -> Resolved:
     ev = dict(cfg.eval)
     preset = ev.pop("preset", entry.eval_preset)
     labels = ev.get("labels", PROTOCOLS.get(preset).labels)  # a preset may relabel with a teacher (rded-paper)
-    if labels == "teacher" and not ev.get("teacher") and getattr(method_cfg, "teacher", None):
-        ev["teacher"] = method_cfg.teacher  # a method's own teacher relabels its evaluation unless told otherwise
+    if labels == "teacher" and not ev.get("teacher") and entry.teacher(method_cfg):
+        ev["teacher"] = entry.teacher(method_cfg)  # a method's own teacher relabels its evaluation unless told otherwise
     protocol = get_protocol(preset, **{k: _tuple(v) for k, v in ev.items()})  # ConfigError names the field
-    for name in (protocol.model, *cfg.models, getattr(method_cfg, "model", protocol.model)):
+    for name in (protocol.model, *cfg.models, entry.network(method_cfg) or protocol.model):
         MODELS.get(name)
     image_init = cfg.image_init or entry.image_init
     if image_init not in entry.image_inits:

@@ -169,6 +169,16 @@ class MethodEntry:
     # the ZCA regularization a run whitens its data with when it does not say (``RunConfig.zca`` "auto");
     # None: no whitening
     zca: float | None = None
+    # what resolving a run asks of the method's config, declared rather than probed by field name:
+    # the network the method trains or matches with (``config_model``; None: none of its own) and the
+    # teacher file its evaluation relabels with under ``labels=teacher`` (None: none)
+    network: Callable[[Any], str | None] = lambda cfg: None
+    teacher: Callable[[Any], str | None] = lambda cfg: None
+
+
+def config_model(cfg: Any) -> str:
+    """`MethodEntry.network` of a method whose config names its network ``model``."""
+    return cfg.model
 
 
 METHODS: Registry[MethodEntry] = Registry("method")

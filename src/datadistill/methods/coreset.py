@@ -49,7 +49,7 @@ from ..seeding import fork
 from ..synset import PixelSet
 from ..synset.io import atomic_write
 from ..train.loop import real_batches, train_classifier
-from .base import Context, MethodEntry, MethodHooks, register_method
+from .base import Context, MethodEntry, MethodHooks, config_model, register_method
 
 Embed = Callable[[torch.Tensor], torch.Tensor]  # normalized images [n, C, H, W] -> features [n, D]
 Selector = Callable[[torch.Tensor, int], torch.Tensor]  # (features [n, D], k) -> indices [k]
@@ -244,10 +244,12 @@ register_method(MethodEntry(
 register_method(MethodEntry(
     name="herding", config=CoresetConfig, build=partial(Selection, method="herding"), iterations=0,
     image_inits=("real",), synset=partial(coreset_synset, "herding"),
+    network=config_model,
     description="herding selection of real images per class (Welling, ICML 2009; baseline)",
 ))
 register_method(MethodEntry(
     name="kcenter", config=CoresetConfig, build=partial(Selection, method="kcenter"), iterations=0,
     image_inits=("real",), synset=partial(coreset_synset, "kcenter"),
+    network=config_model,
     description="greedy k-center selection of real images per class (Sener & Savarese, ICLR 2018; baseline)",
 ), "k_center")

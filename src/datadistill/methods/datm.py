@@ -47,7 +47,7 @@ from torch.func import functional_call
 
 from ..config import ConfigError
 from ..seeding import make_generator
-from .base import Context, MethodEntry, MethodHooks, register_method
+from .base import Context, MethodEntry, MethodHooks, config_model, register_method
 from .mtt import mtt_synset
 from .trajectory import Matcher, TrajectoryMatching, check_matching, experts_meta, open_experts
 
@@ -272,6 +272,7 @@ class DATM(MethodHooks):
 register_method(MethodEntry(
     name="datm", config=DATMConfig, build=DATM, iterations=5000, eval_preset="mtt", synset=datm_synset,
     check=check_datm,
+    network=config_model,
     description="Difficulty-aligned trajectory matching with learned soft labels (Guo et al., ICLR 2024); "
                 "needs `datadistill experts`",
 ))

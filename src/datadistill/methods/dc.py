@@ -44,7 +44,8 @@ from ..config import ConfigError
 from ..functional.chunked import mean_ce_grads, pick_chunk
 from ..functional.gradmatch import METRICS, gradient_distance
 from ..models import create_model, has_batchnorm
-from .base import Context, DivergenceError, MethodEntry, MethodHooks, check_ranges, class_batches, register_method
+from .base import (Context, DivergenceError, MethodEntry, MethodHooks, check_ranges, class_batches, config_model,
+                   register_method)
 
 # the papers' (outer_loop, inner_loop) per images per class
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -221,9 +222,11 @@ class DC(MethodHooks):
 
 register_method(MethodEntry(
     name="dc", config=DCConfig, build=DC, iterations=1000,
+    network=config_model,
     description="Dataset Condensation with gradient matching (Zhao et al., ICLR 2021)",
 ))
 register_method(MethodEntry(
     name="dsa", config=DSAMethodConfig, build=DC, iterations=1000, eval_preset="dsa",
+    network=config_model,
     description="DC with differentiable siamese augmentation (Zhao & Bilen, ICML 2021)",
 ))

@@ -24,7 +24,7 @@ import torch
 from ..augment import DSAConfig
 from ..functional import class_mean_distance, pick_chunk
 from ..models import create_model
-from .base import Context, MethodEntry, MethodHooks, check_ranges, class_batches, register_method
+from .base import Context, MethodEntry, MethodHooks, check_ranges, class_batches, config_model, register_method
 
 
 @dataclass(frozen=True)
@@ -92,5 +92,6 @@ class DM(MethodHooks):
 
 register_method(MethodEntry(
     name="dm", config=DMConfig, build=DM, iterations=20000,
+    network=config_model,
     description="Distribution Matching (Zhao & Bilen, WACV 2023)",
 ))

@@ -53,7 +53,7 @@ from ..functional import feature_krr
 from ..functional.labels import LABEL_LOSSES, sse_half
 from ..models import WEIGHT_INITS, create_model
 from ..synset import PixelSet
-from .base import Context, DivergenceError, MethodEntry, MethodHooks, check_ranges, register_method
+from .base import Context, DivergenceError, MethodEntry, MethodHooks, check_ranges, config_model, register_method
 
 OPTIMIZERS = ("lamb", "adam")
 
@@ -265,5 +265,6 @@ class FRePo(MethodHooks):
 
 register_method(MethodEntry(
     name="frepo", config=FRePoConfig, build=FRePo, iterations=500000, eval_preset="dsa", synset=frepo_synset,
+    network=config_model,
     description="Neural feature regression with a model pool, learned labels (Zhou et al., NeurIPS 2022)",
 ))

@@ -62,7 +62,7 @@ from ..seeding import derive_seed
 from ..models.layers import check_choice
 from ..synset.collapse import collapse_diagnostic
 from ..synset.factorized import BASES_RULES, FactorizedSet, HallucinatorConfig, bases_for_budget, factorized_synset
-from .base import Context, MethodEntry, MethodHooks, format_metrics, register_method
+from .base import Context, MethodEntry, MethodHooks, config_model, format_metrics, register_method
 from .trajectory import Matcher, TrajectoryMatching, check_matching, experts_meta
 
 
@@ -248,5 +248,6 @@ def format_haba_metrics(metrics: dict[str, Any], *, markdown: bool = False, titl
 register_method(MethodEntry(
     name="haba", config=HaBaConfig, build=HaBa, iterations=15000, eval_preset="mtt",
     synset=factorized_synset, check=check_haba, zca=0.1, format_metrics=format_haba_metrics,
+    network=config_model,
     description="HaBa, factorized sets of bases x hallucinators (Liu et al., NeurIPS 2022); needs `datadistill experts`",
 ))

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import torch
 
 from ..synset import PixelSet
-from .base import Context, MethodEntry, MethodHooks, register_method
+from .base import Context, MethodEntry, MethodHooks, config_model, register_method
 from .trajectory import Matcher, TrajectoryMatching, check_matching, experts_meta
 
 
@@ -89,5 +89,6 @@ class MTT(MethodHooks):
 register_method(MethodEntry(
     name="mtt", config=MTTConfig, build=MTT, iterations=5000, eval_preset="mtt", synset=mtt_synset,
     check=check_matching,
+    network=config_model,
     description="Matching training trajectories (Cazenavette et al., CVPR 2022); needs `datadistill experts`",
 ))

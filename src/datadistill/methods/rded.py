@@ -342,6 +342,6 @@ class RDED(MethodHooks):
 
 register_method(MethodEntry(
     name="rded", config=RDEDConfig, build=RDED, iterations=0, image_inits=("real",), synset=rded_synset,
-    check=check_rded, from_file=rded_from_file,
+    check=check_rded, from_file=rded_from_file, teacher=lambda cfg: cfg.teacher or None,
     description="realistic, diverse teacher-ranked crops with soft labels (Sun et al., CVPR 2024)",
 ))
