@@ -34,28 +34,6 @@ def real_batches(data: RealData) -> Batches:
     return batches
 
 
-def lr_at(epoch: int, base_lr: float, milestones: tuple[int, ...], gamma: float = 0.1) -> float:
-    """Step schedule: ``base_lr * gamma ** (number of milestones <= epoch)``."""
-    return base_lr * gamma ** sum(1 for m in milestones if epoch >= m)
-
-
-def sgd_epochs(params: list[torch.Tensor], *, epochs: int, lr: float, momentum: float, weight_decay: float,
-               milestones: tuple[int, ...] = (), restart_at_milestones: bool = False
-               ) -> Iterator[tuple[int, torch.optim.SGD]]:
-    """``(epoch, optimizer)`` for each epoch of the evaluators' SGD schedule: the lr of `lr_at`, and at
-    each milestone a new optimizer (momentum from zero) when ``restart_at_milestones``."""
-    def sgd() -> torch.optim.SGD:
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-    opt = sgd()
-    for epoch in range(epochs):
-        if restart_at_milestones and epoch in milestones:
-            opt = sgd()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(epoch, lr, milestones)
-        yield epoch, opt
-
-
 def train_classifier(
     model: nn.Module,
     batches: Batches,

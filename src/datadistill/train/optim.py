@@ -31,6 +31,11 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("step", "cosine", "cosine_epoch")
 
 
+def lr_at(epoch: int, base_lr: float, milestones: tuple[int, ...], gamma: float = 0.1) -> float:
+    """Step schedule: ``base_lr * gamma ** (number of milestones <= epoch)``."""
+    return base_lr * gamma ** sum(1 for m in milestones if epoch >= m)
+
+
 @dataclass(frozen=True)
 class Optim:
     lr: float
@@ -50,8 +55,7 @@ class Optim:
     def lr_at(self, step: int, epoch: int) -> float:
         """The lr of optimizer step ``step`` (0-based), taken in epoch ``epoch`` (0-based)."""
         if self.lr_schedule == "step":
-            t = step if self.steps else epoch
-            return self.lr * 0.1 ** sum(1 for m in self.milestones if t >= m)
+            return lr_at(step if self.steps else epoch, self.lr, self.milestones)
         if self.lr_schedule == "cosine":
             if step < self.warmup_steps:
                 return self.lr * step / self.warmup_steps
