@@ -246,3 +246,37 @@ def test_cli_lists_methods_with_their_papers_and_pretrain_is_for_dd(capsys):
     assert any(line.startswith("dd ") and "Wang et al. 2018" in line for line in out.splitlines())
     assert main(["pretrain", "--method", "dm", "--dataset", "digits", "--out", "x"]) == 2
     assert "method 'dm' starts from no pretrained networks; pretrain is for: dd" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method,iterations", [("dm", 2), ("random", 0)])
+def test_a_run_stopped_during_its_final_evaluation_resumes_at_the_next_network(tmp_path, monkeypatch, method,
+                                                                                iterations):
+    import datadistill.engine as engine
+
+    cfg = _cfg(method=method, iterations=iterations, method_config={} if method == "random" else _cfg().method_config,
+               eval={"preset": "smoke", "epochs": 2, "n_models": 3, "model": "convnet_w32"})
+    whole = run(cfg, tmp_path / "a", progress=False, log=lambda *_: None)
+    trained, real = [], engine.evaluate
+
+    def stop_at_network_2(*args, indices, **kw):
+        trained.append(indices[0])
+        if indices[0] == 2 and len(trained) < 4:
+            raise KeyboardInterrupt
+        return real(*args, indices=indices, **kw)
+
+    monkeypatch.setattr(engine, "evaluate", stop_at_network_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "b", progress=False, log=lambda *_: None)
+    assert trained == [0, 1, 2] and not (tmp_path / "b" / "distilled.safetensors").exists()
+    resumed = run(cfg, tmp_path / "b", resume=True, progress=False, log=lambda *_: None)
+    assert trained == [0, 1, 2, 2]  # networks 0 and 1 were kept, not trained again
+    assert resumed.reports["convnet_w32"].accuracies == whole.reports["convnet_w32"].accuracies
+    assert resumed.reports["convnet_w32"].seeds == whole.reports["convnet_w32"].seeds
+    rows = sorted((tmp_path / "b" / "final").glob("*.json"))
+    assert [p.name for p in rows] == ["convnet_w32-000.json", "convnet_w32-001.json", "convnet_w32-002.json"]
+    # a kept result of another set or protocol is not reused
+    stale = json.loads(rows[0].read_text())
+    rows[0].write_text(json.dumps({**stale, "key": "0" * 64}))
+    again = run(cfg, tmp_path / "b", resume=True, progress=False, log=lambda *_: None)
+    assert trained[4:] == [0]  # only the network whose result did not match
+    assert again.reports["convnet_w32"].accuracies == whole.reports["convnet_w32"].accuracies

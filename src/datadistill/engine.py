@@ -7,12 +7,15 @@ run folder and its lock (`rundir`), ``report.md`` (`report`), devices (`device`)
 (`fileio`).
 
 Run directory: ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoint.pt``,
-``distilled.safetensors``, ``grid.png``, ``loss.png`` and ``report.md``.
+``distilled.safetensors``, ``grid.png``, ``loss.png``, ``report.md``, and ``final/`` (one JSON per
+network of the final evaluation, so that a run stopped during a long evaluation resumes at the next
+network, not at the first).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -26,7 +29,7 @@ from tqdm.auto import tqdm
 from .config import RunConfig
 from .data import LoadedDataset
 from .device import device_name, peak_memory_mb
-from .evaluation import EvalReport, evaluate
+from .evaluation import EvalProtocol, EvalReport, evaluate
 from .fileio import atomic_write, atomic_write_text
 from .methods import Context, DivergenceError
 from .paths import check_output_dir, missing_dirs, remove_empty_dirs
@@ -40,6 +43,7 @@ from .viz import plot_metrics, save_grid
 
 CHECKPOINT = "checkpoint.pt"
 DISTILLED = "distilled.safetensors"
+FINAL = "final"
 
 
 def init_synset(res: Resolved, data: LoadedDataset, seed: int) -> Any:
@@ -168,10 +172,13 @@ def _distill(checked: Checked, out: Path, *, resume: bool, progress: bool, stop_
             bar.close()
             return None
     bar.close()
+    if not (out / CHECKPOINT).is_file():  # no iterations (a coreset): the set is kept for a resumed evaluation
+        _save_checkpoint(out / CHECKPOINT, synset, method, ctx, res.iterations, elapsed)
 
     reports: dict[str, EvalReport] = {}
     for m in res.models:
-        rep = evaluate(synset, data, res.protocol, model=m, device=device, progress=progress, networks=networks)
+        rep = final_evaluation(synset, data, res.protocol, m, out / FINAL, device=device, networks=networks,
+                               progress=progress)
         reports[m] = rep
         log(f"final accuracy {rep.summary()}")
         _call(callbacks, "on_eval", res.iterations, rep)
@@ -199,6 +206,49 @@ def _distill(checked: Checked, out: Path, *, resume: bool, progress: bool, stop_
     atomic_write_text(out / "report.md", run_report(res, result))
     _call(callbacks, "on_end", result)
     return result
+
+
+def final_evaluation(synset: Any, data: LoadedDataset, protocol: EvalProtocol, model: str, folder: Path, *,
+                     device: torch.device | str = "cpu", networks: Any = None, progress: bool = False) -> EvalReport:
+    """`evaluate` ``model`` on ``synset`` one network at a time, each network's result written to
+    ``folder/MODEL-NNN.json`` as it finishes, with a fingerprint of the set, the protocol and the
+    model. A result whose fingerprint matches is reused, so a run stopped during its final
+    evaluation (a paper protocol trains each network for an hour on 2 cores) resumes at the next
+    network. The report equals one `evaluate` call's: network ``i`` has the same seed either way."""
+    key = _fingerprint(synset, protocol, model)
+    n = protocol.n_models
+    if networks is not None and hasattr(networks, "__len__"):  # a finite pool of starting networks caps them
+        n = min(n, len(networks))
+    rows = []
+    for i in tqdm(range(n), desc=f"evaluate {model}", disable=not progress, leave=False):
+        path = folder / f"{model}-{i:03d}.json"
+        row = _final_row(path, key)
+        if row is None:
+            rep = evaluate(synset, data, protocol, model=model, device=device, networks=networks, indices=[i])
+            row = {"key": key, "accuracy": rep.accuracies[0], "seed": rep.seeds[0], "seconds": rep.seconds,
+                   "lr": rep.lr, "protocol": rep.protocol.to_dict(), "extra": rep.extra}
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(row))
+        rows.append(row)
+    return EvalReport(model, EvalProtocol(**rows[0]["protocol"]), [r["accuracy"] for r in rows],
+                      [r["seed"] for r in rows], sum(r["seconds"] for r in rows), rows[0]["lr"], rows[0]["extra"])
+
+
+def _fingerprint(synset: Any, protocol: EvalProtocol, model: str) -> str:
+    h = hashlib.sha256(json.dumps({"protocol": protocol.to_dict(), "model": model}, sort_keys=True).encode())
+    for name, t in sorted(synset.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _final_row(path: Path, key: str) -> dict[str, Any] | None:
+    """A kept result of the same set, protocol and model, else None (missing, unreadable or stale)."""
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return row if isinstance(row, dict) and row.get("key") == key else None
 
 
 def _call(callbacks: Sequence[Any], hook: str, *args: Any) -> None:
