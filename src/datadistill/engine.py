@@ -30,6 +30,7 @@ from .config import RunConfig
 from .data import LoadedDataset
 from .device import device_name, peak_memory_mb
 from .evaluation import EvalProtocol, EvalReport, evaluate
+from .evaluation.evaluator import n_networks, network_row
 from .fileio import atomic_write, atomic_write_text
 from .methods import Context, DivergenceError
 from .paths import check_output_dir, missing_dirs, remove_empty_dirs
@@ -216,22 +217,18 @@ def final_evaluation(synset: Any, data: LoadedDataset, protocol: EvalProtocol, m
     evaluation (a paper protocol trains each network for an hour on 2 cores) resumes at the next
     network. The report equals one `evaluate` call's: network ``i`` has the same seed either way."""
     key = _fingerprint(synset, protocol, model)
-    n = protocol.n_models
-    if networks is not None and hasattr(networks, "__len__"):  # a finite pool of starting networks caps them
-        n = min(n, len(networks))
     rows = []
-    for i in tqdm(range(n), desc=f"evaluate {model}", disable=not progress, leave=False):
+    for i in tqdm(range(n_networks(protocol.n_models, networks)), desc=f"evaluate {model}", disable=not progress,
+                  leave=False):
         path = folder / f"{model}-{i:03d}.json"
         row = _final_row(path, key)
         if row is None:
-            rep = evaluate(synset, data, protocol, model=model, device=device, networks=networks, indices=[i])
-            row = {"key": key, "accuracy": rep.accuracies[0], "seed": rep.seeds[0], "seconds": rep.seconds,
-                   "lr": rep.lr, "protocol": rep.protocol.to_dict(), "extra": rep.extra}
+            row = {"key": key, **network_row(evaluate(synset, data, protocol, model=model, device=device,
+                                                      networks=networks, indices=[i]))}
             folder.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(row))
         rows.append(row)
-    return EvalReport(model, EvalProtocol(**rows[0]["protocol"]), [r["accuracy"] for r in rows],
-                      [r["seed"] for r in rows], sum(r["seconds"] for r in rows), rows[0]["lr"], rows[0]["extra"])
+    return EvalReport.from_rows(model, rows)
 
 
 def _fingerprint(synset: Any, protocol: EvalProtocol, model: str) -> str:

@@ -21,6 +21,7 @@ from .cache import cache_dir, config_hash
 from .config import ConfigError
 from .data import LoadedDataset, load_dataset
 from .evaluation import EvalProtocol, EvalReport, evaluate
+from .evaluation.evaluator import n_networks, network_row
 from .executor import Executor, Task
 from .experts import ExpertBuffer, ExpertConfig
 from .experts.buffer import shard_name, write_manifest
@@ -83,8 +84,7 @@ def evaluate_model(blob: bytes, protocol: dict[str, Any], model: str, index: int
         f, data, how = open_for_evaluation(path, root=root, device=device)
         rep = evaluate(f.synset, data, EvalProtocol(**protocol), model=model, device=device, networks=how.networks,
                        indices=[index])
-    return json.dumps({"model": model, "index": index, "accuracy": rep.accuracies[0], "seed": rep.seeds[0],
-                       "seconds": rep.seconds, "lr": rep.lr, "protocol": rep.protocol.to_dict()}).encode()
+    return json.dumps({"index": index, **network_row(rep)}).encode()
 
 
 def evaluation_dir(blob: bytes, protocol: EvalProtocol) -> Path:
@@ -95,15 +95,16 @@ def evaluation_dir(blob: bytes, protocol: EvalProtocol) -> Path:
 
 def evaluate_on(executor: Executor, path: str | Path, protocol: EvalProtocol, models: Sequence[str], *,
                 root: str | Path | None = None, device: str = "cpu", work_dir: str | Path | None = None,
-                networks_cap: int | None = None) -> dict[str, EvalReport]:
+                networks: Any = None) -> dict[str, EvalReport]:
     """`evaluation.evaluate_models` on a file through ``executor``: one task per model and
     architecture, each result kept in ``work_dir`` (default `evaluation_dir`) as ``MODEL-NNN.json``.
-    ``networks_cap`` limits the models to the number of starting networks a method provides."""
+    ``networks``, the starting networks a method provides (`FileEvaluation.networks`), caps the
+    number of models when it is a finite pool (`evaluation.evaluator.n_networks`)."""
     for m in models:  # every name is checked before the first task
         MODELS.get(m)
     blob = Path(path).read_bytes()
     work = Path(work_dir) if work_dir is not None else evaluation_dir(blob, protocol)
-    n = protocol.n_models if networks_cap is None else min(protocol.n_models, networks_cap)
+    n = n_networks(protocol.n_models, networks)
     root = None if root is None else str(root)
     tasks = [Task(key=f"{m} model {i}", fn=evaluate_model, args=(blob, protocol.to_dict(), MODELS.canonical(m), i),
                   kwargs={"root": root, "device": device}, out=work / f"{MODELS.canonical(m)}-{i:03d}.json")
@@ -114,7 +115,5 @@ def evaluate_on(executor: Executor, path: str | Path, protocol: EvalProtocol, mo
     reports = {}
     for m in models:
         rows = [json.loads(Path(files[f"{m} model {i}"]).read_text()) for i in range(n)]
-        reports[m] = EvalReport(m, EvalProtocol(**rows[0]["protocol"]), [r["accuracy"] for r in rows],
-                                [r["seed"] for r in rows], sum(r["seconds"] for r in rows), rows[0]["lr"],
-                                extra={"executor": executor.name, "results": str(work)})
+        reports[m] = EvalReport.from_rows(m, rows, extra={"executor": executor.name, "results": str(work)})
     return reports

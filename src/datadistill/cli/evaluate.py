@@ -96,10 +96,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if args.batch_models > 1:
                 raise ConfigError("--batch-models trains the models of one process together; with --executor each "
                                   "model is a task of its own: give one or the other")
-            cap = len(how.networks) if how.networks is not None and hasattr(how.networks, "__len__") else None
             with _executor(args, device) as ex:
                 reports = evaluate_on(ex, args.file, protocol, models, root=args.root, device=str(device),
-                                      work_dir=args.work_dir, networks_cap=cap)
+                                      work_dir=args.work_dir, networks=how.networks)
         extra = how.final_metrics(f.synset, data, device) if how.final_metrics is not None else None
         for line in how.format_metrics(extra) if extra else []:
             print(line)

@@ -46,6 +46,15 @@ class EvalReport:
     def summary(self) -> str:
         return f"{self.model}: {100 * self.mean:.2f} ± {100 * self.std:.2f}% over {len(self.accuracies)} models"
 
+    @classmethod
+    def from_rows(cls, model: str, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None
+                  ) -> "EvalReport":
+        """The report of networks evaluated one at a time (`network_row` each, in order), as one
+        `evaluate` call over the same indices would give it."""
+        return cls(model, EvalProtocol(**rows[0]["protocol"]), [r["accuracy"] for r in rows],
+                   [r["seed"] for r in rows], sum(r["seconds"] for r in rows), rows[0]["lr"],
+                   dict(rows[0].get("extra") or {}) if extra is None else extra)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model, "protocol": self.protocol.to_dict(), "accuracies": self.accuracies,
@@ -54,7 +63,21 @@ class EvalReport:
         }
 
 
-__all__ = ["EvalReport", "RealSet", "evaluate", "evaluate_full", "evaluate_models", "format_table"]
+def network_row(rep: EvalReport) -> dict[str, Any]:
+    """One network's result (a report of one index) as a JSON-able row; `EvalReport.from_rows` joins them."""
+    return {"model": rep.model, "accuracy": rep.accuracies[0], "seed": rep.seeds[0], "seconds": rep.seconds,
+            "lr": rep.lr, "protocol": rep.protocol.to_dict(), "extra": rep.extra}
+
+
+def n_networks(n_models: int, networks: Any = None) -> int:
+    """How many networks an evaluation trains: the protocol's ``n_models``, capped by the size of a
+    finite pool of starting networks (a held-out pool of pretrained networks) when one is given."""
+    if networks is not None and hasattr(networks, "__len__"):
+        return min(n_models, len(networks))
+    return n_models
+
+
+__all__ = ["EvalReport", "n_networks", "network_row", "RealSet", "evaluate", "evaluate_full", "evaluate_models", "format_table"]
 
 
 def evaluate(
@@ -124,12 +147,10 @@ def evaluate(
         test = standardized_test(test, protocol.test_batch_size)
     accs, seeds = [], []
     t0 = time.perf_counter()
-    n_models = protocol.n_models
     if init is not None:  # the keyword's old name
         deprecated("init", "networks", "evaluate()")
         networks = networks if networks is not None else init
-    if networks is not None and hasattr(networks, "__len__"):  # a finite set of starting networks (held-out pool)
-        n_models = min(n_models, len(networks))
+    n_models = n_networks(protocol.n_models, networks)
     todo = range(n_models) if indices is None else [int(i) for i in indices]
     bad = [i for i in todo if not 0 <= i < n_models]
     if bad:
