@@ -521,9 +521,9 @@ def apps_section(jobs: dict[str, list[Row]]) -> str:
 
 
 def _continual_table(r: Row) -> str:
-    from datadistill.apps.continual import format_summary
+    from datadistill.studies import get_study
 
-    lines = [format_summary(r)]
+    lines = [get_study("continual").format(r)]
     pr = r["protocol"]
     lines += ["", _app_caption(r, f"{r['per_class']} images per class per step, {r['steps']} steps, class orders "
                                   f"{r['orders']} x {r['n_models']} network(s), `{pr['name']}` protocol at "
@@ -533,9 +533,9 @@ def _continual_table(r: Row) -> str:
 
 
 def _nas_table(r: Row) -> str:
-    from datadistill.apps.nas import format_summary
+    from datadistill.studies import get_study
 
-    lines = [format_summary(r)]
+    lines = [get_study("nas").format(r)]
     pr, fp = r["protocol"], r["full_protocol"]
     lines += ["", _app_caption(r, f"{len(r['architectures'])} ConvNets, {r['per_class']} images per class; proxies "
                                   f"trained `{pr['name']}` {pr['epochs']} epochs, the whole data {fp['epochs']} "
@@ -546,9 +546,9 @@ def _nas_table(r: Row) -> str:
 
 
 def _privacy_table(r: Row) -> str:
-    from datadistill.apps.privacy import format_summary
+    from datadistill.studies import get_study
 
-    lines = [format_summary(r)]
+    lines = [get_study("privacy").format(r)]
     pr = r["protocol"]
     lines += ["", _app_caption(r, f"a pool of {r['pool_per_class']} images per class halved {r['splits']} times "
                                   f"({2 * r['splits']} runs per training set, each half's images its members), "
@@ -559,15 +559,12 @@ def _privacy_table(r: Row) -> str:
 
 def plot_apps(jobs: dict[str, list[Row]], img: Path) -> None:
     """Each recorded application's picture, drawn again from its record's summary."""
-    from datadistill.apps.continual import plot_continual
-    from datadistill.apps.nas import plot_nas
-    from datadistill.apps.privacy import plot_privacy
+    from datadistill.studies import get_study
 
-    draw = {"continual": plot_continual, "nas": plot_nas, "privacy": plot_privacy}
     for j in app_jobs():
         run = jobs.get(j.id)
         if run:
-            draw[j.app](run[-1], img / f"apps-{j.id}.png")
+            get_study(j.app).plot(run[-1], img / f"apps-{j.id}.png")
 
 
 def claims_table(prefix: str = "../") -> str:

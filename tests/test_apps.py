@@ -1,4 +1,4 @@
-"""The applications (`datadistill.apps`): continual learning, membership inference, architecture search,
+"""The studies of distilled sets (`datadistill.studies`): continual learning, membership inference, architecture search,
 on the digits set at tiny sizes."""
 
 import json
@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from datadistill.apps import common, continual, nas, privacy
-from datadistill.apps.common import AppError, SetSource, parse_sets
+from datadistill.studies import StudyError, run_study
+from datadistill.studies import continual, membership, nas, privacy
+from datadistill.studies import sets as common
+from datadistill.studies.sets import SetSource, parse_sets
 from datadistill.cli import main
 from datadistill.data import DatasetOptionError, load_dataset
 from datadistill.data.registry import split_indices
@@ -63,13 +65,13 @@ def test_split_option_refuses_pool_larger_than_a_class_and_validation():
 def test_parse_sets_checks_files_names_and_dataset(set_file, tmp_path):
     (s,) = parse_sets([set_file])
     assert (s.name, s.path, len(s.sha256)) == ("dm", set_file, 64)
-    with pytest.raises(AppError, match="no such file"):
+    with pytest.raises(StudyError, match="no such file"):
         parse_sets([f"x={tmp_path / 'none.safetensors'}"])
-    with pytest.raises(AppError, match="baseline"):
+    with pytest.raises(StudyError, match="baseline"):
         parse_sets([f"random={set_file}"])
-    with pytest.raises(AppError, match="unique"):
+    with pytest.raises(StudyError, match="unique"):
         parse_sets([set_file, f"dm={set_file}"])
-    with pytest.raises(AppError, match="distilled on 'digits', not 'mnist'"):
+    with pytest.raises(StudyError, match="distilled on 'digits', not 'mnist'"):
         parse_sets([set_file], dataset="mnist")
 
 
@@ -100,7 +102,7 @@ def test_continual_runs_resumes_and_reports(set_file, tmp_path):
     cfg = continual.ContinualConfig("digits", (SetSource("dm", set_file),), steps=2, orders=(0, 1),
                                     protocol=get_protocol("dc", **QUICK))
     out = tmp_path / "cl"
-    summary = continual.continual(cfg, out, serial())
+    summary = run_study("continual", cfg, out, serial())
     rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 2 * 2  # (dm, random) x orders x steps
     for r in rows:
@@ -115,29 +117,29 @@ def test_continual_runs_resumes_and_reports(set_file, tmp_path):
     assert step1["n"] == 2 and step1["acc_mean"] == pytest.approx(sum(accs) / 2, abs=0.01)
     assert (out / "continual.png").stat().st_size > 0 and "| dm |" in (out / "summary.md").read_text()
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "jobs").iterdir()}
-    continual.continual(cfg, out, serial())  # every job done: nothing trains again
+    run_study("continual", cfg, out, serial())  # every job done: nothing trains again
     assert {p.name: p.stat().st_mtime_ns for p in (out / "jobs").iterdir()} == stamps
     other = continual.ContinualConfig("digits", cfg.sets, steps=2, orders=(0, 1),
                                       protocol=get_protocol("dc", epochs=5, n_models=1))
-    with pytest.raises(AppError, match=r"other settings: .*\(protocol\)"):  # never a silent mix of protocols
-        continual.continual(other, out, serial())
+    with pytest.raises(StudyError, match=r"other settings: .*\(protocol\)"):  # never a silent mix of protocols
+        run_study("continual", other, out, serial())
 
 
 def test_continual_bad_input(set_file, tmp_path):
     base = dict(protocol=get_protocol("dc", **QUICK))
     for kw, match in ((dict(steps=11), "steps must be"), (dict(orders=(0, 0)), "distinct"),
-                      (dict(baselines=("herding",)), "herding=FILE"), (dict(per_class=4), "fewer images")):
+                      (dict(per_class=4), "fewer images")):
         cfg = continual.ContinualConfig("digits", (SetSource("dm", set_file),), **{**base, **kw})
-        with pytest.raises(AppError, match=match):
-            continual.continual(cfg, tmp_path / "x", serial())
+        with pytest.raises(StudyError, match=match):
+            run_study("continual", cfg, tmp_path / "x", serial())
 
 
 # -- membership inference ------------------------------------------------------------------------------
 def test_roc_metrics():
-    perfect = privacy.roc_metrics([3.0, 2.0, 1.0, 0.0], [1, 1, 0, 0])
+    perfect = membership.roc_metrics([3.0, 2.0, 1.0, 0.0], [1, 1, 0, 0])
     assert perfect["auc"] == 1.0 and perfect["tpr@0.1%fpr"] == 1.0 and perfect["tpr@1%fpr"] == 1.0
     g = torch.Generator().manual_seed(0)
-    chance = privacy.roc_metrics(torch.randn(4000, generator=g), torch.arange(4000) % 2)
+    chance = membership.roc_metrics(torch.randn(4000, generator=g), torch.arange(4000) % 2)
     assert abs(chance["auc"] - 0.5) < 0.04 and chance["tpr@1%fpr"] < 0.05
 
 
@@ -151,16 +153,16 @@ def test_lira_separates_a_signal_and_is_unbiased_without_one():
     noise = torch.randn(2 * splits, pool, generator=g)
     for shift, lo, hi in ((2.0, 0.8, 1.0), (0.0, 0.45, 0.55)):
         phi = base + noise + shift * member
-        scores = privacy.lira_scores(phi, member, groups)
-        auc = privacy.roc_metrics(scores.flatten(), member.flatten())["auc"]
+        scores = membership.lira_scores(phi, member, groups)
+        auc = membership.roc_metrics(scores.flatten(), member.flatten())["auc"]
         assert lo < auc <= hi, (shift, auc)
-    with pytest.raises(AppError, match="2 splits"):
-        privacy.lira_scores(phi[:2], member[:2], [0, 0])
+    with pytest.raises(StudyError, match="2 splits"):
+        membership.lira_scores(phi[:2], member[:2], [0, 0])
 
 
 def _members_auc(net, pool_x, pool_y, member):
-    phi, loss = privacy.confidences(net, pool_x, pool_y)
-    return privacy.roc_metrics(-torch.tensor(loss), member)["auc"], privacy.roc_metrics(torch.tensor(phi), member)["auc"]
+    phi, loss = membership.confidences(net, pool_x, pool_y)
+    return membership.roc_metrics(-torch.tensor(loss), member)["auc"], membership.roc_metrics(torch.tensor(phi), member)["auc"]
 
 
 def test_attack_sees_members_only_in_a_model_trained_on_them(digits):
@@ -188,7 +190,7 @@ def test_privacy_runs_with_a_distilled_pipeline(tmp_path):
     cfg = privacy.PrivacyConfig("digits", (p,), pool=8, splits=2, per_class=2,
                                 protocol=get_protocol("dc", model="convnet_w32", epochs=3))
     out = tmp_path / "pv"
-    summary = privacy.privacy(cfg, out, serial())
+    summary = run_study("privacy", cfg, out, serial())
     assert set(summary["pipelines"]) == {"dm", "subset", "all"}
     dm, allr = summary["pipelines"]["dm"], summary["pipelines"]["all"]
     assert dm["runs"] == 4 and dm["train_images"] == 20 and allr["train_images"] == 40
@@ -209,12 +211,12 @@ def test_privacy_pipeline_settings_and_bad_input(tmp_path):
     run = privacy.run_config(privacy.parse_pipeline("h: preset=herding"), cfg, "8:0:0", 1, None)
     assert run["ipc"] == 10 and run["method"] == "herding" and run["dataset_options"] == {"split": "8:0:0"}
     for text in ("dm", "subset: method=dm", "dm: iterations"):
-        with pytest.raises(AppError):
+        with pytest.raises(StudyError):
             privacy.parse_pipeline(text)
-    with pytest.raises(AppError, match="splits"):
-        privacy.privacy(privacy.PrivacyConfig("digits", (), splits=1), tmp_path / "a", serial())
-    with pytest.raises(AppError, match="per-class"):
-        privacy.privacy(privacy.PrivacyConfig("digits", (), pool=8, per_class=5), tmp_path / "b", serial())
+    with pytest.raises(StudyError, match="splits"):
+        run_study("privacy", privacy.PrivacyConfig("digits", (), splits=1), tmp_path / "a", serial())
+    with pytest.raises(StudyError, match="per-class"):
+        run_study("privacy", privacy.PrivacyConfig("digits", (), pool=8, per_class=5), tmp_path / "b", serial())
 
 
 # -- architecture search --------------------------------------------------------------------------------
@@ -230,18 +232,18 @@ def test_rank_correlation_of_a_list_with_itself_is_one():
 def test_default_grid_has_sixteen_distinct_convnets():
     archs = nas.architectures(nas.DEFAULT_GRID)
     assert len(archs) == 16 and len({nas.arch_name(a) for a in archs}) == 16
-    with pytest.raises(AppError, match="valid: instancenorm"):
+    with pytest.raises(StudyError, match="valid: instancenorm"):
         nas.architectures({"norm": ("bogus",)})
-    with pytest.raises(AppError, match="valid: width"):
+    with pytest.raises(StudyError, match="valid: width"):
         nas.architectures({"heads": (2,)})
 
 
 def test_nas_ranks_against_the_whole_data(set_file, tmp_path):
     grid = {"width": (8, 16), "depth": (1,), "pool": ("avgpooling", "maxpooling")}
-    cfg = nas.NASConfig("digits", (SetSource("dm", set_file),), grid=grid, protocol=get_protocol("dc", **QUICK),
-                        full_protocol=get_protocol("dc", epochs=1, n_models=2))
+    cfg = nas.NASConfig("digits", (SetSource("dm", set_file),), **grid, norm=(), protocol=get_protocol("dc", **QUICK),
+                        full_epochs=1, full_models=2)
     out = tmp_path / "nas"
-    summary = nas.nas(cfg, out, serial())
+    summary = run_study("nas", cfg, out, serial())
     full = summary["full"]  # two seeds of the reference, their agreement measured from their own rows
     rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     by = {(r["model"], r["arch"]): r["accuracy"] for r in rows if r["set"] == "full"}
@@ -303,9 +305,92 @@ def test_cli_apps_bad_input_is_one_line(argv, message, tmp_path, capsys):
 
 
 def test_an_app_gives_the_same_numbers_on_a_process_pool(set_file, tmp_path):
-    cfg = continual.ContinualConfig("digits", (SetSource("dm", set_file),), steps=2, orders=(3,), baselines=(),
+    cfg = continual.ContinualConfig("digits", (SetSource("dm", set_file),), steps=2, orders=(3,), random=False,
                                     protocol=get_protocol("dc", epochs=2, n_models=1))
-    here = continual.continual(cfg, tmp_path / "serial", make_executor("serial", threads=1, progress=False))
+    here = run_study("continual", cfg, tmp_path / "serial", make_executor("serial", threads=1, progress=False))
     with make_executor("process", workers=2, threads=1, progress=False) as ex:
-        pool = continual.continual(cfg, tmp_path / "pool", ex)
+        pool = run_study("continual", cfg, tmp_path / "pool", ex)
     assert pool["sets"] == here["sets"]
+
+
+# -- the study protocol ----------------------------------------------------------------------------------
+TOY_STUDY = '''
+from dataclasses import dataclass, field
+from datadistill.studies.base import STUDIES, Job, Study
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    dataset: str
+    n: int = 2
+    scale: float = 1.0
+    tags: tuple[str, ...] = ("a",)
+    loud: bool = False
+    root: str | None = None
+    device: str = "cpu"
+
+
+@STUDIES.register("toy-study")
+class Toy(Study):
+    name, config, what = "toy-study", ToyConfig, "toy folder"
+
+    def jobs(self, cfg, out, resolved):
+        return [Job(f"job{i}", {"i": i, "scale": cfg.scale, "tags": list(cfg.tags)}) for i in range(cfg.n)]
+
+    def run(self, job):
+        return {"i": job["i"], "value": job["i"] * job["scale"], "tags": job["tags"]}
+
+    def summarize(self, cfg, rows, resolved):
+        return {"total": sum(r["value"] for r in rows), "loud": cfg.loud, "dataset": cfg.dataset}
+
+    def format(self, summary):
+        return f"total {summary['total']}"
+'''
+
+
+def test_a_new_study_is_one_file_with_its_flags_from_its_config(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import datadistill.studies as studies
+    from datadistill.studies import STUDIES, base
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "toy_study.py").write_text(TOY_STUDY)
+    for attr in ("_entries", "_names", "_aliases"):  # the registration ends with the test
+        monkeypatch.setattr(STUDIES, attr, dict(getattr(STUDIES, attr)))
+    monkeypatch.setattr(studies, "__path__", [*studies.__path__, str(pkg)])
+    monkeypatch.setattr(base, "_found", False)
+    try:
+        out = tmp_path / "toy"
+        argv = ["study", "toy-study", "--dataset", "digits", "--n", "3", "--scale", "0.5", "--tags", "x,y", "--loud",
+                "--out", str(out)]
+        assert main(argv) == 0
+        assert "total 1.5" in capsys.readouterr().out
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary == {"total": 1.5, "loud": True, "dataset": "digits"}
+        rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+        assert [r["tags"] for r in rows] == [["x", "y"]] * 3 and rows[2]["settings"] == {"i": 2, "scale": 0.5,
+                                                                                         "tags": ["x", "y"]}
+        assert json.loads((out / "config.json").read_text())["study"] == "toy-study"
+        stamps = {p.name: p.stat().st_mtime_ns for p in (out / "jobs").iterdir()}
+        assert main(argv) == 0  # resumed: every job kept
+        assert {p.name: p.stat().st_mtime_ns for p in (out / "jobs").iterdir()} == stamps
+        assert main([*argv[:-2], "--scale", "2", "--out", str(out)]) == 2  # other settings: an error, no silent mix
+        assert "other settings" in capsys.readouterr().err
+        assert main(["study", "toy-study", "--dataset", "digits", "--n", "two", "--out", str(tmp_path / "b")]) == 2
+        assert "--n 'two': give an int" in capsys.readouterr().err
+    finally:
+        sys.modules.pop("datadistill.studies.toy_study", None)
+
+
+def test_study_configs_round_trip_through_json(set_file):
+    from datadistill.studies import config_dict, config_from_dict
+    from datadistill.studies.ipc_curve import IPCCurveConfig
+
+    for cfg in (continual.ContinualConfig("digits", (SetSource("dm", set_file),), orders=(1, 2)),
+                nas.NASConfig("digits", width=(8,), act=("relu", "sigmoid"), full_models=1),
+                privacy.PrivacyConfig("digits", (privacy.parse_pipeline("dm: method=dm iterations=2"),), pool=8),
+                IPCCurveConfig("digits", ipcs=(1, 5))):
+        d = config_dict(cfg)
+        assert json.loads(json.dumps(d)) == d and config_from_dict(type(cfg), d) == cfg

@@ -156,15 +156,16 @@ def test_every_job_resolves_to_a_valid_config(suite):
         elif job.kind == "experts":
             cli.experts_config(cli.parse_args(["experts", "--dataset", job.dataset, *args]))
         elif job.kind == "app":  # the command parses, and each distillation it runs per half resolves
-            from datadistill.apps import privacy
+            from datadistill.studies import privacy
             from datadistill.config import RunConfig, from_dict
 
             a = cli.parse_args(["apps", job.app, "--dataset", job.dataset, *args, "--out", "x"])
             cfg = privacy.PrivacyConfig(job.dataset, ())
-            for text in getattr(a, "distill", []):
-                run = privacy.run_config(privacy.parse_pipeline(text), cfg, "100:0:0", 0, None)
+            for pipeline in privacy.PrivacyConfig.__dataclass_fields__["pipelines"].metadata["parse"](
+                    getattr(a, "pipelines", [])):
+                run = privacy.run_config(pipeline, cfg, "100:0:0", 0, None)
                 if privacy.needs_experts(run) is not None:
-                    run = privacy.run_config(privacy.parse_pipeline(text), cfg, "100:0:0", 0, "experts")
+                    run = privacy.run_config(pipeline, cfg, "100:0:0", 0, "experts")
                 resolve(from_dict(RunConfig, run, where=job.id))
 
 

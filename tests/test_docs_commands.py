@@ -199,7 +199,7 @@ def tiny_datadistill(argv: list[str], experts: "Experts") -> list[str]:
         if _flag(argv, "--from-experts") is None:
             argv = _set_flag(_set_flag(_set_flag(argv, "--dataset", "digits"), "--epochs", "1"), "--model", SMALL_MODEL)
         return argv + ["--force", "--no-progress"]
-    if sub == "apps":
+    if sub in ("apps", "study"):
         return tiny_apps(argv)
     if sub == "experts":
         argv = _set_flag(argv, "--dataset", "digits")
@@ -212,7 +212,7 @@ def tiny_datadistill(argv: list[str], experts: "Experts") -> list[str]:
 
 
 def tiny_apps(argv: list[str]) -> list[str]:
-    """A docs ``datadistill apps ...`` command at a tiny size on digits: a network of 1 epoch per job,
+    """A docs ``datadistill study ...`` (or ``apps ...``) command at a tiny size on digits: a network of 1 epoch per job,
     2 class steps of 1 order, 2 ConvNets, a pool of 8 images per class halved twice, 2-iteration
     distillations."""
     app = argv[1] if len(argv) > 1 else ""
@@ -224,6 +224,8 @@ def tiny_apps(argv: list[str]) -> list[str]:
         for flag, value in (("--width", "8"), ("--depth", "1,2"), ("--norm", "instancenorm"), ("--act", "relu"),
                             ("--pool", "avgpooling"), ("--full-epochs", "1")):
             argv = _set_flag(argv, flag, value)
+    elif app == "ipc-curve":
+        argv = _set_flag(argv, "--ipcs", "1,2")
     elif app == "privacy":
         out, i = [], 0
         while i < len(argv):

@@ -41,7 +41,7 @@ LAYERS: dict[str, int] = {
     "synset": 2, "train": 2,
     "evaluation": 3, "experts": 3, "teachers": 3, "viz": 3,
     "methods": 4,
-    "engine": 5, "resolve": 5, "rundir": 5, "report": 5, "executor": 5, "grids": 5, "sweep": 5, "apps": 5,
+    "engine": 5, "resolve": 5, "rundir": 5, "report": 5, "executor": 5, "grids": 5, "sweep": 5, "studies": 5,
     "cli": 6, "__main__": 6, "": 6,  # "": the package itself (datadistill/__init__.py)
 }
 DD = "methods.dd"

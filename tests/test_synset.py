@@ -87,7 +87,7 @@ def test_dataset_view_and_imagefolder_export(toy, tmp_path):
 
 def test_every_set_declares_its_labels_and_schedule():
     """`SetFeatures`: callers ask a set what it has instead of probing attribute names."""
-    from datadistill.apps.common import MemorySet
+    from datadistill.studies.sets import MemorySet
     from datadistill.evaluation.evaluator import RealSet
     from datadistill.synset import FactorizedSet, SetFeatures, StepSet
 

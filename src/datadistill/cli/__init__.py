@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import apps, data, distill, evaluate, experts, listing, pretrain, setfiles, sweep, teacher
+from . import data, distill, evaluate, experts, listing, pretrain, setfiles, study, sweep, teacher
 from .common import _is_user_error, _one_line_errors, _one_line_warnings
 from .distill import distill_config
 from .experts import experts_config
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the version and the package's path, and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # the order of `datadistill --help`
-    for module in (distill, evaluate, teacher, setfiles, data, pretrain, experts, sweep, apps, listing):
+    for module in (distill, evaluate, teacher, setfiles, data, pretrain, experts, sweep, study, listing):
         module.add_parsers(sub)
     return p
 
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"distill": distill.cmd_distill, "evaluate": evaluate.cmd_evaluate, "show": setfiles.cmd_show,
                 "export": setfiles.cmd_export, "data": data.cmd_data, "list": listing.cmd_list,
                 "pretrain": pretrain.cmd_pretrain, "import": setfiles.cmd_import, "experts": experts.cmd_experts,
-                "sweep": sweep.cmd_sweep, "teacher": teacher.cmd_teacher, "apps": apps.cmd_apps}[args.command](args)
+                "sweep": sweep.cmd_sweep, "teacher": teacher.cmd_teacher, "study": study.cmd_study,
+                "apps": study.cmd_study}[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted; a distill run continues with --resume", file=sys.stderr)
         return 130

@@ -102,7 +102,7 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **kwargs
 
     And the option ``split="POOL:SEED:SIDE"``: the training part is half ``SIDE`` (0 or 1) of split
     ``SEED`` of a fixed pool of ``POOL`` training images per class (`split_indices`), the test part
-    unchanged: a membership-inference experiment distils and trains on known halves (`apps.privacy`).
+    unchanged: a membership-inference experiment distils and trains on known halves (`studies.privacy`).
     """
     if SPLIT in kwargs:
         kwargs = dict(kwargs)

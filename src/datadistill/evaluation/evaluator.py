@@ -115,7 +115,7 @@ def evaluate(
 
     ``probe(i, net)`` is called with each trained network before it is dropped (model ``i``); its
     results are ``report.extra["probes"]`` in model order (a membership attack reads the network's
-    outputs on the training images this way: `apps.privacy`). Models with a probe train one after
+    outputs on the training images this way: `studies.privacy`). Models with a probe train one after
     another.
 
     Labels: the protocol's ``labels``, ``label_loss``, ``label_temperature`` and ``teacher``

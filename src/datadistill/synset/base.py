@@ -38,7 +38,7 @@ class SyntheticSet(Protocol):
 class SetFeatures:
     """What a set declares beyond the core protocol, with a plain hard-labelled set's defaults. Every
     set that training and evaluation take derives from it (`PixelSet`, `FactorizedSet`, `StepSet`,
-    the evaluator's `RealSet`, the apps' `MemorySet`), so that no caller probes a set by attribute name:
+    the evaluator's `RealSet`, the studies' `MemorySet`), so that no caller probes a set by attribute name:
 
     - ``label_vectors()``: the set's label vectors ``[N, C]`` (soft or learned labels), or None when
       it has class labels only; ``label_loss`` and ``label_temperature`` say how to train on them;

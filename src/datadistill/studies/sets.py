@@ -1,13 +1,9 @@
-"""What the applications share: the sets they compare (distilled-set files and the random baseline),
-a memory of some classes of a set, the grid of training jobs run through the executor (one result
-file per job, so an application resumes where it stopped) and its JSON-lines records.
-"""
+"""The sets the studies compare (distilled-set files and the random baseline) and a memory of some
+classes of a set."""
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,22 +11,13 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from ..config import ConfigError
 from ..data import LoadedDataset, load_dataset
 from ..data.spec import RealData
-from ..executor import Executor, Task
-from ..fileio import atomic_write_text
-from ..paths import check_output_dir
 from ..seeding import make_generator
 from ..synset.base import SetFeatures
+from .base import StudyError
 
 RANDOM = "random"
-JOBS = "jobs"
-RECORDS = "records.jsonl"
-
-
-class AppError(ConfigError):
-    """An application was asked for something it cannot do (bad sets, sizes or options)."""
 
 
 @dataclass(frozen=True)
@@ -62,24 +49,34 @@ def parse_sets(items: Sequence[str], *, dataset: str | None = None) -> list[SetS
         if not eq:
             name, path = "", item
         if not Path(path).is_file():
-            raise AppError(f"--set {item!r}: no such file {path!r} (give NAME=FILE with a distilled-set file)")
+            raise StudyError(f"--set {item!r}: no such file {path!r} (give NAME=FILE with a distilled-set file)")
         meta = read_meta(path)
         name = name or str(meta.get("method", Path(path).stem))
         if name == RANDOM and not eq:  # a random-subset file named by its method: not the baseline
             name = "random-file"
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
-            raise AppError(f"--set {item!r}: a set name may hold letters, digits and _ . + - only")
+            raise StudyError(f"--set {item!r}: a set name may hold letters, digits and _ . + - only")
         if name == RANDOM:
-            raise AppError(f"--set {item!r}: the name 'random' is the baseline's (drawn per job); name the file otherwise")
-        set_dataset = (meta.get("dataset") or {}).get("name")
-        if dataset is not None and set_dataset != dataset:
-            raise AppError(f"--set {item!r} was distilled on {set_dataset!r}, not {dataset!r}")
+            raise StudyError(f"--set {item!r}: the name 'random' is the baseline's (drawn per job); name the file otherwise")
         out.append(SetSource(name, str(path), hashlib.sha256(Path(path).read_bytes()).hexdigest()))
     names = [s.name for s in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise AppError(f"set names must be unique; repeated: {', '.join(dup)} (give NAME=FILE)")
+        raise StudyError(f"set names must be unique; repeated: {', '.join(dup)} (give NAME=FILE)")
+    if dataset is not None:
+        check_datasets(out, dataset)
     return out
+
+
+def check_datasets(sources: Sequence[SetSource], dataset: str) -> None:
+    """Every file among ``sources`` was distilled on ``dataset``."""
+    from ..synset.io import read_meta
+
+    for s in sources:
+        if s.is_file:
+            set_dataset = (read_meta(s.path).get("dataset") or {}).get("name")
+            if set_dataset != dataset:
+                raise StudyError(f"--set {s.name}={s.path} was distilled on {set_dataset!r}, not {dataset!r}")
 
 
 def file_ipc(path: str) -> int:
@@ -148,7 +145,7 @@ def file_memory(f: Any, classes: Sequence[int], per_class: int | None = None) ->
         idx = (y == c).nonzero().flatten()
         if per_class is not None:
             if len(idx) < per_class:
-                raise AppError(f"the set has {len(idx)} images of class {c}, fewer than {per_class}")
+                raise StudyError(f"the set has {len(idx)} images of class {c}, fewer than {per_class}")
             idx = idx[:per_class]
         keep.append(idx)
     idx = torch.cat(keep)
@@ -180,59 +177,6 @@ def restrict_test(data: LoadedDataset, classes: Sequence[int]) -> LoadedDataset:
     return dataclasses.replace(data, test=test)
 
 
-# -- jobs and records ----------------------------------------------------------------------------------
-def job_name(*parts: Any) -> str:
-    """A job's file name from its coordinates (file-safe)."""
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", "-".join(str(p) for p in parts))
-
-
-VOLATILE = ("device", "root", "out")  # where a job runs, not what it computes
-
-
-def settings_of(job: dict[str, Any]) -> dict[str, Any]:
-    """What a job computes (its row keeps it as ``settings``): the job less where it runs, as JSON."""
-    return json.loads(json.dumps({k: v for k, v in job.items() if k not in VOLATILE}))
-
-
-def run_jobs(executor: Executor, out: Path, tasks: list[Task], desc: str) -> list[dict[str, Any]]:
-    """Run the tasks not done yet (each writes ``out/jobs/NAME.json``), then every job's row, in order.
-    A result file made with other settings (another protocol, another file under the same name) is
-    an error, never a silent reuse."""
-    stale = []
-    for t in tasks:
-        if t.done():
-            kept = json.loads(Path(t.out).read_text()).get("settings")
-            if kept is not None and kept != settings_of(t.args[0]):
-                now = settings_of(t.args[0])
-                diff = sorted(k for k in set(kept) | set(now) if kept.get(k) != now.get(k))
-                stale.append(f"{Path(t.out).name} ({', '.join(diff)})")
-    if stale:
-        raise AppError(f"{out} holds results made with other settings: {'; '.join(stale[:3])}"
-                       f"{' ...' if len(stale) > 3 else ''}; give another --out (or remove those files)")
-    if any(not t.done() for t in tasks):
-        check_output_dir(out / JOBS, "results folder")
-    files = executor.run(tasks, desc=desc)
-    return [json.loads(Path(files[t.key]).read_text()) for t in tasks]
-
-
-def write_records(out: Path, rows: list[dict[str, Any]], name: str = RECORDS) -> Path:
-    """All rows as JSON lines, written atomically."""
-    path = out / name
-    atomic_write_text(path, "".join(json.dumps(r, sort_keys=False) + "\n" for r in rows))
-    return path
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (as the papers' ``np.std``)."""
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    m = sum(values) / n
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / n)
-
-
-def check_out(out: str | Path, what: str) -> Path:
-    out = Path(out)
-    check_output_dir(out, what)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+# the ``sets`` field of a study that compares set files (its flag: ``--set NAME=FILE``, repeated)
+SETS_FIELD = {"flag": "--set", "many": True, "parse": parse_sets, "metavar": "NAME=FILE",
+              "help": "a distilled-set file to compare (repeat; FILE alone is named by its method)"}

@@ -12,29 +12,25 @@ rankings' correlation (``full.seed_spearman``, ``full.seed_kendall``; the mean o
 and ``full.stable`` (seed Spearman >= `STABLE`). The proxies are ranked against the mean over seeds.
 Below that bar a proxy's correlation measures the reference's noise, and the table says so.
 
-Every (set, architecture, model) is one executor task with its result file ``jobs/NAME.json``
-(resumable, on any backend). ``records.jsonl`` holds every job's row, ``summary.json`` the
-correlations, ``nas.png`` proxy against whole-data accuracy.
+Every (set, architecture, model) is one job of the study (`studies.run_study`: one executor task
+with its result file ``jobs/NAME.json``; resumable, on any backend). ``records.jsonl`` holds every
+job's row, ``summary.json`` the correlations, ``nas.png`` proxy against whole-data accuracy.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import ConfigError
-from ..evaluation import EvalProtocol, evaluate
+from ..evaluation import EvalProtocol, evaluate, get_protocol
 from ..evaluation.evaluator import RealSet
-from ..executor import Executor, Task
-from ..fileio import atomic_write_text
-from ..version import git_commit
 from ..models import create_model
-from .common import (RANDOM, AppError, SetSource, check_out, data_for, file_ipc, file_memory, job_name, mean_std,
-                     random_memory, run_jobs, settings_of, write_records)
+from ..version import git_commit
+from .base import STUDIES, Job, Study, StudyError, job_name, mean_std
+from .sets import RANDOM, SETS_FIELD, SetSource, check_datasets, data_for, file_ipc, file_memory, random_memory
 
 FULL = "full"
 STABLE = 0.8  # the seeds' Spearman at which the whole-data ranking is taken as a reference
@@ -50,16 +46,16 @@ def architectures(grid: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
 
     bad = sorted(set(grid) - set(GRID_KEYS))
     if bad:
-        raise AppError(f"unknown architecture option(s) {bad}; valid: {', '.join(GRID_KEYS)}")
+        raise StudyError(f"unknown architecture option(s) {bad}; valid: {', '.join(GRID_KEYS)}")
     valid = {"norm": NORMS, "act": ACTS, "pool": POOLS}
     for key, values in grid.items():
         if not values:
-            raise AppError(f"--{key}: give at least one value")
+            raise StudyError(f"--{key}: give at least one value")
         for v in values:
             if key in valid and v not in valid[key]:
-                raise AppError(f"unknown ConvNet {key} {v!r}; valid: {', '.join(valid[key])}")
+                raise StudyError(f"unknown ConvNet {key} {v!r}; valid: {', '.join(valid[key])}")
             if key in ("width", "depth") and (not isinstance(v, int) or v < 1):
-                raise AppError(f"--{key}: give integers >= 1, got {v!r}")
+                raise StudyError(f"--{key}: give integers >= 1, got {v!r}")
     keys = list(grid)
     return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
 
@@ -81,21 +77,54 @@ def rank_correlations(a: Sequence[float], b: Sequence[float]) -> dict[str, float
     return {"spearman": float(rho), "kendall": float(tau)}
 
 
+def _values(key: str) -> dict[str, Any]:
+    """A grid option's field metadata: a comma-separated list on the command line."""
+    def parse(text: str) -> tuple[Any, ...]:
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        if key in ("width", "depth"):
+            try:
+                return tuple(int(v) for v in values)
+            except ValueError:
+                raise StudyError(f"--{key} {text!r}: give integers, e.g. 32,64") from None
+        return tuple(values)
+
+    default = ", ".join(map(str, DEFAULT_GRID.get(key, ()))) or "the model's own"
+    return {"parse": parse, "metavar": "A,B", "help": f"ConvNet {key} values, comma-separated (default {default})"}
+
+
 @dataclass(frozen=True)
 class NASConfig:
-    dataset: str
-    sets: tuple[SetSource, ...]
-    grid: dict[str, tuple[Any, ...]] = field(default_factory=lambda: dict(DEFAULT_GRID))
-    per_class: int | None = None
-    baselines: tuple[str, ...] = (RANDOM,)
-    protocol: EvalProtocol = field(default_factory=lambda: EvalProtocol())  # training on a proxy set
-    full_protocol: EvalProtocol = field(default_factory=lambda: EvalProtocol(epochs=20, n_models=2))
+    dataset: str = field(metadata={"help": "the dataset (of the sets, when files are given)"})
+    sets: tuple[SetSource, ...] = field(default=(), metadata=SETS_FIELD)
+    width: tuple[int, ...] = field(default=DEFAULT_GRID["width"], metadata=_values("width"))
+    depth: tuple[int, ...] = field(default=DEFAULT_GRID["depth"], metadata=_values("depth"))
+    norm: tuple[str, ...] = field(default=DEFAULT_GRID["norm"], metadata=_values("norm"))
+    act: tuple[str, ...] = field(default=(), metadata=_values("act"))  # empty: not varied (the model's own)
+    pool: tuple[str, ...] = field(default=DEFAULT_GRID["pool"], metadata=_values("pool"))
+    per_class: int | None = field(default=None, metadata={"help": "K images per class (default: the sets' own)"})
+    random: bool = field(default=True, metadata={"help": "the random baseline (real images drawn per class)"})
+    protocol: EvalProtocol = field(default_factory=lambda: get_protocol("dc", n_models=1), metadata={
+        "protocol": "dc", "n_models": 1})  # training on a proxy set
+    full_epochs: int = field(default=20, metadata={"help": "epochs of the whole-data training (default 20)"})
+    full_models: int = field(default=2, metadata={
+        "help": "whole-data networks per architecture, seeds 0.. (default 2: the reference's agreement with itself "
+                "is measured; 1 skips it)"})
     root: str | None = None
     device: str = "cpu"
 
+    @property
+    def grid(self) -> dict[str, tuple[Any, ...]]:
+        """The architecture options varied, in `GRID_KEYS` order."""
+        return {k: getattr(self, k) for k in GRID_KEYS if getattr(self, k)}
 
-def nas_job(job: dict[str, Any]) -> bytes:
-    """One architecture trained on one set (or the whole training set): its row (JSON)."""
+    @property
+    def full_protocol(self) -> EvalProtocol:
+        """The whole data's training: the proxies' protocol for ``full_epochs`` and ``full_models``."""
+        return self.protocol.with_(epochs=self.full_epochs, n_models=self.full_models)
+
+
+def nas_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One architecture trained on one set (or the whole training set): its row."""
     source = SetSource(**job["set"])
     f, data = data_for(source, job["dataset"], job["root"], job["device"])
     spec, arch = data.spec, job["arch"]
@@ -113,48 +142,59 @@ def nas_job(job: dict[str, Any]) -> bytes:
     protocol = EvalProtocol(**job["protocol"])
     t0 = time.perf_counter()
     rep = evaluate(trainset, data, protocol, device=job["device"], networks=network, indices=[job["model"]])
-    return json.dumps({"set": source.name, "file": source.path, "dataset": job["dataset"], "arch": arch_name(arch),
-                       "options": arch, "model": job["model"], "accuracy": 100 * rep.accuracies[0],
-                       "seconds": time.perf_counter() - t0, "train_images": len(trainset) if source.name != FULL
-                       else len(data.train), "epochs": protocol.epochs, "protocol": protocol.name, "commit": git_commit(),
-                       "settings": settings_of(job)}).encode()
+    return {"set": source.name, "file": source.path, "dataset": job["dataset"], "arch": arch_name(arch),
+            "options": arch, "model": job["model"], "accuracy": 100 * rep.accuracies[0],
+            "seconds": time.perf_counter() - t0, "train_images": len(trainset) if source.name != FULL
+            else len(data.train), "epochs": protocol.epochs, "protocol": protocol.name, "commit": git_commit()}
 
 
-def nas(cfg: NASConfig, out: str | Path, executor: Executor) -> dict[str, Any]:
-    """Run (or resume) the search for every proxy and the whole data; returns the summary."""
-    out = check_out(out, "architecture-search folder")
-    archs = architectures(cfg.grid)
-    if len(archs) < 2:
-        raise AppError("a ranking needs at least two architectures; widen the grid")
-    bad = [b for b in cfg.baselines if b != RANDOM]
-    if bad:
-        raise AppError(f"unknown baseline(s) {bad}; valid: {RANDOM}")
-    ipcs = {s.name: file_ipc(s.path) for s in cfg.sets}
-    k = cfg.per_class or (min(ipcs.values()) if ipcs else None)
-    if k is None:
-        raise AppError("without a set file, give --per-class K for the random baseline")
-    if any(i < k for i in ipcs.values()):
-        raise AppError(f"--per-class {k}: some sets hold fewer images per class: {ipcs}")
-    sources = [SetSource(FULL)] + list(cfg.sets) + [SetSource(b) for b in cfg.baselines]
-    tasks = []
-    for src in sources:
-        protocol = cfg.full_protocol if src.name == FULL else cfg.protocol
-        for arch in archs:
-            for m in range(protocol.n_models):
-                job = {"set": src.to_dict(), "dataset": cfg.dataset, "root": cfg.root, "device": cfg.device,
-                       "arch": arch, "model": m, "per_class": k, "protocol": protocol.to_dict()}
-                name = job_name(src.name, arch_name(arch), f"model{m}")
-                tasks.append(Task(key=name, fn=nas_job, args=(job,), out=out / "jobs" / f"{name}.json"))
-    d = asdict(cfg)
-    d.update(protocol=cfg.protocol.to_dict(), full_protocol=cfg.full_protocol.to_dict(), per_class=k)
-    atomic_write_text(out / "config.json", json.dumps(d, indent=1, default=list) + "\n")
-    rows = run_jobs(executor, out, tasks, "nas")
-    write_records(out, rows)
-    summary = summarize(rows, [arch_name(a) for a in archs], cfg, k)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    atomic_write_text(out / "summary.md", format_summary(summary) + "\n")
-    plot_nas(summary, out / "nas.png")
-    return summary
+@STUDIES.register("nas")
+class NAS(Study):
+    """Rank a grid of ConvNets by training on each set against the whole data."""
+
+    name = "nas"
+    config = NASConfig
+    what = "architecture-search folder"
+    help = ("rank a grid of ConvNets by training on each set against the whole data (Spearman, Kendall, time "
+            "saved); resumable")
+    figure = "nas.png"
+
+    def check(self, cfg: NASConfig) -> dict[str, Any]:
+        if len(architectures(cfg.grid)) < 2:
+            raise StudyError("a ranking needs at least two architectures; widen the grid")
+        check_datasets(cfg.sets, cfg.dataset)
+        ipcs = {s.name: file_ipc(s.path) for s in cfg.sets}
+        k = cfg.per_class or (min(ipcs.values()) if ipcs else None)
+        if k is None:
+            raise StudyError("without a set file, give --per-class K for the random baseline")
+        if any(i < k for i in ipcs.values()):
+            raise StudyError(f"--per-class {k}: some sets hold fewer images per class: {ipcs}")
+        return {"per_class": k, "full_protocol": cfg.full_protocol.to_dict()}
+
+    def jobs(self, cfg: NASConfig, out: Path, resolved: dict[str, Any]) -> list[Job]:
+        sources = [SetSource(FULL)] + list(cfg.sets) + ([SetSource(RANDOM)] if cfg.random else [])
+        jobs = []
+        for src in sources:
+            protocol = cfg.full_protocol if src.name == FULL else cfg.protocol
+            for arch in architectures(cfg.grid):
+                for m in range(protocol.n_models):
+                    job = {"set": src.to_dict(), "dataset": cfg.dataset, "root": cfg.root, "device": cfg.device,
+                           "arch": arch, "model": m, "per_class": resolved["per_class"],
+                           "protocol": protocol.to_dict()}
+                    jobs.append(Job(job_name(src.name, arch_name(arch), f"model{m}"), job))
+        return jobs
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        return nas_job(job)
+
+    def summarize(self, cfg: NASConfig, rows: list[dict[str, Any]], resolved: dict[str, Any]) -> dict[str, Any]:
+        return summarize(rows, [arch_name(a) for a in architectures(cfg.grid)], cfg, resolved["per_class"])
+
+    def format(self, summary: dict[str, Any]) -> str:
+        return format_summary(summary)
+
+    def plot(self, summary: dict[str, Any], path: Path) -> Path:
+        return plot_nas(summary, path)
 
 
 def summarize(rows: list[dict[str, Any]], names: list[str], cfg: NASConfig, k: int) -> dict[str, Any]:
@@ -238,21 +278,3 @@ def plot_nas(summary: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("accuracy after training on the proxy (%)")
         ax.set_ylabel("whole-data accuracy (%)")
     return save_figure(fig, path)
-
-
-def parse_grid_options(width: str | None, depth: str | None, norm: str | None, act: str | None,
-                       pool: str | None) -> dict[str, tuple[Any, ...]]:
-    """The CLI's comma-separated lists -> a grid (the default grid's values where not given)."""
-    grid: dict[str, tuple[Any, ...]] = dict(DEFAULT_GRID)
-    for key, text in (("width", width), ("depth", depth), ("norm", norm), ("act", act), ("pool", pool)):
-        if text is None:
-            continue
-        values = [v.strip() for v in text.split(",") if v.strip()]
-        if key in ("width", "depth"):
-            try:
-                grid[key] = tuple(int(v) for v in values)
-            except ValueError:
-                raise ConfigError(f"--{key} {text!r}: give integers, e.g. 32,64") from None
-        else:
-            grid[key] = tuple(values)
-    return {k: grid[k] for k in GRID_KEYS if k in grid}

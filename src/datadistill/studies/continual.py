@@ -13,26 +13,25 @@ per class, that is the set it would distil on the step's classes alone; for meth
 classes (DC, MTT) it is the set distilled with every class present, which a strict protocol would
 distil step by step.
 
-Every (set, order, step, model) is one executor task with its result file ``jobs/NAME.json``, so a
-run resumes and spreads over any backend; ``records.jsonl`` holds every job's row, ``summary.json``
-the mean +- std per set and step over orders and models, ``continual.png`` the curves.
+Every (set, order, step, model) is one job of the study (`studies.run_study`: one executor task
+with its result file ``jobs/NAME.json``, so a run resumes and spreads over any backend);
+``records.jsonl`` holds every job's row, ``summary.json`` the mean +- std per set and step over
+orders and models, ``continual.png`` the curves.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import ConfigError
-from ..evaluation import EvalProtocol, evaluate
-from ..executor import Executor, Task
-from ..fileio import atomic_write_text
+from ..evaluation import EvalProtocol, evaluate, get_protocol
 from ..version import git_commit
-from .common import (RANDOM, AppError, SetSource, check_out, data_for, file_ipc, file_memory, job_name, mean_std,
-                     random_memory, restrict_test, run_jobs, settings_of, write_records)
+from .base import STUDIES, Job, Study, StudyError, job_name, mean_std
+from .sets import (RANDOM, SETS_FIELD, SetSource, check_datasets, data_for, file_ipc, file_memory, random_memory,
+                   restrict_test)
 
 # the released script's settings: 3 networks per order, DSA on every set, 1000 epochs (`dsa-paper`)
 DEFAULT_PROTOCOL = "dsa-paper"
@@ -52,49 +51,59 @@ def step_classes(order: Sequence[int], steps: int) -> list[list[int]]:
     return [list(order[s * per:(s + 1) * per]) for s in range(steps)]
 
 
+def parse_orders(text: str) -> tuple[int, ...]:
+    """``"0-4"`` or ``"0,1,2"`` -> seeds."""
+    try:
+        if "-" in text:
+            a, b = text.split("-")
+            return tuple(range(int(a), int(b) + 1))
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--orders {text!r}: give seeds as 0-4 or 0,1,2") from None
+
+
 @dataclass(frozen=True)
 class ContinualConfig:
-    dataset: str
-    sets: tuple[SetSource, ...]
-    steps: int = 5
-    orders: tuple[int, ...] = (0, 1, 2, 3, 4)  # class-order seeds
-    per_class: int | None = None  # K; None: the sets' images per class
-    baselines: tuple[str, ...] = (RANDOM,)
-    protocol: EvalProtocol = field(default_factory=lambda: EvalProtocol())
+    dataset: str = field(metadata={"help": "the dataset (of the sets, when files are given)"})
+    sets: tuple[SetSource, ...] = field(default=(), metadata=SETS_FIELD)
+    steps: int = field(default=5, metadata={"help": "class groups arriving one after another (default 5)"})
+    orders: tuple[int, ...] = field(default=(0, 1, 2, 3, 4), metadata={
+        "parse": parse_orders, "metavar": "0-4", "help": "class-order seeds (default 0-4, as the script)"})
+    per_class: int | None = field(default=None, metadata={"help": "K images per class (default: the sets' own)"})
+    random: bool = field(default=True, metadata={"help": "the random baseline (real images drawn per class)"})
+    protocol: EvalProtocol = field(default_factory=lambda: get_protocol(DEFAULT_PROTOCOL, n_models=3), metadata={
+        "protocol": DEFAULT_PROTOCOL, "n_models": 3})
     root: str | None = None
     device: str = "cpu"
 
 
 def check_config(cfg: ContinualConfig, num_classes: int) -> int:
-    """K, after checking what the run asks for (AppError otherwise)."""
+    """K, after checking what the run asks for (StudyError otherwise)."""
     if not 2 <= cfg.steps <= num_classes:
-        raise AppError(f"steps must be between 2 and the number of classes ({num_classes}), got {cfg.steps}")
+        raise StudyError(f"steps must be between 2 and the number of classes ({num_classes}), got {cfg.steps}")
     if not cfg.orders or len(set(cfg.orders)) != len(cfg.orders) or min(cfg.orders) < 0:
-        raise AppError(f"orders must be distinct seeds >= 0, got {list(cfg.orders)}")
-    bad = [b for b in cfg.baselines if b != RANDOM]
-    if bad:
-        raise AppError(f"unknown baseline(s) {bad}; valid: {RANDOM} (a herding memory is a herding file: "
-                       "--set herding=FILE, made by `datadistill distill --method herding`)")
-    if not cfg.sets and not cfg.baselines:
-        raise AppError("nothing to compare: give --set NAME=FILE (and/or keep the random baseline)")
+        raise StudyError(f"orders must be distinct seeds >= 0, got {list(cfg.orders)}")
+    check_datasets(cfg.sets, cfg.dataset)
+    if not cfg.sets and not cfg.random:
+        raise StudyError("nothing to compare: give --set NAME=FILE (and/or keep the random baseline)")
     ipcs = {s.name: file_ipc(s.path) for s in cfg.sets}
     k = cfg.per_class
     if k is None:
         if len(set(ipcs.values())) > 1:
-            raise AppError(f"the sets hold different numbers of images per class ({ipcs}); give --per-class K (each "
+            raise StudyError(f"the sets hold different numbers of images per class ({ipcs}); give --per-class K (each "
                            "memory then takes the first K of each class)")
         if not ipcs:
-            raise AppError("without a set file, give --per-class K for the random baseline")
+            raise StudyError("without a set file, give --per-class K for the random baseline")
         k = next(iter(ipcs.values()))
     short = {n: i for n, i in ipcs.items() if i < k}
     if k < 1 or short:
-        raise AppError(f"--per-class {k}: the sets {short} hold fewer images per class" if short else
+        raise StudyError(f"--per-class {k}: the sets {short} hold fewer images per class" if short else
                        f"--per-class must be >= 1, got {k}")
     return k
 
 
-def continual_job(job: dict[str, Any]) -> bytes:
-    """One network trained on the memory of one set after one step of one order: its row (JSON)."""
+def continual_job(job: dict[str, Any]) -> dict[str, Any]:
+    """One network trained on the memory of one set after one step of one order: its row."""
     source = SetSource(**job["set"])
     f, data = data_for(source, job["dataset"], job["root"], job["device"])
     seen = [c for group in job["groups"][: job["step"] + 1] for c in group]
@@ -118,44 +127,51 @@ def continual_job(job: dict[str, Any]) -> bytes:
            "commit": git_commit()}
     if "labels" in rep.extra:
         row["labels"] = rep.extra["labels"]
-    row["settings"] = settings_of(job)
-    return json.dumps(row).encode()
+    return row
 
 
-def continual(cfg: ContinualConfig, out: str | Path, executor: Executor) -> dict[str, Any]:
-    """Run (or resume) the protocol for every set; returns the summary (also ``out/summary.json``)."""
-    from ..data import load_dataset
+@STUDIES.register("continual")
+class Continual(Study):
+    """Class-incremental learning with a memory of K images per class from each set (DC/DM's CL_DM.py)."""
 
-    out = check_out(out, "continual-learning folder")
-    data = load_dataset(cfg.dataset, cfg.root)
-    k = check_config(cfg, data.spec.num_classes)
-    sources = list(cfg.sets) + [SetSource(b) for b in cfg.baselines]
-    tasks = []
-    for src in sources:
-        for o in cfg.orders:
-            groups = step_classes(class_order(data.spec.num_classes, o), cfg.steps)
-            for step in range(cfg.steps):
-                for m in range(cfg.protocol.n_models):
-                    job = {"set": src.to_dict(), "dataset": cfg.dataset, "root": cfg.root, "device": cfg.device,
-                           "groups": groups, "order": o, "step": step, "model": m, "per_class": k,
-                           "protocol": cfg.protocol.to_dict()}
-                    name = job_name(src.name, f"order{o}", f"step{step + 1}", f"model{m}")
-                    tasks.append(Task(key=name, fn=continual_job, args=(job,), out=out / "jobs" / f"{name}.json"))
-    _write_config(out, cfg, k)
-    rows = run_jobs(executor, out, tasks, "continual")
-    write_records(out, rows)
-    summary = summarize(rows, cfg, k)
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    atomic_write_text(out / "summary.md", format_summary(summary) + "\n")
-    plot_continual(summary, out / "continual.png")
-    return summary
+    name = "continual"
+    config = ContinualConfig
+    what = "continual-learning folder"
+    help = ("class-incremental learning with a memory of K images per class from each set (DC/DM's CL_DM.py); "
+            "resumable")
+    figure = "continual.png"
 
+    def check(self, cfg: ContinualConfig) -> dict[str, Any]:
+        from ..data import load_dataset
 
-def _write_config(out: Path, cfg: ContinualConfig, k: int) -> None:
-    d = asdict(cfg)
-    d["protocol"] = cfg.protocol.to_dict()
-    d["per_class"] = k
-    atomic_write_text(out / "config.json", json.dumps(d, indent=1) + "\n")
+        spec = load_dataset(cfg.dataset, cfg.root).spec
+        return {"per_class": check_config(cfg, spec.num_classes), "num_classes": spec.num_classes}
+
+    def jobs(self, cfg: ContinualConfig, out: Path, resolved: dict[str, Any]) -> list[Job]:
+        sources = list(cfg.sets) + ([SetSource(RANDOM)] if cfg.random else [])
+        jobs = []
+        for src in sources:
+            for o in cfg.orders:
+                groups = step_classes(class_order(resolved["num_classes"], o), cfg.steps)
+                for step in range(cfg.steps):
+                    for m in range(cfg.protocol.n_models):
+                        job = {"set": src.to_dict(), "dataset": cfg.dataset, "root": cfg.root, "device": cfg.device,
+                               "groups": groups, "order": o, "step": step, "model": m,
+                               "per_class": resolved["per_class"], "protocol": cfg.protocol.to_dict()}
+                        jobs.append(Job(job_name(src.name, f"order{o}", f"step{step + 1}", f"model{m}"), job))
+        return jobs
+
+    def run(self, job: dict[str, Any]) -> dict[str, Any]:
+        return continual_job(job)
+
+    def summarize(self, cfg: ContinualConfig, rows: list[dict[str, Any]], resolved: dict[str, Any]) -> dict[str, Any]:
+        return summarize(rows, cfg, resolved["per_class"])
+
+    def format(self, summary: dict[str, Any]) -> str:
+        return format_summary(summary)
+
+    def plot(self, summary: dict[str, Any], path: Path) -> Path:
+        return plot_continual(summary, path)
 
 
 def summarize(rows: list[dict[str, Any]], cfg: ContinualConfig, k: int) -> dict[str, Any]:
@@ -207,14 +223,3 @@ def plot_continual(summary: dict[str, Any], path: Path) -> Path:
                  f"{len(summary['orders'])} orders x {summary['n_models']} networks", fontsize=10)
     ax.legend()
     return save_figure(fig, path)
-
-
-def parse_orders(text: str) -> tuple[int, ...]:
-    """``"0-4"`` or ``"0,1,2"`` -> seeds."""
-    try:
-        if "-" in text:
-            a, b = text.split("-")
-            return tuple(range(int(a), int(b) + 1))
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise ConfigError(f"--orders {text!r}: give seeds as 0-4 or 0,1,2") from None
