@@ -204,3 +204,10 @@ def test_the_checker_sees_lazy_relative_and_from_package_imports(tmp_path):
     assert layer("methods.dd.pools") == 4 and layer("") == 6 and layer("data.mirrors") == 1
     with pytest.raises(AssertionError, match="has no layer"):
         layer("somewhere_new")
+
+
+def test_module_sizes():
+    """Issue 30's bound on a module: none under src/ over 400 lines, none of cli/ over 300."""
+    long = {name or "(package)": n for name, path in MODULES.items()
+            if (n := len(path.read_text().splitlines())) > (300 if name.startswith("cli") else 400)}
+    assert not long, f"modules over their line bound (400; cli 300): {long}"

@@ -12,7 +12,8 @@ from typing import Callable
 import torch
 
 from ..data.spec import DatasetSpec
-from .dsa import DSAConfig, apply, sample_params
+from .dsa import DSAConfig, sample_params
+from .dsa_ops import apply
 
 
 def dsa_augment(spec: DatasetSpec, strategy: str, *, flip_all: bool = False,

@@ -1,7 +1,7 @@
 """Datasets: the registry, `DatasetSpec`, `RealData` and the registered loaders."""
 
 from . import mnist  # noqa: F401  (registers mnist, fashion_mnist, digits, procedural)
-from . import vision  # noqa: F401  (registers cifar10, cifar100, svhn, tinyimagenet, imagefolder)
+from . import folders, vision  # noqa: F401  (register cifar10, cifar100, svhn; tinyimagenet, imagefolder)
 from .registry import (DATASETS, DatasetDownloadError, DatasetEntry, DatasetMissingError, DatasetOptionError,
                        default_root, load_dataset, register_dataset)
 from .spec import DatasetSpec, LoadedDataset, RealData
