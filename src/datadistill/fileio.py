@@ -31,3 +31,16 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text))
+
+
+def safetensors_header(path: str | os.PathLike[str], key: str) -> str | None:
+    """The string stored under ``key`` in a safetensors file's header metadata (None when absent), read
+    without loading a tensor. OSError or ValueError (safetensors' own error becomes one) when the file
+    cannot be read as safetensors."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get(key)
+    except SafetensorError as e:
+        raise ValueError(str(e)) from e

@@ -24,13 +24,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .augment.training import dsa_augment
 from .config import ConfigError
 from .data.spec import DatasetSpec, LoadedDataset
-from .fileio import atomic_write
+from .fileio import atomic_write, safetensors_header
 from .models import MODELS, create_model
 from .seeding import make_generator
 from .train import accuracy, real_batches, train_classifier
@@ -171,8 +171,7 @@ def load_teacher(path: str | os.PathLike[str], device: torch.device | str = "cpu
         raise TeacherError(f"no teacher file {path}; make one with `datadistill teacher --dataset D --out {path}` "
                            "(or --from-experts DIR)")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(META_KEY)
+        raw = safetensors_header(path, META_KEY)
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise TeacherError(f"{path} is not a readable safetensors file ({e})") from None

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 
-from ..synset.io import atomic_write_text
+from ..fileio import atomic_write_text, safetensors_header
 from .config import FOLDER_FIELDS, ExpertConfig, ExpertError, config_diff
 
 FORMAT_VERSION = 1
@@ -54,9 +54,8 @@ class Shard:
 
 def read_shard(path: Path) -> Shard:
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = (f.metadata() or {}).get(META_KEY)
-    except (SafetensorError, OSError) as e:
+        header = safetensors_header(path, META_KEY)
+    except (OSError, ValueError) as e:
         raise ExpertError(f"{path} is not a readable safetensors file ({e}); delete it and train that expert "
                           "again") from e
     if header is None:

@@ -47,7 +47,7 @@ from ..data.spec import LoadedDataset
 from ..models import create_model
 from ..seeding import fork
 from ..synset import PixelSet
-from ..synset.io import atomic_write
+from ..fileio import atomic_write
 from ..train.loop import real_batches, train_classifier
 from .base import Context, MethodEntry, MethodHooks, config_model, register_method
 

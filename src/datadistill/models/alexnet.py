@@ -12,14 +12,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import NORMS_2D, Norm2d, check_choice, check_spatial, conv_out, norm2d
+from .layers import NORMS_2D, ConvTrunk, Norm2d, check_choice, check_spatial, conv_out, norm2d
 from .registry import register_model, register_preset
 
 # (out channels, kernel, padding, max pool after?)
 _LAYERS = ((128, 5, 2, True), (192, 5, 2, True), (256, 3, 1, False), (192, 3, 1, False), (192, 3, 1, True))
 
 
-class AlexNet(nn.Module):
+class AlexNet(ConvTrunk):
     def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int], norm: Norm2d = "none") -> None:
         super().__init__()
         check_choice("AlexNet", "norm", norm, NORMS_2D)
@@ -41,14 +41,8 @@ class AlexNet(nn.Module):
         self.num_features = c * h * w
         self.fc = nn.Linear(self.num_features, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
-
-    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, f: torch.Tensor) -> torch.Tensor:  # ``fc``: the DC zoo's state-dict name
         return self.fc(f)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 @register_model("alexnet", "AlexNet")

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import nn
 
+from .layers import ConvTrunk
 from .registry import register_model, register_preset
 
 Norm = Literal["instancenorm", "batchnorm", "layernorm", "groupnorm", "none"]
@@ -53,7 +53,7 @@ def _pool(kind: str) -> nn.Module:
     return {"avgpooling": lambda: nn.AvgPool2d(2, 2), "maxpooling": lambda: nn.MaxPool2d(2, 2), "none": nn.Identity}[kind]()
 
 
-class ConvNet(nn.Module):
+class ConvNet(ConvTrunk):
     def __init__(
         self,
         in_channels: int,
@@ -90,15 +90,6 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.num_features = c * h * w
         self.classifier = nn.Linear(self.num_features, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
-
-    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
-        return self.classifier(f)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 @register_model("convnet", "ConvNet")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import nn
 
 Norm2d = Literal["instancenorm", "batchnorm", "none"]
@@ -38,3 +39,21 @@ def check_spatial(model: str, image_size: tuple[int, int], hw: tuple[int, int]) 
             f"{model} cannot take {image_size[0]}x{image_size[1]} images: the feature map shrinks "
             f"to {hw[0]}x{hw[1]}; use larger images or another model"
         )
+
+
+class ConvTrunk(nn.Module):
+    """A model that is a conv trunk ``features``, flattened, then one linear layer ``classifier``
+    (ConvNet, VGG, AlexNet): ``forward_features`` is the flattened trunk output, ``forward_head`` the
+    linear layer (a subclass whose layer has another state-dict name overrides it)."""
+
+    features: nn.Module
+    classifier: nn.Module
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
+        return self.classifier(f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

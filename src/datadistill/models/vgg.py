@@ -10,16 +10,15 @@ The zoo's trailing ``AvgPool2d(1, 1)`` is the identity and is left out.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from .layers import NORMS_2D, Norm2d, check_choice, check_spatial, conv_out, norm2d
+from .layers import NORMS_2D, ConvTrunk, Norm2d, check_choice, check_spatial, conv_out, norm2d
 from .registry import register_model, register_preset
 
 VGG11_CFG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
-class VGG(nn.Module):
+class VGG(ConvTrunk):
     def __init__(
         self,
         in_channels: int,
@@ -44,15 +43,6 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.num_features = c * h * w
         self.classifier = nn.Linear(self.num_features, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
-
-    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
-        return self.classifier(f)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 @register_model("vgg11", "VGG11")

@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors.torch import load_file, save_file
 
 from ..data.spec import DatasetSpec
 from ..data.zca import KEY as ZCA_KEY, ZCA, ZCAError
-from ..fileio import atomic_write, atomic_write_text  # noqa: F401  (also re-exported: their old home)
+from ..fileio import atomic_write, safetensors_header
 from ..version import versions
 from .base import SYNSETS, SyntheticSet
 
@@ -98,9 +98,8 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise SynsetFileError(f"no such file: {path}")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(META_KEY)
-    except (SafetensorError, OSError, ValueError) as e:
+        raw = safetensors_header(path, META_KEY)
+    except (OSError, ValueError) as e:
         raise SynsetFileError(f"{path} is not a safetensors file ({e})") from e
     if raw is None:
         raise SynsetFileError(f"{path} is a safetensors file but has no datadistill metadata")
