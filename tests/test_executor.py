@@ -125,6 +125,23 @@ def test_evaluation_grid_same_accuracies_as_serial(ray_executor, set_file, tmp_p
         assert len(list((tmp_path / name).glob("*.json"))) == 6
 
 
+def test_evaluation_grid_batches_models_as_evaluate_does(set_file, tmp_path):
+    """--batch-models through an executor: one task per group of B models trained together, the
+    accuracies of `evaluate(batch_models=B)` on the same indices, and a resumed grid reruns nothing."""
+    torch.set_num_threads(1)
+    protocol = get_protocol("dc", epochs=3, n_models=3)
+    f, data, _ = open_for_evaluation(set_file)
+    ref = evaluate(f.synset, data, protocol, model="mlp", batch_models=2)
+    ex = make_executor("serial", threads=1, progress=False)
+    got = evaluate_on(ex, set_file, protocol, ["mlp"], work_dir=tmp_path, batch_models=2)["mlp"]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["mlp-000-x2.json", "mlp-002-x1.json"]
+    assert got.seeds == ref.seeds and got.accuracies[2] == ref.accuracies[2]
+    assert got.accuracies[:2] == pytest.approx(ref.accuracies[:2], abs=1e-6)
+    stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")}
+    again = evaluate_on(ex, set_file, protocol, ["mlp"], work_dir=tmp_path, batch_models=2)["mlp"]
+    assert again.accuracies == got.accuracies and stamp == {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")}
+
+
 def test_indices_train_the_same_models(set_file):
     protocol = get_protocol("dc", epochs=3, n_models=3)
     f, data, _ = open_for_evaluation(set_file)

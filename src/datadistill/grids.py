@@ -74,17 +74,22 @@ def open_for_evaluation(path: str | Path, *, root: str | Path | None = None,
     return f, data, file_evaluation(f.meta, data.spec)
 
 
-def evaluate_model(blob: bytes, protocol: dict[str, Any], model: str, index: int, *, root: str | None = None,
-                   device: str = "cpu") -> bytes:
+def evaluate_model(blob: bytes, protocol: dict[str, Any], model: str, index: int | Sequence[int], *,
+                   root: str | None = None, device: str = "cpu", batch_models: int = 1) -> bytes:
     """Model ``index`` of ``protocol`` trained on the distilled set whose file bytes are ``blob``: the
-    JSON of its accuracy, seed, seconds and lr (an executor's task)."""
+    JSON of its accuracy, seed, seconds and lr (an executor's task). A list of indices trains those
+    models together, ``batch_models`` at a time (`evaluate`), and gives ``{"rows": [...]}``, a row each."""
+    group = [index] if isinstance(index, int) else [int(i) for i in index]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "set.safetensors"
         path.write_bytes(blob)
         f, data, how = open_for_evaluation(path, root=root, device=device)
         rep = evaluate(f.synset, data, EvalProtocol(**protocol), model=model, device=device, networks=how.networks,
-                       indices=[index])
-    return json.dumps({"index": index, **network_row(rep)}).encode()
+                       indices=group, batch_models=batch_models)
+    row = network_row(rep)
+    rows = [{"index": i, **row, "accuracy": rep.accuracies[j], "seed": rep.seeds[j], "seconds": rep.seconds / len(group)}
+            for j, i in enumerate(group)]
+    return json.dumps(rows[0] if isinstance(index, int) else {"rows": rows}).encode()
 
 
 def evaluation_dir(blob: bytes, protocol: EvalProtocol) -> Path:
@@ -95,25 +100,42 @@ def evaluation_dir(blob: bytes, protocol: EvalProtocol) -> Path:
 
 def evaluate_on(executor: Executor, path: str | Path, protocol: EvalProtocol, models: Sequence[str], *,
                 root: str | Path | None = None, device: str = "cpu", work_dir: str | Path | None = None,
-                networks: Any = None) -> dict[str, EvalReport]:
+                networks: Any = None, batch_models: int = 1) -> dict[str, EvalReport]:
     """`evaluation.evaluate_models` on a file through ``executor``: one task per model and
-    architecture, each result kept in ``work_dir`` (default `evaluation_dir`) as ``MODEL-NNN.json``.
+    architecture (``MODEL-NNN.json`` in ``work_dir``, default `evaluation_dir`), or with
+    ``batch_models`` B > 1 one task per B consecutive models trained together (``MODEL-NNN-xB.json``).
     ``networks``, the starting networks a method provides (`FileEvaluation.networks`), caps the
     number of models when it is a finite pool (`evaluation.evaluator.n_networks`)."""
+    if batch_models < 1:
+        raise ConfigError(f"batch_models must be >= 1, got {batch_models}")
     for m in models:  # every name is checked before the first task
         MODELS.get(m)
     blob = Path(path).read_bytes()
     work = Path(work_dir) if work_dir is not None else evaluation_dir(blob, protocol)
     n = n_networks(protocol.n_models, networks)
     root = None if root is None else str(root)
-    tasks = [Task(key=f"{m} model {i}", fn=evaluate_model, args=(blob, protocol.to_dict(), MODELS.canonical(m), i),
-                  kwargs={"root": root, "device": device}, out=work / f"{MODELS.canonical(m)}-{i:03d}.json")
-             for m in models for i in range(n)]
+    groups = [list(range(i, min(i + batch_models, n))) for i in range(0, n, batch_models)]
+    tasks = {}
+    for m in models:
+        name = MODELS.canonical(m)
+        for g in groups:
+            index: int | list[int] = g[0] if batch_models == 1 else g
+            file = f"{name}-{g[0]:03d}.json" if batch_models == 1 else f"{name}-{g[0]:03d}-x{len(g)}.json"
+            tasks[(m, g[0])] = Task(key=f"{m} model {g[0]}" + (f"-{g[-1]}" if len(g) > 1 else ""), fn=evaluate_model,
+                                    args=(blob, protocol.to_dict(), name, index),
+                                    kwargs={"root": root, "device": device, "batch_models": batch_models},
+                                    out=work / file)
     if tasks:
         check_output_dir(work, "evaluation folder")
-    files = executor.run(tasks, desc="evaluate")
+    files = executor.run(list(tasks.values()), desc="evaluate")
     reports = {}
     for m in models:
-        rows = [json.loads(Path(files[f"{m} model {i}"]).read_text()) for i in range(n)]
-        reports[m] = EvalReport.from_rows(m, rows, extra={"executor": executor.name, "results": str(work)})
+        rows = []
+        for g in groups:
+            got = json.loads(Path(files[tasks[(m, g[0])].key]).read_text())
+            rows += got["rows"] if "rows" in got else [got]
+        extra = dict(rows[0].get("extra") or {})  # what the models trained on (labels, teacher), as `evaluate` says
+        if executor.name != "serial":
+            extra.update(executor=executor.name, results=str(work))
+        reports[m] = EvalReport.from_rows(m, rows, extra=extra)
     return reports

@@ -41,12 +41,6 @@ def _executor_options(p: argparse.ArgumentParser, what: str) -> None:
                    "local one)")
 
 
-def _executor_asked(args: argparse.Namespace) -> bool:
-    """Whether any executor option was given (else the command runs its plain in-process path)."""
-    return bool(args.executor != "serial" or args.workers or args.threads or args.ray_address
-                or getattr(args, "work_dir", None))
-
-
 def _executor(args: argparse.Namespace, device: Any):
     from ..executor import make_executor
 

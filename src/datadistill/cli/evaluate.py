@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from .common import _csv, _executor, _executor_asked, _executor_options, _protocol
+from .common import _csv, _executor, _executor_options, _protocol
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +29,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "DD's replay schedule and a method's own networks train one at a time)")
     e.add_argument("--save", action="store_true", help="record the results in the file's metadata")
     e.add_argument("--json", action="store_true", help="print the reports as JSON")
-    e.add_argument("--work-dir", help="with --executor: the folder of per-model results (default "
-                   "~/.cache/datadistill/evaluations/HASH of the file and protocol)")
+    e.add_argument("--work-dir", help="the folder of per-model results, kept so that a rerun resumes (default: "
+                   "~/.cache/datadistill/evaluations/HASH of the file and protocol with --executor process or "
+                   "ray; a temporary folder with the serial executor)")
     e.add_argument("--scores", action="store_true", help="also DD-Ranking's scores: improvement over a random "
                    "subset under the same protocol and labels, hard-label recovery and the label-robust score "
                    "(needs --full-accuracy)")
@@ -50,8 +51,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..config import ConfigError
     from ..data import load_dataset
     from ..device import pick_device
-    from ..evaluation import evaluate_full, evaluate_models, format_table
-    from ..grids import open_for_evaluation
+    from ..evaluation import evaluate_full, format_table
+    from ..grids import evaluate_on, open_for_evaluation
     from ..models import MODELS
     from ..synset import update_meta
 
@@ -87,18 +88,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         models = args.models or [protocol.model]
         if args.scores:
             return _scores(args, f, data, protocol, models, device)
-        if not _executor_asked(args):
-            reports = evaluate_models(f.synset, data, protocol, models, device=device, progress=True,
-                                      networks=how.networks, batch_models=args.batch_models)
-        else:
-            from ..grids import evaluate_on
-
-            if args.batch_models > 1:
-                raise ConfigError("--batch-models trains the models of one process together; with --executor each "
-                                  "model is a task of its own: give one or the other")
-            with _executor(args, device) as ex:
-                reports = evaluate_on(ex, args.file, protocol, models, root=args.root, device=str(device),
-                                      work_dir=args.work_dir, networks=how.networks)
+        with _work_dir(args) as work, _executor(args, device) as ex:  # serial by default: in this process
+            reports = evaluate_on(ex, args.file, protocol, models, root=args.root, device=str(device),
+                                  work_dir=work, networks=how.networks, batch_models=args.batch_models)
         extra = how.final_metrics(f.synset, data, device) if how.final_metrics is not None else None
         for line in how.format_metrics(extra) if extra else []:
             print(line)
@@ -114,6 +106,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             if line:
                 print(line)
     return 0
+
+
+def _work_dir(args: argparse.Namespace) -> Any:
+    """Where the per-model results go (a context giving the folder): ``--work-dir``; else, under a
+    parallel executor, None, the cache folder of the file and protocol (`grids.evaluation_dir`: a rerun
+    resumes); else a temporary folder, removed after (a plain evaluation keeps nothing)."""
+    import contextlib
+    import tempfile
+
+    if args.work_dir or args.executor != "serial":
+        return contextlib.nullcontext(args.work_dir)
+    return tempfile.TemporaryDirectory(prefix="datadistill-evaluate-")
 
 
 def _labels_line(info: dict | None) -> str:
@@ -136,8 +140,8 @@ def _scores(args: argparse.Namespace, f: Any, data: Any, protocol: Any, models: 
     if args.full_accuracy is None:
         raise ConfigError("--scores needs --full-accuracy PCT: the whole training set's hard-label accuracy with the "
                           "same model (measure it with `datadistill evaluate --full --dataset D`)")
-    if _executor_asked(args) or args.batch_models > 1:
-        raise ConfigError("--scores trains its runs in this process; drop --executor and --batch-models")
+    if args.executor != "serial" or args.work_dir or args.batch_models > 1:
+        raise ConfigError("--scores trains its runs in this process; drop --executor, --work-dir and --batch-models")
     validation = None
     if args.lr_grid:  # held out of the data as the set sees it (whitened with the file's transform)
         from ..data.registry import validation_split

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import _csv, _executor, _executor_asked, _executor_options
+from .common import _csv, _executor, _executor_options
 
 if TYPE_CHECKING:
     from ..experts import ExpertConfig
@@ -72,7 +72,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
     import time
 
     from ..device import pick_device
-    from ..experts import default_experts_dir, train_experts
+    from ..experts import default_experts_dir
+    from ..grids import train_experts_on
 
     cfg = experts_config(args)
     out = Path(args.out) if args.out else default_experts_dir(cfg)
@@ -80,14 +81,8 @@ def cmd_experts(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     device = pick_device(args.device)
     try:
-        if not _executor_asked(args):
-            buf = train_experts(cfg, out, root=args.root, device=device, progress=not args.no_progress,
-                                indices=indices)
-        else:
-            from ..grids import train_experts_on
-
-            with _executor(args, device) as ex:
-                buf = train_experts_on(ex, cfg, out, indices=indices, root=args.root, device=str(device))
+        with _executor(args, device) as ex:  # serial by default: one task per expert, in this process
+            buf = train_experts_on(ex, cfg, out, indices=indices, root=args.root, device=str(device))
     except KeyboardInterrupt:
         print(f"\nfinished experts are kept in {out}; the same command trains the rest", file=sys.stderr)
         raise
