@@ -509,7 +509,7 @@ def apps_section(jobs: dict[str, list[Row]]) -> str:
     for title, app in (("Continual learning", "continual"), ("Architecture search", "nas"),
                        ("Membership inference", "privacy")):
         out += [f"### {title}", ""]
-        for j in [j for j in app_jobs() if j.app == app]:
+        for j in [j for j in app_jobs() if j.study == app]:
             out += [f"#### {DATASETS.get(j.dataset, j.dataset)}", ""]
             run = jobs.get(j.id)
             if not run:
@@ -564,7 +564,7 @@ def plot_apps(jobs: dict[str, list[Row]], img: Path) -> None:
     for j in app_jobs():
         run = jobs.get(j.id)
         if run:
-            get_study(j.app).plot(run[-1], img / f"apps-{j.id}.png")
+            get_study(j.study).plot(run[-1], img / f"apps-{j.id}.png")
 
 
 def claims_table(prefix: str = "../") -> str:

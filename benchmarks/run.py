@@ -83,8 +83,8 @@ class Runner:
             return ["datadistill", "experts", "--dataset", job.dataset, *self.args(job), "--no-progress"]
         if job.kind == "teacher":
             return ["datadistill", "teacher", "--dataset", job.dataset, *self.args(job), "--force"]
-        if job.kind == "app":  # resumable by itself: a rerun trains only the jobs it lacks
-            return ["datadistill", "apps", job.app, "--dataset", job.dataset, *self.args(job), "--out",
+        if job.kind == "study":  # resumable by itself: a rerun trains only the jobs it lacks
+            return ["datadistill", "study", job.study, "--dataset", job.dataset, *self.args(job), "--out",
                     repo_name(self.run_dir(job)), "--no-progress"]
         src = self.source(job, build=False)
         if job.kind == "score":
@@ -317,12 +317,15 @@ class Runner:
                  "distill_wall_seconds": meta.get("wall_seconds"), "eval_seconds": round(wall, 1),
                  "wall_seconds": round(wall, 1), "command": shlex.join(cmd), **job.extra}]
 
-    def _records_app(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
-        """One record: the application's summary (``summary.json``), with its command."""
+    def _records_study(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
+        """One record: the study's summary (``summary.json``) and its headline figures (`Study.metrics`),
+        with its command."""
+        from datadistill.studies import get_study
+
         summary = json.loads((self.run_dir(job) / "summary.json").read_text())
         rows = read_records(self.run_dir(job) / "records.jsonl")
         trained = sorted({r["commit"] for r in rows if r.get("commit")})  # the code that trained the networks
-        return [{"what": "app", **summary, **app_metrics(summary), "trained_at": trained,
+        return [{"what": "app", **summary, **get_study(job.study).metrics(summary), "trained_at": trained,
                  "wall_seconds_this_call": round(wall, 1), "command": shlex.join(cmd)}]
 
     def _records_teacher(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
@@ -342,29 +345,6 @@ class Runner:
         return [{"source": repo_name(src), "variant": "bases", "acc_mean": rep["acc_mean"], "acc_std": rep["acc_std"],
                  "accuracies": rep["accuracies"], "lr": rep["lr"], "n_images": n_images,
                  "eval_seconds": round(wall, 1), "wall_seconds": round(wall, 1), "command": shlex.join(cmd)}]
-
-
-def app_metrics(summary: dict) -> dict:
-    """An application's headline figures as flat fields an expectation can name: continual
-    ``SET_last`` (accuracy after the last step) and ``SET_mean``; nas ``SET_spearman``,
-    ``SET_kendall``, ``SET_pick_full_acc`` (the whole-data accuracy of the proxy's pick), ``full_seed_spearman``
-    and ``full_seed_kendall`` (the reference's seeds against each other); privacy
-    ``SET_lira_auc`` and ``SET_lira_tpr1`` (TPR at 1% FPR, %)."""
-    out: dict = {}
-    if summary["app"] == "continual":
-        for name, s in summary["sets"].items():
-            out[f"{name}_last"], out[f"{name}_mean"] = s["steps"][-1]["acc_mean"], s["mean_over_steps"]
-    elif summary["app"] == "nas":
-        for name, s in summary["sets"].items():
-            out.update({f"{name}_spearman": round(s["spearman"], 4), f"{name}_kendall": round(s["kendall"], 4),
-                        f"{name}_pick_full_acc": s["top1_full_acc"]})
-        if "seed_spearman" in summary["full"]:  # the reference's agreement with itself across seeds
-            out.update(full_seed_spearman=summary["full"]["seed_spearman"],
-                       full_seed_kendall=summary["full"]["seed_kendall"])
-    elif summary["app"] == "privacy":
-        for name, p in summary["pipelines"].items():
-            out[f"{name}_lira_auc"], out[f"{name}_lira_tpr1"] = p["lira"]["auc"], round(100 * p["lira"]["tpr@1%fpr"], 2)
-    return out
 
 
 class JobFailed(RuntimeError):

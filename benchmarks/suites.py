@@ -34,8 +34,9 @@ KINDS = {
     "score": ({"of", "model", "full"}, {"needs", "extra"}),
     "teacher": ({"dataset"}, {"needs"}),
     "bases": ({"of"}, set()),
-    # an application (`datadistill apps APP`): its summary, the sets it compares named in ``args``
-    "app": ({"app", "dataset"}, {"needs"}),
+    # a study (`datadistill study NAME`, NAME in datadistill.studies.STUDIES): its summary, the sets it
+    # compares named in ``args``
+    "study": ({"study", "dataset"}, {"needs"}),
     # parity of a paper preset with the authors' own evaluator on one set ``file`` (benchmarks/parity.py
     # --set; ``args`` name the authors' checkout): its verdict is the record's agreement within the noise
     "parity": ({"file", "preset"}, set()),
@@ -81,7 +82,7 @@ class Job:
     model: str | None = None
     of: str | None = None
     needs: str | None = None
-    app: str | None = None  # app jobs: continual, privacy or nas
+    study: str | None = None  # study jobs: a registered study (continual, privacy, nas, ipc-curve ...)
     full: str | None = None  # score jobs: the ``full`` job whose record is the whole-data reference
     extra: dict = field(default_factory=dict)
     paper: dict | None = None  # the paper's own figure for this setting: value, std, source
@@ -217,6 +218,28 @@ def _claim(path: Path, index: int, raw: object) -> Claim:
     return Claim(**{k: raw[k] for k in raw.keys() - num.keys() - ints.keys()}, **num, **ints)
 
 
+def _check_names(where: str, fields: dict) -> None:
+    """A job names its study, method and dataset by their registry names (or aliases): a typo is an
+    error when the suite loads, not when its job runs."""
+    from datadistill.config import ConfigError
+    from datadistill.data import DATASETS
+    from datadistill.methods import METHODS
+    from datadistill.studies import STUDIES, discover
+
+    discover()
+    for key, registry in (("study", STUDIES), ("cli_method", METHODS), ("dataset", DATASETS)):
+        if key in fields:
+            try:
+                registry.get(str(fields[key]))
+            except (ConfigError, KeyError, ValueError) as e:
+                raise SuiteError(f"{where}: {key} {fields[key]!r}: {e}") from None
+    if "method" in fields and "cli_method" not in fields:
+        try:
+            METHODS.get(str(fields["method"]))
+        except (ConfigError, KeyError, ValueError) as e:
+            raise SuiteError(f"{where}: method {fields['method']!r}: {e}") from None
+
+
 def _job(path: Path, index: int, raw: object) -> Job:
     where = f"{path.name}, job {index + 1}"
     if not isinstance(raw, dict) or "id" not in raw:
@@ -254,6 +277,7 @@ def _job(path: Path, index: int, raw: object) -> Job:
     if exp is not None and unchecked is not None:
         raise SuiteError(f"{where}: a job has an expectation or a reason to be unchecked, not both")
     fields = {k: raw[k] for k in required | optional if k in raw}
+    _check_names(where, fields)
     if "ipc" in fields:
         fields["ipc"] = int(fields["ipc"])
     return Job(id=str(raw["id"]), kind=kind, results=str(raw["results"]), args=tuple(str(a) for a in args),

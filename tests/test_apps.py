@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from datadistill.studies import StudyError, run_study
+from datadistill.studies import StudyError, get_study, run_study
 from datadistill.studies import continual, membership, nas, privacy
 from datadistill.studies import sets as common
 from datadistill.studies.sets import SetSource, parse_sets
@@ -115,6 +115,8 @@ def test_continual_runs_resumes_and_reports(set_file, tmp_path):
     step1 = summary["sets"]["dm"]["steps"][0]
     accs = [r["accuracy"] for r in rows if r["set"] == "dm" and r["step"] == 1]
     assert step1["n"] == 2 and step1["acc_mean"] == pytest.approx(sum(accs) / 2, abs=0.01)
+    headline = get_study("continual").metrics(summary)  # what a benchmark expectation names
+    assert headline["dm_last"] == summary["sets"]["dm"]["steps"][-1]["acc_mean"] and "random_mean" in headline
     assert (out / "continual.png").stat().st_size > 0 and "| dm |" in (out / "summary.md").read_text()
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "jobs").iterdir()}
     run_study("continual", cfg, out, serial())  # every job done: nothing trains again
@@ -258,6 +260,8 @@ def test_nas_ranks_against_the_whole_data(set_file, tmp_path):
     rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert len(rows) == 4 * 4 and {r["train_images"] for r in rows if r["set"] != "full"} == {30}
     assert (out / "nas.png").is_file()
+    headline = get_study("nas").metrics(summary)
+    assert headline["dm_pick_full_acc"] == dm["top1_full_acc"] and headline["full_seed_spearman"] == full["seed_spearman"]
 
 
 def test_nas_seed_agreement_is_the_rank_correlation_of_the_seeds():

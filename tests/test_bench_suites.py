@@ -155,11 +155,11 @@ def test_every_job_resolves_to_a_valid_config(suite):
             resolve(cli.distill_config(cli.parse_args(argv)))
         elif job.kind == "experts":
             cli.experts_config(cli.parse_args(["experts", "--dataset", job.dataset, *args]))
-        elif job.kind == "app":  # the command parses, and each distillation it runs per half resolves
+        elif job.kind == "study":  # the command parses, and each distillation it runs per half resolves
             from datadistill.studies import privacy
             from datadistill.config import RunConfig, from_dict
 
-            a = cli.parse_args(["apps", job.app, "--dataset", job.dataset, *args, "--out", "x"])
+            a = cli.parse_args(["study", job.study, "--dataset", job.dataset, *args, "--out", "x"])
             cfg = privacy.PrivacyConfig(job.dataset, ())
             for pipeline in privacy.PrivacyConfig.__dataclass_fields__["pipelines"].metadata["parse"](
                     getattr(a, "pipelines", [])):
@@ -237,6 +237,11 @@ def test_bad_input_is_one_line(argv, message, capsys):
      "unknown field(s) budget"),
     ({"id": "a", "kind": "full", "results": "x.jsonl", "dataset": "digits", "setting": "s",
       "expected": {"value": 1}}, "expected needs value, tolerance and source"),
+    ({"id": "a", "kind": "study", "results": "x.jsonl", "study": "contnual", "dataset": "digits"},  # registry names
+     "study 'contnual'"),
+    ({"id": "a", "kind": "distill", "results": "x.jsonl", "method": "dn", "dataset": "digits", "ipc": 1,
+      "setting": "s"}, "method 'dn'"),
+    ({"id": "a", "kind": "full", "results": "x.jsonl", "dataset": "mnistt", "setting": "s"}, "dataset 'mnistt'"),
 ])
 def test_bad_suite_is_one_line(tmp_path, capsys, job, message):
     path = tmp_path / "bad.yaml"

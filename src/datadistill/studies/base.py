@@ -57,7 +57,8 @@ class Study:
     field metadata ``help``, ``parse``, ``many``, ``flag``, ``metavar`` and, for an `EvalProtocol`
     field, ``protocol`` and ``n_models`` shape its command-line flags) and ``what`` (its folder in
     one phrase), and write the hooks. `run_study` calls them in this order: `check`, `jobs`, `run`
-    (once per job not done, possibly in another process), `records`, `summarize`, `format`, `plot`."""
+    (once per job not done, possibly in another process), `records`, `summarize`, `format`, `plot`;
+    the benchmark runner reads `metrics`."""
 
     name: ClassVar[str] = ""
     config: ClassVar[type]
@@ -90,6 +91,11 @@ class Study:
 
     def plot(self, summary: dict[str, Any], path: Path) -> Path | None:
         return None
+
+    def metrics(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """The summary's headline figures as flat fields that a benchmark expectation can name
+        (``benchmarks/run.py`` adds them to the study's record); default none."""
+        return {}
 
 
 STUDIES: Registry[type[Study]] = Registry("study")

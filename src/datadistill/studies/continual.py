@@ -173,6 +173,13 @@ class Continual(Study):
     def plot(self, summary: dict[str, Any], path: Path) -> Path:
         return plot_continual(summary, path)
 
+    def metrics(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """``SET_last`` (accuracy after the last step) and ``SET_mean`` (over the steps)."""
+        out: dict[str, Any] = {}
+        for name, s in summary["sets"].items():
+            out[f"{name}_last"], out[f"{name}_mean"] = s["steps"][-1]["acc_mean"], s["mean_over_steps"]
+        return out
+
 
 def summarize(rows: list[dict[str, Any]], cfg: ContinualConfig, k: int) -> dict[str, Any]:
     """Mean +- std (population, over orders x models) of the accuracy per set and step."""

@@ -75,6 +75,10 @@ class IPCCurve(Study):
         lines += [f"| {p['ipc']} | {p['acc_mean']:.2f} ± {p['acc_std']:.2f} | {p['n']} |" for p in summary["points"]]
         return "\n".join(lines)
 
+    def metrics(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """``ipcK_acc``: the mean test accuracy at K images per class."""
+        return {f"ipc{p['ipc']}_acc": p["acc_mean"] for p in summary["points"]}
+
     def plot(self, summary: dict[str, Any], path: Path) -> Path:
         from ..viz import plt_figure, save_figure
 

@@ -196,6 +196,19 @@ class NAS(Study):
     def plot(self, summary: dict[str, Any], path: Path) -> Path:
         return plot_nas(summary, path)
 
+    def metrics(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """``SET_spearman``, ``SET_kendall``, ``SET_pick_full_acc`` (the whole-data accuracy of the
+        proxy's pick) and ``full_seed_spearman``/``full_seed_kendall`` (the reference's seeds against
+        each other)."""
+        out: dict[str, Any] = {}
+        for name, s in summary["sets"].items():
+            out.update({f"{name}_spearman": round(s["spearman"], 4), f"{name}_kendall": round(s["kendall"], 4),
+                        f"{name}_pick_full_acc": s["top1_full_acc"]})
+        if "seed_spearman" in summary["full"]:
+            out.update(full_seed_spearman=summary["full"]["seed_spearman"],
+                       full_seed_kendall=summary["full"]["seed_kendall"])
+        return out
+
 
 def summarize(rows: list[dict[str, Any]], names: list[str], cfg: NASConfig, k: int) -> dict[str, Any]:
     """Per set: mean accuracy of each architecture, the correlations with the whole data's, the

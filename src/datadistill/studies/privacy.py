@@ -265,6 +265,13 @@ class Privacy(Study):
     def plot(self, summary: dict[str, Any], path: Path) -> Path:
         return plot_privacy(summary, path)
 
+    def metrics(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """``SET_lira_auc`` and ``SET_lira_tpr1`` (TPR at 1% FPR, %) of each pipeline."""
+        out: dict[str, Any] = {}
+        for name, p in summary["pipelines"].items():
+            out[f"{name}_lira_auc"], out[f"{name}_lira_tpr1"] = p["lira"]["auc"], round(100 * p["lira"]["tpr@1%fpr"], 2)
+        return out
+
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A Markdown table: per training set, both attacks' AUC and true-positive rates, and LiRA on the
