@@ -346,7 +346,6 @@ def test_partial_cifar_names_the_missing_file(tmp_path):
 def test_spec_dicts_written_with_flip_still_load():
     import warnings
 
-    from datadistill.config import DeprecatedKeyWarning
     from datadistill.data.spec import DatasetSpec
 
     spec = DatasetSpec("hand", 2, 1, (2, 2), (0.0,), (1.0,), ("a", "b"), allow_flip=False)
@@ -359,5 +358,4 @@ def test_spec_dicts_written_with_flip_still_load():
     assert DatasetSpec.from_dict({**old, "flip": True}).allow_flip  # the value, not the default
     # cache folders keep their keys (the old name), so pools and features cached before still hit
     assert spec.cache_key() == old
-    with pytest.warns(DeprecatedKeyWarning, match="allow_flip"):
-        assert spec.flip is False
+    assert not hasattr(spec, "flip")  # the old attribute is gone (CHANGELOG)

@@ -83,9 +83,6 @@ def test_fixed_init_evaluation_replays_on_the_distillation_network(toy):
     assert isinstance(init(0, "LeNet"), torch.nn.Module)  # the paper's alias names the same model
     with pytest.raises(ConfigError, match="fixed initialization"):
         init(0, "convnet")
-    from datadistill.config import DeprecatedKeyWarning
-    with pytest.warns(DeprecatedKeyWarning, match="'networks'"):  # the keyword's old name still works
-        assert evaluate(s, toy, get_protocol("dd", n_models=2), init=init).accuracies == r.accuracies
 
 
 def test_show_draws_one_row_per_step(toy, tmp_path):

@@ -184,3 +184,33 @@ def test_cli_distill_with_zca_then_show(tmp_path, capsys):
     assert not (tmp_path / "tree").exists()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1].get("final")
+
+
+def test_data_ref_is_the_one_typed_reader_of_provenance(tmp_path):
+    """`DataRef`: which data a set was made from (options, split, validation, ZCA), written by the loaders
+    and by whitening, saved in the file's spec and read back the same; `load_ref` loads the raw data."""
+    from pathlib import Path
+
+    import datadistill
+    from datadistill.data import DataRef
+    from datadistill.data.registry import load_ref
+    from datadistill.data.zca import unwhitened_spec
+
+    opts = {"num_classes": 3, "size": 8, "per_class": 12}
+    data = load_dataset("procedural", None, validation=0.25, **opts)
+    white = whiten_dataset(data, 0.1)
+    ref = white.spec.ref
+    assert ref == DataRef("procedural", ref.options, None, 0.25, 0.1) and opts.items() <= ref.options.items()
+    assert DataRef.of(white.spec.with_ref(ref)) == ref and unwhitened_spec(white.spec).ref.zca is None
+    path = tmp_path / "s.safetensors"
+    save_synset(path, PixelSet.from_real(white.train, 1, torch.Generator().manual_seed(0)), white.spec,
+                zca=white.zca, method="random")
+    f = load_synset(path)
+    assert f.spec.ref == ref  # saved with the file, read back the same
+    raw = load_ref(f.spec.ref, None)
+    assert raw.spec.ref == ref.with_(zca=None) and torch.equal(raw.train.images, data.train.images)
+    # no module but the spec reads the untyped mapping behind it
+    src = Path(datadistill.__file__).parent
+    readers = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
+                     if p.name != "spec.py" and "spec.extra" in p.read_text())
+    assert not readers, f"read provenance through DatasetSpec.ref, not spec.extra: {readers}"

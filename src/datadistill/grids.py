@@ -19,7 +19,8 @@ import torch
 
 from .cache import cache_dir, config_hash
 from .config import ConfigError
-from .data import LoadedDataset, load_dataset
+from .data import LoadedDataset
+from .data.registry import load_ref
 from .evaluation import EvalProtocol, EvalReport, evaluate
 from .evaluation.evaluator import n_networks, network_row
 from .executor import Executor, Task
@@ -65,9 +66,8 @@ def open_for_evaluation(path: str | Path, *, root: str | Path | None = None,
     from .data.zca import match_whitening, unwhitened_spec
 
     f = load_synset(path, device=device)
-    raw = unwhitened_spec(f.spec)  # its extra: the options that load the dataset (ZCA is applied next)
-    data = load_dataset(raw.name, root, **raw.extra)
-    if data.spec.to_dict() != raw.to_dict():
+    data = load_ref(f.spec.ref, root)  # the file's transform is applied next
+    if data.spec.to_dict() != unwhitened_spec(f.spec).to_dict():
         raise ConfigError(f"{path} was distilled with a different spec of {f.spec.name} (normalization or size "
                           "differ) than the dataset on disk")
     data = match_whitening(data, f.zca)

@@ -86,7 +86,7 @@ class Teacher:
         problems = [f"{what}: teacher {a!r} vs data {b!r}" for what, a, b in (
             ("dataset", mine.name, theirs.name), ("classes", mine.num_classes, theirs.num_classes),
             ("image shape", tuple(mine.shape), tuple(theirs.shape)),
-            ("zca", mine.extra.get("zca"), theirs.extra.get("zca"))) if a != b]
+            ("zca", mine.ref.zca, theirs.ref.zca)) if a != b]
         if problems:
             where = f" {self.path}" if self.path else ""
             raise TeacherError(f"the teacher{where} does not fit this data ({'; '.join(problems)}); train one with "

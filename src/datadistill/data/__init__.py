@@ -4,11 +4,11 @@ from . import mnist  # noqa: F401  (registers mnist, fashion_mnist, digits, proc
 from . import folders, vision  # noqa: F401  (register cifar10, cifar100, svhn; tinyimagenet, imagefolder)
 from .registry import (DATASETS, DatasetDownloadError, DatasetEntry, DatasetMissingError, DatasetOptionError,
                        default_root, load_dataset, register_dataset)
-from .spec import DatasetSpec, LoadedDataset, RealData
+from .spec import DataRef, DatasetSpec, LoadedDataset, RealData
 from .zca import ZCA, ZCAError, apply_zca, fit_zca, match_whitening, whiten_dataset
 
 __all__ = [
-    "DATASETS", "DatasetEntry", "DatasetMissingError", "DatasetDownloadError", "DatasetOptionError", "DatasetSpec",
+    "DATASETS", "DatasetEntry", "DatasetMissingError", "DatasetDownloadError", "DatasetOptionError", "DataRef", "DatasetSpec",
     "LoadedDataset", "RealData", "default_root", "load_dataset", "register_dataset",
     "ZCA", "ZCAError", "apply_zca", "fit_zca", "match_whitening", "whiten_dataset",
 ]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..registry import Registry
-from .spec import LoadedDataset
+from .spec import SPLIT, VALIDATION, DataRef, LoadedDataset
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -86,8 +86,6 @@ def missing(name: str, root: Path, detail: str = "") -> DatasetMissingError:
 _CACHE: dict[tuple[Any, ...], LoadedDataset] = {}
 
 
-VALIDATION = "validation"
-SPLIT = "split"
 
 
 def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **kwargs: Any) -> LoadedDataset:
@@ -131,6 +129,12 @@ def load_dataset(name: str, root: str | os.PathLike[str] | None = None, **kwargs
     return _CACHE[key]
 
 
+def load_ref(ref: DataRef, root: str | os.PathLike[str] | None = None) -> LoadedDataset:
+    """The data a `DataRef` names (its options, split and validation fraction), before whitening: a
+    set's ZCA transform is stored in its file and applied by `zca.match_whitening`."""
+    return load_dataset(ref.name, root, **ref.load_options())
+
+
 def validation_split(data: LoadedDataset, fraction: float) -> LoadedDataset:
     """``data`` with ``fraction`` of each class of its training set held out as the test part: per
     class, a fixed random subset (at least one image, never all), the same on every machine."""
@@ -153,7 +157,7 @@ def validation_split(data: LoadedDataset, fraction: float) -> LoadedDataset:
         held.append(idx[:k])
         kept.append(idx[k:])
     held_idx, kept_idx = torch.cat(held).sort().values, torch.cat(kept).sort().values
-    spec = dataclasses.replace(data.spec, extra={**data.spec.extra, VALIDATION: float(fraction)})
+    spec = data.spec.with_ref(data.spec.ref.with_(validation=float(fraction)))
 
     def part(idx: torch.Tensor) -> RealData:
         idx = idx.to(data.train.images.device)
@@ -213,6 +217,6 @@ def half_split(data: LoadedDataset, value: Any) -> LoadedDataset:
     pool, seed, side = parse_split(value)
     _, *halves = split_indices(data.train.labels, data.spec.num_classes, pool, seed)
     idx = halves[side].to(data.train.images.device)
-    spec = dataclasses.replace(data.spec, extra={**data.spec.extra, SPLIT: f"{pool}:{seed}:{side}"})
+    spec = data.spec.with_ref(data.spec.ref.with_(split=f"{pool}:{seed}:{side}"))
     train = RealData(data.train.images[idx], data.train.labels[idx], spec.num_classes)
     return dataclasses.replace(data, spec=spec, train=train)

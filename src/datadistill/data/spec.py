@@ -2,10 +2,70 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
+
+
+# the provenance entries of a spec's ``extra`` (every other entry is a load option of the dataset)
+ZCA, VALIDATION, SPLIT = "zca", "validation", "split"
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """Which data a set, an expert or a record was made from, typed: the dataset's registry ``name``,
+    the ``options`` that load it (a procedural set's sizes, an image folder's size and statistics),
+    the privacy ``split`` (``"POOL:SEED:SIDE"``, one half of a pool), the ``validation`` fraction held
+    out of the training set, and the ``zca`` regularization the data were whitened with.
+
+    A spec stores it in its ``extra`` mapping (the key files have always carried, so every file
+    written before still reads); `DatasetSpec.ref` reads it back, `DatasetSpec.with_ref` writes it,
+    and nothing else looks inside ``extra``.
+    """
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None
+    validation: float | None = None
+    zca: float | None = None
+
+    @classmethod
+    def of(cls, spec: "DatasetSpec") -> "DataRef":
+        extra = dict(spec.extra)
+        zca = extra.pop(ZCA, None)
+        validation = extra.pop(VALIDATION, None)
+        split = extra.pop(SPLIT, None)
+        return cls(spec.name, extra, None if split is None else str(split),
+                   None if validation is None else float(validation),
+                   None if zca is None else float(zca["regularization"] if isinstance(zca, dict) else zca))
+
+    def extra(self) -> dict[str, Any]:
+        """The entries of a spec's ``extra`` (`of`'s inverse)."""
+        out = dict(self.options)
+        if self.split is not None:
+            out[SPLIT] = self.split
+        if self.validation is not None:
+            out[VALIDATION] = self.validation
+        if self.zca is not None:
+            out[ZCA] = {"regularization": self.zca}
+        return out
+
+    def load_options(self) -> dict[str, Any]:
+        """What ``load_dataset(name, root, **options)`` takes to give these data before whitening."""
+        out = dict(self.options)
+        if self.split is not None:
+            out[SPLIT] = self.split
+        if self.validation is not None:
+            out[VALIDATION] = self.validation
+        return out
+
+    def with_(self, **changes: Any) -> "DataRef":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "options": dict(self.options), "split": self.split,
+                "validation": self.validation, "zca": self.zca}
 
 
 @dataclass(frozen=True)
@@ -16,8 +76,7 @@ class DatasetSpec:
     out; ``allow_flip`` says whether a horizontal flip keeps the label (not for digits).
 
     ``allow_flip`` was ``flip`` before (a word DSA also uses, for a flip's probability): spec dicts
-    written with ``flip`` (distilled files, expert shards) still load through `from_dict`, and the
-    read-only ``flip`` property answers with a deprecation message.
+    written with ``flip`` (distilled files, expert shards) still load through `from_dict`.
     """
 
     name: str
@@ -53,12 +112,13 @@ class DatasetSpec:
         return x * s + m
 
     @property
-    def flip(self) -> bool:
-        """Deprecated name of `allow_flip`."""
-        from ..config import deprecated
+    def ref(self) -> DataRef:
+        """Which data these are (`DataRef`): name, load options, split, validation fraction, ZCA."""
+        return DataRef.of(self)
 
-        deprecated("DatasetSpec.flip", "allow_flip")
-        return self.allow_flip
+    def with_ref(self, ref: DataRef) -> "DatasetSpec":
+        """This spec with ``ref``'s split, validation fraction, ZCA and options."""
+        return replace(self, extra=ref.extra())
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -32,9 +32,9 @@ from typing import Any
 
 import torch
 
-from .spec import DatasetSpec, LoadedDataset, RealData
+from .spec import ZCA, DatasetSpec, LoadedDataset, RealData
 
-KEY = "zca"  # the entry of `DatasetSpec.extra` (and of the file's metadata) that marks whitened data
+KEY = ZCA  # the file metadata's entry of the transform (a spec says it through `DataRef.zca`)
 BATCH = 4096  # rows per batch when fitting or applying
 
 
@@ -193,14 +193,12 @@ def fit_zca(images: torch.Tensor, regularization: float = 0.1, *, spec: DatasetS
 # ---------------------------------------------------------------------------------------- datasets
 
 def is_whitened(data: LoadedDataset) -> bool:
-    return getattr(data, "zca", None) is not None or KEY in data.spec.extra
+    return getattr(data, "zca", None) is not None or data.spec.ref.zca is not None
 
 
 def unwhitened_spec(spec: DatasetSpec) -> DatasetSpec:
-    """``spec`` without its ZCA entry: its ``extra`` are then the options that load the raw dataset."""
-    if KEY not in spec.extra:
-        return spec
-    return dataclasses.replace(spec, extra={k: v for k, v in spec.extra.items() if k != KEY})
+    """``spec`` without its ZCA entry: its `DataRef` then loads the raw dataset."""
+    return spec if spec.ref.zca is None else spec.with_ref(spec.ref.with_(zca=None))
 
 
 def apply_zca(data: LoadedDataset, zca: ZCA) -> LoadedDataset:
@@ -217,7 +215,7 @@ def apply_zca(data: LoadedDataset, zca: ZCA) -> LoadedDataset:
 
 def whiten_dataset(data: LoadedDataset, regularization: float) -> LoadedDataset:
     """Fit ZCA on ``data.train`` (MTT's way, see the module docstring) and whiten train and test
-    with it. The result's spec is ``data.spec`` with ``extra["zca"] = {"regularization": r}`` and it
+    with it. The result's spec is ``data.spec`` with ``ref.zca = r`` (`DataRef`) and it
     carries the fitted transform as ``.zca``. Cached per (data, regularization) in this process, so
     a second call with the same loaded dataset does not refit; do not modify the tensors."""
     r = _check_regularization(regularization)
@@ -247,12 +245,12 @@ def match_whitening(data: LoadedDataset, zca: ZCA | None) -> LoadedDataset:
     if theirs is not None and theirs.same_as(zca):
         return data
     raise ZCAError(f"the data given is whitened differently from the set (set: regularization {zca.regularization}; "
-                   f"data: {data.spec.extra.get(KEY)}); pass the unwhitened dataset and the set's own transform is "
+                   f"data: zca {data.spec.ref.zca}); pass the unwhitened dataset and the set's own transform is "
                    "applied")
 
 
 def _whitened(data: LoadedDataset, zca: ZCA) -> LoadedDataset:
-    spec = dataclasses.replace(data.spec, extra={**data.spec.extra, KEY: {"regularization": zca.regularization}})
+    spec = data.spec.with_ref(data.spec.ref.with_(zca=float(zca.regularization)))
     train = RealData(zca.apply(data.train.images), data.train.labels, data.train.num_classes)
     test = RealData(zca.apply(data.test.images), data.test.labels, data.test.num_classes)
     return dataclasses.replace(data, spec=spec, train=train, test=test, zca=zca)

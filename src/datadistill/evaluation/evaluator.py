@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, deprecated
+from ..config import ConfigError
 from ..data.spec import LoadedDataset, RealData
 from ..models import MODELS, create_model
 from ..seeding import make_generator
@@ -89,7 +89,6 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: bool = False,
     networks: Callable[[int, str], torch.nn.Module] | None = None,
-    init: Callable[[int, str], torch.nn.Module] | None = None,
     indices: Sequence[int] | None = None,
     batch_models: int = 1,
     probe: Callable[[int, torch.nn.Module], Any] | None = None,
@@ -147,9 +146,6 @@ def evaluate(
         test = standardized_test(test, protocol.test_batch_size)
     accs, seeds = [], []
     t0 = time.perf_counter()
-    if init is not None:  # the keyword's old name
-        deprecated("init", "networks", "evaluate()")
-        networks = networks if networks is not None else init
     n_models = n_networks(protocol.n_models, networks)
     todo = range(n_models) if indices is None else [int(i) for i in indices]
     bad = [i for i in todo if not 0 <= i < n_models]

@@ -102,12 +102,13 @@ def _prepare_data(cfg: ExpertConfig, root: str | Path | None, data: LoadedDatase
     if data is None:
         data = load_dataset(cfg.dataset, root, **cfg.dataset_options)
     else:
-        extra = data.spec.extra
-        options_differ = bool(extra) and any(extra.get(k) != v for k, v in cfg.dataset_options.items())
+        ref = data.spec.ref
+        given = ref.load_options()
+        options_differ = bool(given) and any(given.get(k) != v for k, v in cfg.dataset_options.items())
         if DATASETS.canonical(data.spec.name) != cfg.dataset or options_differ:
-            raise ExpertError(f"the data passed are {data.spec.name} {dict(extra)}, the config asks for "
+            raise ExpertError(f"the data passed are {data.spec.name} {given}, the config asks for "
                               f"{cfg.dataset} {cfg.dataset_options}")
-        if "zca" in extra:
+        if ref.zca is not None:
             raise ExpertError("the data passed are ZCA-whitened already; pass them as load_dataset returns them "
                               "and set ExpertConfig.zca")
     if cfg.zca is not None:

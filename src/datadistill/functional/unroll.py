@@ -28,7 +28,6 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-from ..config import deprecated
 
 Params = dict[str, torch.Tensor]
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -62,14 +61,8 @@ def unrolled_sgd(
     buffers: Params | None = None,
     loss_fn: Loss = F.cross_entropy,
     grad_checkpoint: bool = False,
-    checkpoint: bool | None = None,
 ) -> Params:
-    """Apply the SGD steps ``(x_t, y_t, lr_t)`` differentiably, starting from ``params``.
-
-    ``checkpoint`` is the deprecated name of ``grad_checkpoint``."""
-    if checkpoint is not None:
-        deprecated("unrolled_sgd(checkpoint=...)", "grad_checkpoint")
-        grad_checkpoint = checkpoint
+    """Apply the SGD steps ``(x_t, y_t, lr_t)`` differentiably, starting from ``params``."""
     buffers = buffers if buffers is not None else buffers_of(model)
     names = list(params)
     for x, y, lr in steps:

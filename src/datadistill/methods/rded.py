@@ -286,7 +286,7 @@ def check_rded(cfg: RDEDConfig, ctx: Context) -> None:
     """RDED's requirement (`MethodEntry.check`): a readable teacher trained on the run's data."""
     spec = ctx.spec
     make = (f"`datadistill teacher --dataset {spec.name} --out PATH`"
-            + (" (with the run's --zca)" if spec.extra.get("zca") else ""))
+            + (" (with the run's --zca)" if spec.ref.zca is not None else ""))
     if not cfg.teacher:
         raise ConfigError(f"rded needs a teacher trained on {spec.name}: train one with {make} and set "
                           "method_config.teacher=PATH")

@@ -127,7 +127,7 @@ def open_experts(cfg: TrajectoryMatching, ctx: Context):
     from ..experts import ExpertBuffer, ExpertConfig, ExpertError, default_experts_dir
 
     spec = ctx.spec
-    zca = (spec.extra.get("zca") or {}).get("regularization")
+    zca = spec.ref.zca
     path = Path(cfg.experts).expanduser() if cfg.experts else default_experts_dir(
         ExpertConfig(dataset=spec.name, model=cfg.model, zca=zca, dataset_options=dict(ctx.dataset_options)))
     if not any(path.glob("expert-*.safetensors")):

@@ -90,15 +90,14 @@ def file_ipc(path: str) -> int:
 
 def data_for(source: SetSource, dataset: str, root: str | None, device: str = "cpu"):
     """``(set file or None, real data as the set sees it)``: a file's dataset options and whitening."""
-    from ..data.zca import match_whitening, unwhitened_spec
+    from ..data.registry import load_ref
+    from ..data.zca import match_whitening
     from ..synset import load_synset
 
     if not source.is_file:
         return None, load_dataset(dataset, root)
     f = load_synset(source.path, device=device)
-    raw = unwhitened_spec(f.spec)
-    data = load_dataset(raw.name, root, **raw.extra)
-    return f, match_whitening(data, f.zca)
+    return f, match_whitening(load_ref(f.spec.ref, root), f.zca)
 
 
 class MemorySet(SetFeatures):

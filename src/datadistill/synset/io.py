@@ -9,7 +9,6 @@ data also stores its transform: tensors ``zca.mean`` and ``zca.matrix`` beside t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -64,11 +63,11 @@ def save_synset(path: str | os.PathLike[str], synset: SyntheticSet, spec: Datase
     """
     path = Path(path)
     kind = _kind_of(synset)
-    if zca is None and ZCA_KEY in spec.extra:
-        raise ValueError(f"the spec says the data is ZCA-whitened ({spec.extra[ZCA_KEY]}); pass its transform "
-                         "(zca=data.zca) so that evaluation can whiten the real data the same way")
+    if zca is None and spec.ref.zca is not None:
+        raise ValueError(f"the spec says the data is ZCA-whitened (regularization {spec.ref.zca}); pass its "
+                         "transform (zca=data.zca) so that evaluation can whiten the real data the same way")
     if zca is not None:
-        spec = dataclasses.replace(spec, extra={**spec.extra, ZCA_KEY: {"regularization": zca.regularization}})
+        spec = spec.with_ref(spec.ref.with_(zca=float(zca.regularization)))
     header = {
         "format_version": _version_for(synset, zca),
         "type": kind,
@@ -130,20 +129,24 @@ def load_synset(path: str | os.PathLike[str], device: torch.device | str = "cpu"
     except (SafetensorError, OSError) as e:  # e.g. a file cut short after its header
         raise SynsetFileError(f"{path}: its tensors cannot be read ({e}); the file is damaged") from e
     stored = {k[len(ZCA_PREFIX):]: tensors.pop(k) for k in list(tensors) if k.startswith(ZCA_PREFIX)}
-    zca = _load_zca(path, meta, stored)
+    try:
+        spec = DatasetSpec.from_dict(meta["dataset"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise SynsetFileError(f"{path}: its dataset metadata is damaged ({type(e).__name__}: {e})") from e
+    zca = _load_zca(path, meta, stored, spec.ref.zca is not None)
     try:
         synset = SYNSETS.get(kind).from_tensors(tensors, meta["synset_config"])
-        spec = DatasetSpec.from_dict(meta["dataset"])
     except (KeyError, TypeError, ValueError) as e:  # metadata and tensors that do not fit a set
         raise SynsetFileError(f"{path}: not a complete {kind} set ({type(e).__name__}: {e}); the file is "
                               "damaged") from e
     return SynsetFile(synset=synset.to(device), spec=spec, meta=meta, zca=zca)
 
 
-def _load_zca(path: Any, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> ZCA | None:
-    """The stored ZCA transform; a file whose metadata and tensors disagree is refused."""
+def _load_zca(path: Any, meta: dict[str, Any], tensors: dict[str, torch.Tensor], spec_whitened: bool) -> ZCA | None:
+    """The stored ZCA transform (``spec_whitened``: the file's spec says its data were whitened); a file
+    whose metadata and tensors disagree is refused."""
     info = meta.get(ZCA_KEY)
-    whitened = info is not None or ZCA_KEY in (meta.get("dataset") or {}).get("extra", {})
+    whitened = info is not None or spec_whitened
     if not whitened and not tensors:
         return None
     if not whitened or not tensors or not isinstance(info, dict) or "regularization" not in info:

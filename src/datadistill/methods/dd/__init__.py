@@ -10,8 +10,6 @@ from .networks import Fixed, fixed_init, networks_from_meta
 from .pools import Pool, PoolConfig, PoolError, PoolNets, pretrain, pretrain_pool
 from .report import before_after, format_before_after, format_metrics, from_file
 
-eval_init_from_meta = networks_from_meta  # the old name
-
 register_method(MethodEntry(
     name="dd", config=DDConfig, build=DD, iterations=2000, image_init="noise", eval_preset="dd", synset=make_set,
     image_inits=IMAGE_INITS, check=check_dd, from_file=from_file, format_metrics=format_metrics, pretrain=pretrain,
@@ -20,5 +18,5 @@ register_method(MethodEntry(
 ))
 
 __all__ = ["DD", "DDConfig", "Fixed", "IMAGE_INITS", "NET_INITS", "Pool", "PoolConfig", "PoolError", "PoolNets",
-           "baseline_images", "before_after", "eval_init_from_meta", "fixed_init", "format_before_after",
+           "baseline_images", "before_after", "fixed_init", "format_before_after",
            "kmeans", "make_set", "networks_from_meta", "pretrain", "pretrain_pool"]

@@ -215,7 +215,7 @@ def pool_config(cfg: "DDConfig", source: LoadedDataset) -> PoolConfig:
     epochs = cfg.pool_epochs or max(3, math.ceil(1400 * batch / len(source.train)))
     return PoolConfig(dataset=source.spec.name, model=MODELS.canonical(cfg.model), weight_init=cfg.weight_init,
                       n_nets=cfg.pool_nets, held_out=cfg.pool_held_out, epochs=epochs, batch_size=batch,
-                      dataset_options=dict(source.spec.extra))
+                      dataset_options=source.spec.ref.load_options())
 
 
 def default_pool_dir(pc: PoolConfig, spec) -> Path:
