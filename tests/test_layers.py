@@ -19,7 +19,7 @@ placed here, or the test fails and says so):
     5  engine (the loop and run checkpoints), resolve (preset + overrides -> a resolved run),
        rundir (the run folder: preparing, locking, discarding), report (report.md of a run),
        executor (serial / process / Ray backends), grids (experts and evaluations as executor tasks),
-       sweep (grids of settings scored on a validation split; Ray Tune)
+       studies/ (every job that is not a distillation: continual, privacy, nas, ipc-curve, sweep)
     6  cli, __main__, the package's __init__ (public API)
 """
 
@@ -41,7 +41,7 @@ LAYERS: dict[str, int] = {
     "synset": 2, "train": 2,
     "evaluation": 3, "experts": 3, "teachers": 3, "viz": 3,
     "methods": 4,
-    "engine": 5, "resolve": 5, "rundir": 5, "report": 5, "executor": 5, "grids": 5, "sweep": 5, "studies": 5,
+    "engine": 5, "resolve": 5, "rundir": 5, "report": 5, "executor": 5, "grids": 5, "studies": 5,
     "cli": 6, "__main__": 6, "": 6,  # "": the package itself (datadistill/__init__.py)
 }
 DD = "methods.dd"

@@ -4,6 +4,7 @@ the test set), resumption, and the same ranking under serial and Ray Tune."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,11 +13,12 @@ from datadistill.cli import main
 from datadistill.config import ConfigError
 from datadistill.data import DatasetOptionError, load_dataset
 from datadistill.executor import make_executor
-from datadistill.sweep import grid_points, parse_grid, sweep
+from datadistill.studies import StudyError, run_study
+from datadistill.studies.sweep import SweepConfig, grid_points, parse_grid
 
-BASE = {"method": "dm", "dataset": "digits", "ipc": 1, "iterations": 2,
-        "method_config": {"batch_real": 16, "model": "convnet_w32"},
-        "eval": {"preset": "smoke", "epochs": 2, "n_models": 1, "model": "convnet_w32"}}
+BASE = SweepConfig(grid=("method_config.lr_img=0.1,10.0",), method="dm", dataset="digits", ipc=1, iterations=2,
+                   overrides=("method_config.batch_real=16", "method_config.model=convnet_w32", "eval.preset=smoke",
+                              "eval.epochs=2", "eval.n_models=1", "eval.model=convnet_w32"))
 
 
 def test_grid_is_every_combination_in_order():
@@ -49,26 +51,28 @@ def test_validation_split_is_carved_from_the_training_set():
     assert held <= train and not held & kept and not held & test
     again = load_dataset("digits", validation=0.2)
     assert torch.equal(again.test.images, val.test.images)  # the same split every time
-    assert val.spec.extra["validation"] == 0.2
+    assert val.spec.ref.validation == 0.2
     with pytest.raises(DatasetOptionError, match="between 0 and 1"):
         load_dataset("digits", validation=1.5)
 
 
 def test_sweep_ranks_points_resumes_and_matches_under_ray(tmp_path):
     torch.set_num_threads(1)
-    grid = {"method_config.lr_img": [0.1, 10.0]}
-    results = sweep(BASE, grid, tmp_path / "s", make_executor("serial", threads=1, progress=False))
+    summary = run_study("sweep", BASE, tmp_path / "s", make_executor("serial", threads=1, progress=False))
+    results = summary["results"]
     assert [r["val_acc"] for r in results] == sorted((r["val_acc"] for r in results), reverse=True)
     assert {r["point"]["method_config.lr_img"] for r in results} == {0.1, 10.0}
     assert all(r["validation"] == 0.1 for r in results)
-    files = sorted((tmp_path / "s" / "trials").glob("*.json"))
-    assert len(files) == 2 and (tmp_path / "s" / "sweep.md").is_file()
+    files = sorted((tmp_path / "s" / "jobs").glob("*.json"))
+    assert len(files) == 2 and (tmp_path / "s" / "summary.md").is_file() and len(list((tmp_path / "s" / "runs").iterdir())) == 2
     stamps = [f.stat().st_mtime_ns for f in files]
-    assert sweep(BASE, grid, tmp_path / "s", make_executor("serial", progress=False)) == results  # nothing reruns
+    assert run_study("sweep", BASE, tmp_path / "s", make_executor("serial", progress=False)) == summary  # nothing reruns
     assert [f.stat().st_mtime_ns for f in files] == stamps
+    with pytest.raises(StudyError, match="other settings"):  # never a silent reuse of another sweep's points
+        run_study("sweep", replace(BASE, validation=0.2), tmp_path / "s", make_executor("serial", progress=False))
     pytest.importorskip("ray")
     with make_executor("ray", workers=2, threads=1, progress=False) as ex:
-        tuned = sweep(BASE, grid, tmp_path / "t", ex)
+        tuned = run_study("sweep", BASE, tmp_path / "t", ex)["results"]
     assert [(r["point"], r["accuracies"]) for r in tuned] == [(r["point"], r["accuracies"]) for r in results]
 
 
@@ -78,5 +82,11 @@ def test_sweep_cli(tmp_path, capsys):
                  "eval.epochs=1", "eval.n_models=1", "--out", str(tmp_path / "s"), "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "| method_config.lr_img | validation accuracy (%)" in out and "best on the validation split" in out
-    rows = [json.loads(p.read_text()) for p in (tmp_path / "s" / "trials").glob("*.json")]
+    rows = [json.loads(p.read_text()) for p in (tmp_path / "s" / "jobs").glob("*.json")]
     assert len(rows) == 2
+    # the same study through the generated command, its overrides as --set
+    assert main(["study", "sweep", "--method", "dm", "--dataset", "digits", "--ipc", "1", "--iterations", "1",
+                 "--grid", "method_config.lr_img=1,10", "--set", "method_config.batch_real=16", "--set",
+                 "eval.preset=smoke", "--set", "eval.epochs=1", "--set", "eval.n_models=1", "--out", str(tmp_path / "s"),
+                 "--threads", "1"]) == 0  # the same settings: every point is done already
+    assert "| method_config.lr_img |" in capsys.readouterr().out

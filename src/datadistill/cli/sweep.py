@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import EPILOG, _executor, _executor_options, _run_dict
+from .common import EPILOG, _executor, _executor_options
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -26,19 +26,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                     help="fraction of each class of the training set held out to score the points (default 0.1)")
     sw.add_argument("--device", help="auto, cpu, cuda ...")
     sw.add_argument("--root", help="data root")
-    sw.add_argument("--out", required=True, help="sweep folder: trials/*.json, runs/, sweep.md")
+    sw.add_argument("--out", required=True, help="sweep folder: jobs/*.json (one per point), runs/ (their run "
+                    "folders), records.jsonl, summary.json and summary.md (the ranking)")
     _executor_options(sw, "point of the grid (ray: a Ray Tune grid search)")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ..sweep import parse_grid, sweep
+    """The ``sweep`` study (`studies.sweep`) from this command's flags: one path with ``datadistill study
+    sweep``, whose flags are generated (``--set KEY=VALUE`` there for the overrides here)."""
+    from ..device import pick_device
+    from ..studies import run_study
+    from ..studies.sweep import SweepConfig
 
-    base = _run_dict(args)
-    grid = parse_grid(args.grid)
-    with _executor(args, args.device or "cpu") as ex:
-        results = sweep(base, grid, args.out, ex, validation=args.validation)
-    print((Path(args.out) / "sweep.md").read_text(), end="")
-    best = results[0]
+    device = str(pick_device(args.device or "auto"))
+    cfg = SweepConfig(grid=tuple(args.grid), preset=args.preset, method=args.method, dataset=args.dataset,
+                      ipc=args.ipc, iterations=args.iterations, seed=args.seed, overrides=tuple(args.overrides),
+                      validation=args.validation, root=args.root, device=device)
+    with _executor(args, device) as ex:
+        summary = run_study("sweep", cfg, args.out, ex)
+    print((Path(args.out) / "summary.md").read_text(), end="")
+    best = summary["results"][0]
     sets = " ".join(f"{k}={json.dumps(v)}" for k, v in best["point"].items())
     print(f"best on the validation split ({100 * args.validation:g}% of the training set): {sets} "
           f"({best['val_acc']:.2f}%); distil it on the whole training set and report its test accuracy with "

@@ -26,7 +26,7 @@ import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 from ..config import ConfigError
 from ..executor import Executor, Task
@@ -92,6 +92,10 @@ class Study:
     def plot(self, summary: dict[str, Any], path: Path) -> Path | None:
         return None
 
+    def schedule(self, executor: Executor, tasks: list[Task], out: Path) -> None:
+        """Run some of the tasks not done yet a study's own way before the executor runs the rest (each
+        writes its task's file); default nothing (the sweep: a Ray Tune grid search under Ray)."""
+
     def metrics(self, summary: dict[str, Any]) -> dict[str, Any]:
         """The summary's headline figures as flat fields that a benchmark expectation can name
         (``benchmarks/run.py`` adds them to the study's record); default none."""
@@ -150,7 +154,7 @@ def run_study(study: str | Study, cfg: Any, out: str | Path, executor: Executor 
     tasks = [Task(key=j.name, fn=run_job, args=(s.name, j.spec), out=out / JOBS / f"{j.name}.json") for j in jobs]
     if executor is None:
         executor = make_executor("serial", progress=False)
-    rows = run_jobs(executor, out, tasks, s.name)
+    rows = run_jobs(executor, out, tasks, s.name, schedule=lambda todo: s.schedule(executor, todo, out))
     write_records(out, s.records(rows))
     summary = s.summarize(cfg, rows, resolved)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
@@ -209,10 +213,11 @@ def settings_of(job: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in job.items() if k not in VOLATILE}))
 
 
-def run_jobs(executor: Executor, out: Path, tasks: list[Task], desc: str) -> list[dict[str, Any]]:
-    """Run the tasks not done yet (each writes ``out/jobs/NAME.json``), then every job's row, in order.
-    A result file made with other settings (another protocol, another file under the same name) is
-    an error, never a silent reuse."""
+def run_jobs(executor: Executor, out: Path, tasks: list[Task], desc: str,
+             schedule: Callable[[list[Task]], None] | None = None) -> list[dict[str, Any]]:
+    """Run the tasks not done yet (each writes ``out/jobs/NAME.json``; ``schedule`` may run some of them
+    first, its own way), then every job's row, in order. A result file made with other settings
+    (another protocol, another file under the same name) is an error, never a silent reuse."""
     stale = []
     for t in tasks:
         if t.done():
@@ -226,6 +231,8 @@ def run_jobs(executor: Executor, out: Path, tasks: list[Task], desc: str) -> lis
                          f"{' ...' if len(stale) > 3 else ''}; give another --out (or remove those files)")
     if any(not t.done() for t in tasks):
         check_output_dir(out / JOBS, "results folder")
+        if schedule is not None:
+            schedule(tasks)
     files = executor.run(tasks, desc=desc)
     return [json.loads(Path(files[t.key]).read_text()) for t in tasks]
 
