@@ -73,7 +73,7 @@ def test_k_center_second_pick_is_the_farthest_point_from_the_first():
 @pytest.mark.parametrize("method", ["herding", "kcenter"])
 def test_factories_return_ipc_distinct_real_images_per_class(method, toy):
     entry = METHODS.get(method)
-    s = entry.synset(PIXELS, toy, 4, "real", _gen())
+    s = entry.select(PIXELS, toy, 4, "real", _gen()).synset
     assert isinstance(s, PixelSet) and s.ipc == 4 and len(s) == 12
     assert s.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     flat = toy.train.images.flatten(1)
@@ -92,9 +92,10 @@ def test_network_features_are_deterministic_and_recorded(toy):
     trained = CoresetConfig(features="trained", model="lenet", batch_size=16)
     b = select_indices(trained, toy, 3, _gen(), herding)
     assert len(set(b.tolist())) == 9 and torch.equal(b, select_indices(trained, toy, 3, _gen(), herding))
-    method = METHODS.get("herding").build(trained, None)
-    assert method.file_meta() == {"selection": {"method": "herding", "features": "trained", "model": "lenet",
-                                                "train_epochs": 1, "train_lr": 0.01}}
+    chosen = METHODS.get("herding").select(trained, toy, 3, "real", _gen())  # the set and what its file records
+    assert torch.equal(chosen.synset.images, toy.train.images[b].cpu())
+    assert chosen.meta == {"selection": {"method": "herding", "features": "trained", "model": "lenet",
+                                         "train_epochs": 1, "train_lr": 0.01}}
 
 
 def test_config_errors_are_clear(toy):

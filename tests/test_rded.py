@@ -12,9 +12,8 @@ from datadistill.data import load_dataset
 from datadistill.evaluation import get_protocol
 from datadistill.evaluation.labels import label_plan
 from datadistill.methods import METHODS, Context
-from datadistill.methods.rded import (RDED, RDEDConfig, check_floor, check_rded, crop_resize, rded_from_file,
-                                      rded_synset, sample_boxes, select_class, stitch)
-from datadistill.methods.rded import set_crops
+from datadistill.methods.rded import (RDEDConfig, check_floor, check_rded, crop_resize, rded_from_file,
+                                      select_rded, sample_boxes, select_class, stitch)
 from datadistill.models import create_model
 from datadistill.resolve import check_run, resolve
 from datadistill.synset import PixelSet, read_meta, save_synset
@@ -90,7 +89,7 @@ def test_stitching_places_each_ranked_crop_in_its_tile():
 
 def test_soft_labels_are_the_teachers_probabilities_of_the_stitched_images(digits, teacher_file):
     cfg = RDEDConfig(teacher=teacher_file, factor=2, num_crop=2, mipc=10, temperature=4.0)
-    s = rded_synset(cfg, digits, 2, "real", torch.Generator().manual_seed(0))
+    s = select_rded(cfg, digits, 2, "real", torch.Generator().manual_seed(0)).synset
     teacher = load_teacher(teacher_file)
     want = torch.softmax(teacher.logits(s.images.detach()) / 4.0, dim=1)
     torch.testing.assert_close(s.soft_labels, want)
@@ -102,7 +101,7 @@ def test_soft_labels_are_the_teachers_probabilities_of_the_stitched_images(digit
 
 def test_a_seed_fixes_the_set(digits, teacher_file):
     cfg = RDEDConfig(teacher=teacher_file, num_crop=2, mipc=8)
-    a, b, c = (rded_synset(cfg, digits, 1, "real", torch.Generator().manual_seed(s)) for s in (1, 1, 2))
+    a, b, c = (select_rded(cfg, digits, 1, "real", torch.Generator().manual_seed(s)).synset for s in (1, 1, 2))
     assert torch.equal(a.images, b.images) and torch.equal(a.soft_labels, b.soft_labels)
     assert not torch.equal(a.images, c.images)
 
@@ -167,9 +166,8 @@ def test_every_chosen_box_respects_the_crop_scale_floor(digits, floor):
 @pytest.mark.parametrize("factor", [1, 2])
 def test_the_crops_round_trip_through_the_file_and_rebuild_the_images(digits, teacher_file, tmp_path, factor):
     cfg = RDEDConfig(teacher=teacher_file, factor=factor, num_crop=2, mipc=10, min_scale=0.25)
-    s = rded_synset(cfg, digits, 2, "real", torch.Generator().manual_seed(3))
-    ctx = Context(data=digits, synset=s, device=torch.device("cpu"), generator=torch.Generator(), seed=0, ipc=2)
-    meta = RDED(cfg, ctx).file_meta()
+    chosen = select_rded(cfg, digits, 2, "real", torch.Generator().manual_seed(3))
+    s, meta = chosen.synset, chosen.meta  # the set and what its file records (teacher, crops)
     path = save_synset(tmp_path / "rded.safetensors", s, digits.spec, method="rded", **meta)
     crops = read_meta(path)["crops"]
     assert crops == meta["crops"] and len(crops["image"]) == 10 * 2 * factor**2
@@ -189,8 +187,8 @@ def test_the_grid_draws_each_image_beside_its_crops_sources(digits, teacher_file
     from PIL import Image
 
     cfg = RDEDConfig(teacher=teacher_file, factor=2, num_crop=2, mipc=10)
-    s = rded_synset(cfg, digits, 2, "real", torch.Generator().manual_seed(0))
-    crops = set_crops(s)
+    chosen = select_rded(cfg, digits, 2, "real", torch.Generator().manual_seed(0))
+    s, crops = chosen.synset, chosen.meta["crops"]
     plain = Image.open(save_grid(s, digits.spec, tmp_path / "plain.png"))
     drawn = Image.open(save_grid(s, digits.spec, tmp_path / "crops.png", crops=crops, sources=digits.train.images))
     # 2 images per class, each followed by its 4 sources: 10 cells a row, each drawn >= 48 pixels wide

@@ -96,3 +96,21 @@ def test_each_method_declares_the_network_and_teacher_its_config_names():
             assert entry.teacher(dataclasses.replace(cfg, teacher="t.safetensors")) == "t.safetensors", name
         else:
             assert entry.teacher(cfg) is None, name
+
+
+def test_a_method_is_iterative_or_one_shot():
+    """An entry gives ``build`` (a loop of ``step`` calls) or ``select`` (one choice, no iterations):
+    never both, never neither, and a one-shot one has no iterations."""
+    from datadistill.methods import MethodEntry, Selected
+    from datadistill.methods.base import register_method
+
+    pick = lambda cfg, data, ipc, init, g: Selected(None)  # noqa: E731
+    with pytest.raises(TypeError, match="build .* or select"):
+        register_method(MethodEntry(name="x-none", config=dict))
+    with pytest.raises(TypeError, match="build .* or select"):
+        register_method(MethodEntry(name="x-both", config=dict, build=lambda c, x: None, iterations=1, select=pick))
+    with pytest.raises(TypeError, match="no iterations"):
+        register_method(MethodEntry(name="x-iter", config=dict, select=pick, iterations=5))
+    from datadistill.methods import METHODS
+
+    assert {n for n in METHODS.names() if METHODS.get(n).select is not None} == {"random", "herding", "kcenter", "rded"}

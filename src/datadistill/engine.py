@@ -32,7 +32,7 @@ from .device import device_name, peak_memory_mb
 from .evaluation import EvalProtocol, EvalReport, evaluate
 from .evaluation.evaluator import n_networks, network_row
 from .fileio import atomic_write, atomic_write_text
-from .methods import Context, DivergenceError
+from .methods import Context, DivergenceError, OneShot, Selected
 from .paths import check_output_dir, missing_dirs, remove_empty_dirs
 from .report import run_report
 from .resolve import Checked, Resolved, check_run, saved_config
@@ -48,7 +48,21 @@ FINAL = "final"
 
 
 def init_synset(res: Resolved, data: LoadedDataset, seed: int) -> Any:
+    """The set a run starts from (a one-shot method's whole result: `select_set`)."""
+    return select_set(res, data, seed).synset
+
+
+def select_set(res: Resolved, data: LoadedDataset, seed: int) -> Selected:
+    """The set a run starts from, with what its file records about it: a one-shot method's choice
+    (``MethodEntry.select``), else the method's initialization (its ``synset`` factory, real images
+    or noise)."""
     g = make_generator(seed, "init")
+    if res.entry.select is not None:
+        return res.entry.select(res.method_cfg, data, res.cfg.ipc, res.image_init, g)
+    return Selected(_initial_set(res, data, g))
+
+
+def _initial_set(res: Resolved, data: LoadedDataset, g: torch.Generator) -> Any:
     if res.entry.synset is not None:
         return res.entry.synset(res.method_cfg, data, res.cfg.ipc, res.image_init, g)
     if res.image_init == "real":
@@ -126,11 +140,12 @@ def _distill(checked: Checked, out: Path, *, resume: bool, progress: bool, stop_
         torch.cuda.reset_peak_memory_stats(device)
     if device.type != "cpu":  # the training images go to the device once, not batch by batch
         data = dataclasses.replace(data, train=data.train.to(device), test=data.test.to(device))
-    synset = init_synset(res, data, cfg.seed).to(device)
+    chosen = select_set(res, data, cfg.seed)
+    synset = chosen.synset.to(device)
     ctx = Context(data=data, synset=synset, device=device, generator=make_generator(cfg.seed, "method"),
                   seed=cfg.seed, ipc=cfg.ipc, iterations=res.iterations, data_root=cfg.data_root,
                   dataset_options=dict(cfg.dataset_options))
-    method = res.entry.build(res.method_cfg, ctx)
+    method = res.entry.build(res.method_cfg, ctx) if res.entry.build is not None else OneShot(res.entry.name, chosen.meta)
     networks = method.eval_networks()
     start, elapsed = 0, 0.0
     if resume and (out / CHECKPOINT).is_file():

@@ -83,6 +83,35 @@ class MethodHooks:
         return None
 
 
+@dataclass
+class Selected:
+    """What a one-shot method's ``select`` returns: the set it chose or built, and what the distilled
+    file records about the choice (JSON-able; e.g. the rule and features, a teacher, the crops)."""
+
+    synset: Any
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class OneShot(MethodHooks):
+    """The method of a run whose entry selects (``MethodEntry.select``): the set was made before the
+    loop and there is nothing to optimize; the file records what ``select`` said about it."""
+
+    def __init__(self, name: str, meta: dict[str, Any]) -> None:
+        self.name, self.meta = name, meta
+
+    def step(self, iteration: int) -> dict[str, float]:
+        raise RuntimeError(f"{self.name} selects its set once and has no iterations; run it with iterations=0")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def file_meta(self) -> dict[str, Any]:
+        return dict(self.meta)
+
+
 def format_metrics(metrics: dict[str, Any], *, markdown: bool = False, title: str = "final metrics") -> list[str]:
     """Lines showing a method's final metrics (`MethodHooks.final_metrics`): one console line of each
     metric's ``mean ± std`` (or value), or with ``markdown`` a titled table for ``report.md``."""
@@ -133,9 +162,11 @@ class MethodEntry:
     which the engine, ``datadistill evaluate FILE``, ``datadistill pretrain`` and the report reach
     it without importing it.
 
-    ``iterations`` is the default number of ``step`` calls (0 for selection methods whose result
-    is the initialization); ``image_init`` is the default initialization of the set's images, one of
-    ``image_inits``; ``zca`` the whitening a run gets unless it names one. A method instance's own
+    An iterative method gives ``build(cfg, ctx) -> Method`` and ``iterations``, the default number of
+    ``step`` calls. A one-shot method (a coreset, RDED) gives ``select(cfg, data, ipc, init, generator)
+    -> Selected`` instead: the set is chosen once, before the (empty) loop, and its file records
+    ``Selected.meta``; its runs have no iterations. ``image_init`` is the default initialization of
+    the set's images, one of ``image_inits``; ``zca`` the whitening a run gets unless it names one. A method instance's own
     hooks are `MethodHooks`; the entry's work from a file alone:
 
     - ``from_file(meta, spec) -> FileEvaluation``: the evaluation a distilled file of this method
@@ -154,8 +185,10 @@ class MethodEntry:
 
     name: str
     config: type
-    build: Callable[[Any, Context], Method]
-    iterations: int
+    build: Callable[[Any, Context], Method] | None = None  # an iterative method's constructor
+    iterations: int = 0
+    # a one-shot method's ``(cfg, data, ipc, init, generator) -> Selected`` (then no ``build``, no iterations)
+    select: Callable[..., Selected] | None = None
     image_init: str = "real"
     description: str = ""  # one line for `datadistill list methods`
     eval_preset: str = "dc"  # the evaluation protocol the method's results are reported with
@@ -202,6 +235,10 @@ def check_ranges(method: str, cfg: Any, *, positive: tuple[str, ...] = (), rates
 
 
 def register_method(entry: MethodEntry, *aliases: str) -> MethodEntry:
+    if (entry.build is None) == (entry.select is None):
+        raise TypeError(f"method {entry.name!r}: give build (an iterative method) or select (a one-shot one), not both")
+    if entry.select is not None and (entry.iterations or entry.synset is not None):
+        raise TypeError(f"method {entry.name!r} selects: it has no iterations and no synset factory")
     METHODS.add(entry.name, entry, aliases=aliases)
     return entry
 

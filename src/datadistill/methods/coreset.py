@@ -49,7 +49,7 @@ from ..seeding import fork
 from ..synset import PixelSet
 from ..fileio import atomic_write
 from ..train.loop import real_batches, train_classifier
-from .base import Context, MethodEntry, MethodHooks, config_model, register_method
+from .base import MethodEntry, Selected, config_model, register_method
 
 Embed = Callable[[torch.Tensor], torch.Tensor]  # normalized images [n, C, H, W] -> features [n, D]
 Selector = Callable[[torch.Tensor, int], torch.Tensor]  # (features [n, D], k) -> indices [k]
@@ -197,59 +197,42 @@ def select_indices(cfg: CoresetConfig, data: LoadedDataset, ipc: int, generator:
     return torch.cat(out)
 
 
-def coreset_synset(method: str, cfg: CoresetConfig, data: LoadedDataset, ipc: int, init: str,
-                   generator: torch.Generator) -> PixelSet:
-    """The ``synset`` factory of a feature-based coreset: a `PixelSet` of the selected real images."""
+def select_random(cfg: RandomConfig, data: LoadedDataset, ipc: int, init: str,
+                  generator: torch.Generator) -> Selected:
+    """``random``'s selection: ``ipc`` real images per class drawn uniformly (``init="noise"``: a
+    set of noise images, the no-information floor)."""
+    synset = (PixelSet.from_real(data.train, ipc, generator) if init == "real"
+              else PixelSet.from_noise(data.spec, ipc, generator))
+    return Selected(synset, {"selection": {"method": "random"}})
+
+
+def select_coreset(method: str, cfg: CoresetConfig, data: LoadedDataset, ipc: int, init: str,
+                   generator: torch.Generator) -> Selected:
+    """A feature-based coreset's selection: a `PixelSet` of the selected real images, and the rule and
+    the feature space actually used (the file's ``selection``)."""
     if init != "real":
         raise ConfigError(f"{method} selects real images; init must be 'real', got {init!r}")
     idx = select_indices(cfg, data, ipc, generator, SELECTORS[method])
     train = data.train
-    return PixelSet(train.images[idx].cpu(), train.labels[idx].cpu(), train.num_classes)
-
-
-# ------------------------------------------------------------------------------------ the method
-class Selection(MethodHooks):
-    """The selection is the set's initialization from real data; there is nothing to optimize.
-
-    ``file_meta`` records, under ``selection``, the rule and the feature space actually used.
-    """
-
-    def __init__(self, cfg: Any, ctx: Context, method: str = "random") -> None:
-        self.cfg, self.ctx, self.method = cfg, ctx, method
-
-    def step(self, iteration: int) -> dict[str, float]:
-        raise RuntimeError(f"{self.method} selection has no iterations; run it with iterations=0")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def file_meta(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"method": self.method}
-        if isinstance(self.cfg, CoresetConfig):
-            meta["features"] = self.cfg.features
-            if self.cfg.features != "pixels":
-                meta["model"] = self.cfg.model
-            if self.cfg.features == "trained":
-                meta.update(train_epochs=self.cfg.train_epochs, train_lr=self.cfg.train_lr)
-        return {"selection": meta}
+    meta: dict[str, Any] = {"method": method, "features": cfg.features}
+    if cfg.features != "pixels":
+        meta["model"] = cfg.model
+    if cfg.features == "trained":
+        meta.update(train_epochs=cfg.train_epochs, train_lr=cfg.train_lr)
+    return Selected(PixelSet(train.images[idx].cpu(), train.labels[idx].cpu(), train.num_classes), {"selection": meta})
 
 
 register_method(MethodEntry(
-    name="random", config=RandomConfig, build=Selection, iterations=0,
+    name="random", config=RandomConfig, select=select_random,
     description="random real images per class (baseline)",
 ))
 register_method(MethodEntry(
-    name="herding", config=CoresetConfig, build=partial(Selection, method="herding"), iterations=0,
-    image_inits=("real",), synset=partial(coreset_synset, "herding"),
-    network=config_model,
+    name="herding", config=CoresetConfig, select=partial(select_coreset, "herding"),
+    image_inits=("real",), network=config_model,
     description="herding selection of real images per class (Welling, ICML 2009; baseline)",
 ))
 register_method(MethodEntry(
-    name="kcenter", config=CoresetConfig, build=partial(Selection, method="kcenter"), iterations=0,
-    image_inits=("real",), synset=partial(coreset_synset, "kcenter"),
-    network=config_model,
+    name="kcenter", config=CoresetConfig, select=partial(select_coreset, "kcenter"),
+    image_inits=("real",), network=config_model,
     description="greedy k-center selection of real images per class (Sener & Savarese, ICLR 2018; baseline)",
 ), "k_center")

@@ -23,7 +23,7 @@ iterations. Per class ``c`` (the paper's two stages, Fig. 3):
    under ``crops``; the run's grid and ``datadistill show`` draw each image beside its sources, the
    boxes outlined.
 5. Labels. Each stitched image's soft label is the teacher's ``softmax(logits / T)`` of the whole
-   image (`rded_synset`); the set trains with ``label_loss="kl"`` at temperature ``T``. The
+   image (`select_rded`); the set trains with ``label_loss="kl"`` at temperature ``T``. The
    reference code stores no labels: its evaluation relabels every augmented batch with the teacher
    (FKD/SRe2L practice), which the file's evaluation (`rded_from_file`) asks for when the teacher
    file exists; the stored labels are the fallback without it.
@@ -39,7 +39,6 @@ shrunk, i.e. ``factor >= 2``); images are kept as float tensors (the reference w
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -51,7 +50,7 @@ from ..config import ConfigError
 from ..data.spec import LoadedDataset
 from ..synset import PixelSet
 from ..teachers import TeacherError, load_teacher
-from .base import Context, FileEvaluation, MethodEntry, MethodHooks, check_ranges, register_method
+from .base import Context, FileEvaluation, MethodEntry, Selected, check_ranges, register_method
 
 Logits = Callable[[torch.Tensor], torch.Tensor]  # normalized images [n, C, H, W] -> logits [n, classes]
 
@@ -256,29 +255,21 @@ def crop_records(selections: list[Selection], ipc: int) -> dict[str, Any]:
             "image": rows, "source": sources, "box": boxes, "place": places, "score": scores}
 
 
-# the selection behind each set `rded_synset` built, for `RDED.file_meta` (the factory returns only the set)
-_CROPS: "weakref.WeakKeyDictionary[PixelSet, dict[str, Any]]" = weakref.WeakKeyDictionary()
-
-
-def rded_synset(cfg: RDEDConfig, data: LoadedDataset, ipc: int, init: str, generator: torch.Generator) -> PixelSet:
-    """The ``synset`` factory: the stitched images of every class with the teacher's soft labels."""
+def select_rded(cfg: RDEDConfig, data: LoadedDataset, ipc: int, init: str, generator: torch.Generator) -> Selected:
+    """RDED's selection (`MethodEntry.select`): the stitched images of every class with the teacher's
+    soft labels; the file records the teacher (path, sha256, model, test accuracy) under ``teacher``
+    and the chosen crops under ``crops`` (`crop_records`)."""
     if init != "real":
         raise ConfigError(f"rded crops real images; init must be 'real', got {init!r}")
     device = data.train.images.device
-    teacher = load_teacher(cfg.teacher, device=device)
+    teacher = load_teacher(Path(cfg.teacher).expanduser().resolve(), device=device)
     selections = [select_class(cfg, teacher.logits, data, c, ipc, generator) for c in range(data.spec.num_classes)]
     images = torch.cat([sel.images for sel in selections])
     soft = torch.softmax(teacher.logits(images).float() / cfg.temperature, dim=1)
     labels = torch.arange(data.spec.num_classes).repeat_interleave(ipc)
     synset = PixelSet(images.cpu(), labels, data.spec.num_classes, soft_labels=soft.cpu(), label_loss="kl",
                       label_temperature=cfg.temperature)
-    _CROPS[synset] = crop_records(selections, ipc)
-    return synset
-
-
-def set_crops(synset: Any) -> dict[str, Any] | None:
-    """The ``crops`` record of a set `rded_synset` built (None for any other set)."""
-    return _CROPS.get(synset)
+    return Selected(synset, {"teacher": teacher.describe(), "crops": crop_records(selections, ipc)})
 
 
 # ------------------------------------------------------------------------------------ checks, file
@@ -317,31 +308,8 @@ def rded_from_file(meta: dict[str, Any], spec: Any) -> FileEvaluation:
     return FileEvaluation(protocol={**protocol, "labels": "soft"})
 
 
-class RDED(MethodHooks):
-    """The set is built by `rded_synset`; there is nothing to optimize. ``file_meta`` records the
-    teacher (path, sha256, model, test accuracy) under ``teacher`` and the chosen crops under
-    ``crops`` (`crop_records`)."""
-
-    def __init__(self, cfg: RDEDConfig, ctx: Context) -> None:
-        self.cfg, self.ctx = cfg, ctx
-
-    def step(self, iteration: int) -> dict[str, float]:
-        raise RuntimeError("rded selection has no iterations; run it with iterations=0")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-    def file_meta(self) -> dict[str, Any]:
-        t = load_teacher(Path(self.cfg.teacher).expanduser().resolve())
-        crops = set_crops(self.ctx.synset)
-        return {"teacher": t.describe(), **({"crops": crops} if crops is not None else {})}
-
-
 register_method(MethodEntry(
-    name="rded", config=RDEDConfig, build=RDED, iterations=0, image_inits=("real",), synset=rded_synset,
+    name="rded", config=RDEDConfig, select=select_rded, image_inits=("real",),
     check=check_rded, from_file=rded_from_file, teacher=lambda cfg: cfg.teacher or None,
     description="realistic, diverse teacher-ranked crops with soft labels (Sun et al., CVPR 2024)",
 ))
