@@ -7,7 +7,7 @@ from datadistill.cli import main
 from datadistill.evaluation import evaluate, get_protocol
 from datadistill.synset import (SYNSETS, FactorizedSet, Hallucinator, HallucinatorConfig, SyntheticSet,
                                 factorized_synset, load_synset, read_meta, save_synset)
-from datadistill.synset.factorized import bases_for_budget
+from datadistill.synset.factorized import FactorizedSettings, bases_for_budget
 
 
 def _set(toy, bases=2, hals=3, seed=0, **kw):
@@ -172,17 +172,15 @@ def test_rejects_bad_inputs(toy):
         HallucinatorConfig(n_hallucinators=0)
 
 
-@dataclass(frozen=True)
-class _HaBaLike:
-    bases_per_class: int | None = None
-    n_hallucinators: int = 2
-    hallucinator_kernel: int = 3
-    hallucinator_channels: int | None = 4
-    hallucinator_init: str = "default"
-    lr_teacher: float | None = 0.01
+def _HaBaLike(bases_per_class=None, hallucinator_channels=4, hallucinator_init="default", lr_teacher=0.01,
+              hallucinator_norm="none"):
+    """The set's settings as HaBa builds them (`methods.haba.haba_synset`), at a toy size."""
+    hal = HallucinatorConfig(n_hallucinators=2, kernel_size=3, hidden_channels=hallucinator_channels,
+                             init=hallucinator_init, norm=hallucinator_norm)
+    return FactorizedSettings(hal, bases_per_class, "ipc", lr_teacher)
 
 
-def test_engine_builder_reads_the_method_config(toy):
+def test_the_builder_takes_typed_settings(toy):
     assert [bases_for_budget(i) for i in (1, 2, 10, 50)] == [1, 2, 10, 50]  # the authors': ipc bases
     assert [bases_for_budget(i, "ipc-1") for i in (1, 2, 10, 50)] == [1, 1, 9, 49]
     s = factorized_synset(_HaBaLike(), toy, 10, "real", torch.Generator().manual_seed(0))
@@ -190,7 +188,7 @@ def test_engine_builder_reads_the_method_config(toy):
     assert s.log_lr.requires_grad and abs(s.learned_lr() - 0.01) < 1e-8
     s = factorized_synset(_HaBaLike(bases_per_class=3, lr_teacher=None), toy, 10, "noise", torch.Generator())
     assert s.bases_per_class == 3 and s.learned_lr() is None and (s.examples_per_class, s.ipc) == (6, 10)
-    assert HallucinatorConfig.of(object()) == HallucinatorConfig()  # defaults: 5 hallucinators, 3x3
+    assert FactorizedSettings().hallucinators == HallucinatorConfig()  # defaults: 5 hallucinators, 3x3
     s = factorized_synset(_HaBaLike(hallucinator_init="identity", hallucinator_channels=None), toy, 2, "real",
                           torch.Generator())
     assert all(abs(float(h.enc.weight.detach()[0, 0, 1, 1]) - 1) < 0.5 for h in s.hallucinators)
@@ -218,7 +216,9 @@ def test_identity_init_starts_hallucinations_at_their_bases(toy):
         y = wide(x)[inner]
     assert (y[:, :2] - x[inner]).abs().mean() < 0.15 * x[inner].abs().mean()  # the input channels pass through
     assert y[:, 2].abs().mean() < 0.15 * x[inner].abs().mean()  # the extra output channel starts near zero
-    assert HallucinatorConfig.of(_HaBaLike(hallucinator_init="identity")).init == "identity"
+    from datadistill.methods.haba import HaBaConfig
+
+    assert HaBaConfig(hallucinator_init="identity").hallucinators().init == "identity"  # HaBa's flat field, typed
     with pytest.raises(ValueError, match="valid: default, identity"):
         HallucinatorConfig(init="zeros")
     with pytest.raises(ValueError, match="valid: default, identity"):
@@ -264,7 +264,9 @@ def test_base_norm_keeps_each_hallucinations_scale_at_its_bases(toy, tmp_path):
     config = s.config()
     del config["hallucinator_norm"]
     assert all(h.norm == "none" for h in FactorizedSet.from_tensors(s.tensors(), config).hallucinators)
-    assert HallucinatorConfig.of(_HaBaLike()).norm == "none"
+    from datadistill.methods.haba import HaBaConfig
+
+    assert HaBaConfig().hallucinators().norm == "none" and HaBaConfig(hallucinator_norm="base").hallucinators().norm == "base"
     with pytest.raises(ValueError, match="valid: none, base"):
         HallucinatorConfig(norm="batch")
     with pytest.raises(ValueError, match="valid: none, base"):

@@ -10,7 +10,7 @@ from datadistill.functional import supervised_contrastive_loss
 from datadistill.methods import Context, DivergenceError
 from datadistill.methods.haba import HaBa, HaBaConfig
 from datadistill.seeding import make_generator
-from datadistill.synset.factorized import factorized_synset
+from datadistill.methods.haba import haba_synset
 
 from test_mtt import Trajectories
 
@@ -24,7 +24,7 @@ def make(toy, experts, ipc=3, seed=0, **kw):
     cfg = HaBaConfig(**{"model": "mlp", "extractor": "mlp", "syn_steps": 4, "expert_epochs": 1, "max_start_epoch": 2,
                         "lr_img": 10.0, "lr_hallucinator": 1.0, "lr_lr": 1e-4, "lr_teacher": 0.05, "dsa": False,
                         "n_hallucinators": 3, **kw})
-    s = factorized_synset(cfg, toy, ipc, "real", make_generator(seed, "init"))
+    s = haba_synset(cfg, toy, ipc, "real", make_generator(seed, "init"))
     ctx = Context(toy, s, torch.device("cpu"), make_generator(seed, "m"), seed, ipc, iterations=10)
     return HaBa(cfg, ctx, experts=experts), s
 
@@ -133,10 +133,10 @@ def test_storage_ratio_of_each_bases_rule_on_digits(digits):
     plain = 10 * 10 * 28 * 28
     for rule, bases in (("ipc", 10), ("ipc-1", 9)):
         cfg = HaBaConfig(bases_rule=rule, lr_teacher=0.01)
-        s = factorized_synset(cfg, digits, 10, "real", make_generator(0, "init"))
+        s = haba_synset(cfg, digits, 10, "real", make_generator(0, "init"))
         assert s.bases_per_class == bases
         assert s.storage_ratio() == pytest.approx((10 * bases * 28 * 28 + 5 * per_hal + 1) / plain)
-    assert factorized_synset(HaBaConfig(), digits, 10, "noise", make_generator(0, "i")).storage_ratio() > 1.08
+    assert haba_synset(HaBaConfig(), digits, 10, "noise", make_generator(0, "i")).storage_ratio() > 1.08
 
 
 def test_haba_whitens_by_default_and_runs_without_zca_when_told():

@@ -217,19 +217,21 @@ def config_model(cfg: Any) -> str:
 METHODS: Registry[MethodEntry] = Registry("method")
 
 
-def check_ranges(method: str, cfg: Any, *, positive: tuple[str, ...] = (), rates: tuple[str, ...] = (),
+def check_ranges(method: str, cfg: Any, *, dsa_strategy: str | None = None, positive: tuple[str, ...] = (),
+                 rates: tuple[str, ...] = (),
                  momenta: tuple[str, ...] = ()) -> None:
     """Ranges shared by the methods' configs, for a config's ``__post_init__``: ``positive`` counts
     are >= 1, ``rates`` (learning rates) >= 0, ``momenta`` in [0, 1), and a ``dsa_strategy`` names
-    known ops when ``dsa`` is on. One `ConfigError` names every bad field and its range."""
+    known ops when the config trains with DSA (``dsa_strategy`` given, e.g. ``self.dsa_strategy if self.dsa
+    else None``). One `ConfigError` names every bad field and its range."""
     bad = [f"{n} must be >= 1, got {getattr(cfg, n)!r}" for n in positive if not getattr(cfg, n) >= 1]
     bad += [f"{n} must be >= 0, got {getattr(cfg, n)!r}" for n in rates if not getattr(cfg, n) >= 0]
     bad += [f"{n} must be in [0, 1), got {getattr(cfg, n)!r}" for n in momenta if not 0 <= getattr(cfg, n) < 1]
     if bad:
         raise ConfigError(f"{method}: {'; '.join(bad)}")
-    if getattr(cfg, "dsa", False):
+    if dsa_strategy is not None:
         try:
-            parse_strategy(cfg.dsa_strategy)
+            parse_strategy(dsa_strategy)
         except ValueError as e:
             raise ConfigError(f"{method}: dsa_strategy: {e}") from None
 

@@ -82,7 +82,8 @@ class DCConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"dc: {name} must be >= 1, got {v}")
-        check_ranges("dc", self, positive=("batch_real", "batch_train", "bn_real_per_class"),
+        check_ranges("dc", self, dsa_strategy=self.dsa_strategy if self.dsa else None,
+                     positive=("batch_real", "batch_train", "bn_real_per_class"),
                      rates=("lr_img", "lr_net"), momenta=("momentum",))
 
 

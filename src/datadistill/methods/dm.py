@@ -42,7 +42,8 @@ class DMConfig:
 
     def __post_init__(self) -> None:
         positive = ("batch_real",) + (("real_chunk",) if self.real_chunk is not None else ())
-        check_ranges("dm", self, positive=positive, rates=("lr_img",), momenta=("momentum",))
+        check_ranges("dm", self, dsa_strategy=self.dsa_strategy if self.dsa else None, positive=positive,
+                     rates=("lr_img",), momenta=("momentum",))
 
 
 class DM(MethodHooks):

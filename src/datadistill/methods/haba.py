@@ -56,12 +56,14 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError
+from ..data.spec import LoadedDataset
 from ..functional.contrastive import supervised_contrastive_loss
 from ..models import MODELS, create_model
 from ..seeding import derive_seed
 from ..models.layers import check_choice
 from ..synset.collapse import collapse_diagnostic
-from ..synset.factorized import BASES_RULES, FactorizedSet, HallucinatorConfig, bases_for_budget, factorized_synset
+from ..synset.factorized import (BASES_RULES, FactorizedSet, FactorizedSettings, HallucinatorConfig, bases_for_budget,
+                                 factorized_synset)
 from .base import Context, MethodEntry, MethodHooks, config_model, format_metrics, register_method
 from .trajectory import Matcher, TrajectoryMatching, check_matching, experts_meta
 
@@ -98,9 +100,15 @@ class HaBaConfig(TrajectoryMatching):
     lambda_contrast: float = 0.1
     temperature: float = 0.07
 
+    def hallucinators(self) -> HallucinatorConfig:
+        """The hallucinator fields as the set takes them."""
+        return HallucinatorConfig(n_hallucinators=self.n_hallucinators, kernel_size=self.hallucinator_kernel,
+                                  hidden_channels=self.hallucinator_channels, init=self.hallucinator_init,
+                                  norm=self.hallucinator_norm)
+
     def __post_init__(self) -> None:
         super().__post_init__()  # the trajectory-matching fields
-        HallucinatorConfig.of(self)  # checks the hallucinator fields
+        self.hallucinators()  # checks the hallucinator fields
         if self.n_hallucinators < 2:
             raise ValueError(f"HaBa needs n_hallucinators >= 2 (its diversity loss compares two), got "
                              f"{self.n_hallucinators}")
@@ -245,9 +253,16 @@ def format_haba_metrics(metrics: dict[str, Any], *, markdown: bool = False, titl
             *(f"| h{h} | {d['corr']:.3f} | {d['hf_ratio']:.3f} |" for h, d in enumerate(per)), ""]
 
 
+def haba_synset(cfg: HaBaConfig, data: LoadedDataset, ipc: int, init: str, generator: torch.Generator) -> FactorizedSet:
+    """HaBa's set (`MethodEntry.synset`): bases and hallucinators as the config says, the step size
+    ``lr_teacher`` stored with it (learned unless ``learn_lr`` is false)."""
+    settings = FactorizedSettings(cfg.hallucinators(), cfg.bases_per_class, cfg.bases_rule, cfg.lr_teacher, cfg.learn_lr)
+    return factorized_synset(settings, data, ipc, init, generator)
+
+
 register_method(MethodEntry(
     name="haba", config=HaBaConfig, build=HaBa, iterations=15000, eval_preset="mtt",
-    synset=factorized_synset, check=check_haba, zca=0.1, format_metrics=format_haba_metrics,
+    synset=haba_synset, check=check_haba, zca=0.1, format_metrics=format_haba_metrics,
     network=config_model,
     description="HaBa, factorized sets of bases x hallucinators (Liu et al., NeurIPS 2022); needs `datadistill experts`",
 ))

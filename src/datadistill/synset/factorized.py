@@ -55,7 +55,7 @@ base once, each through a hallucinator drawn at random per base and per epoch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -123,9 +123,8 @@ class HallucinatorConfig:
 
     ``hidden_channels`` None: the image's channels. ``init``: ``default`` (the released code's) or
     ``identity`` (near-identity, see the module doc). ``norm``: ``none`` (the released code's) or
-    ``base`` (each hallucination rescaled to its base's mean and std, see the module doc). A method
-    config carries them as the flat fields ``n_hallucinators``, ``hallucinator_kernel``,
-    ``hallucinator_channels``, ``hallucinator_init`` and ``hallucinator_norm`` (see `of`).
+    ``base`` (each hallucination rescaled to its base's mean and std, see the module doc). HaBa's
+    config carries them as flat fields and builds this (`methods.haba.factorized_settings`).
     """
 
     n_hallucinators: int = 5
@@ -144,15 +143,6 @@ class HallucinatorConfig:
         if self.hidden_channels is not None and self.hidden_channels < 1:
             raise ValueError(f"hallucinator hidden channels must be >= 1, got {self.hidden_channels}")
 
-    @classmethod
-    def of(cls, cfg: Any) -> "HallucinatorConfig":
-        """Read the flat fields of a method config (missing fields take the defaults)."""
-        d = cls()
-        return cls(n_hallucinators=getattr(cfg, "n_hallucinators", d.n_hallucinators),
-                   kernel_size=getattr(cfg, "hallucinator_kernel", d.kernel_size),
-                   hidden_channels=getattr(cfg, "hallucinator_channels", d.hidden_channels),
-                   init=getattr(cfg, "hallucinator_init", d.init),
-                   norm=getattr(cfg, "hallucinator_norm", d.norm))
 
 
 HALLUCINATOR_INITS = ("default", "identity")
@@ -381,17 +371,27 @@ def bases_for_budget(ipc: int, rule: str = "ipc") -> int:
     return ipc if rule == "ipc" else max(1, ipc - 1)
 
 
-def factorized_synset(cfg: Any, data: LoadedDataset, ipc: int, init: str, generator: torch.Generator) -> FactorizedSet:
-    """`MethodEntry.synset` builder for HaBa: reads from the method config ``bases_per_class`` (None:
-    `bases_for_budget` under ``bases_rule``), ``n_hallucinators``, ``hallucinator_kernel``, ``hallucinator_channels``,
-    ``hallucinator_init``, ``hallucinator_norm`` and the step size: ``lr_teacher`` (MTT's name for the
-    initial learned step size; absent or None: the set stores none), learned unless ``learn_lr`` is false."""
-    bases = getattr(cfg, "bases_per_class", None) or bases_for_budget(ipc, getattr(cfg, "bases_rule", "ipc"))
-    hal = HallucinatorConfig.of(cfg)
-    lr = getattr(cfg, "lr_teacher", None)
+@dataclass(frozen=True)
+class FactorizedSettings:
+    """What a `FactorizedSet` is built with (`factorized_synset`): the hallucinators, the bases per
+    class (None: `bases_for_budget` under ``bases_rule``) and the step size stored with the set
+    (``lr`` None: none; learned unless ``learn_lr`` is false)."""
+
+    hallucinators: HallucinatorConfig = field(default_factory=HallucinatorConfig)
+    bases_per_class: int | None = None
+    bases_rule: str = "ipc"
+    lr: float | None = None
+    learn_lr: bool = True
+
+
+def factorized_synset(settings: FactorizedSettings, data: LoadedDataset, ipc: int, init: str,
+                      generator: torch.Generator) -> FactorizedSet:
+    """A `FactorizedSet` for ``ipc`` images per class, its bases initialized from ``init`` (``real``
+    images or ``noise``)."""
+    bases = settings.bases_per_class or bases_for_budget(ipc, settings.bases_rule)
+    hal, lr = settings.hallucinators, settings.lr
     kw = dict(kernel_size=hal.kernel_size, hidden_channels=hal.hidden_channels, hallucinator_init=hal.init,
-              hallucinator_norm=hal.norm, lr=lr, ipc=ipc,
-              learn_lr=lr is not None and bool(getattr(cfg, "learn_lr", True)))
+              hallucinator_norm=hal.norm, lr=lr, ipc=ipc, learn_lr=lr is not None and settings.learn_lr)
     if init == "real":
         return FactorizedSet.from_real(data.train, bases, hal.n_hallucinators, generator, **kw)
     if init == "noise":
