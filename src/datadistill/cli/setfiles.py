@@ -60,16 +60,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     save_grid(f.synset, f.spec, out, view=f.zca.invert if f.zca is not None else None, crops=crops, sources=sources)
     print(f"wrote {out} ({f.method}, {f.spec.name}, {f.synset.ipc} image(s) per class"
           + (", ZCA whitening inverted for viewing" if f.zca is not None else "") + note + ")")
-    from ..synset.collapse import collapse_diagnostic
-    from ..synset.factorized import FactorizedSet
+    from ..methods import file_description
 
-    if isinstance(f.synset, FactorizedSet):  # HaBa: its storage and how far its hallucinators collapsed
-        s = f.synset
-        budget = f.meta.get("budget_ipc")  # a file from before the budget had one owner names it here
-        ratio = s.storage_ratio() * s.ipc / budget if budget else s.storage_ratio()
-        print(f"{s.bases_per_class} bases x {s.n_hallucinators} hallucinators per class; storage {ratio:.3f}x "
-              f"a plain set of {budget or s.ipc} image(s) per class")
-        print("\n".join(collapse_diagnostic(s).lines()))
+    for line in file_description(f.synset, f.meta):  # what the file's method says about its set (HaBa: collapse)
+        print(line)
     return 0
 
 

@@ -148,6 +148,13 @@ def default_from_file(meta: dict[str, Any], spec: Any) -> FileEvaluation:
     return FileEvaluation(preset="mtt" if meta.get("learned_lr") is not None else "dc")
 
 
+def file_description(synset: Any, meta: dict[str, Any]) -> list[str]:
+    """What the method named in a file's metadata says about its set (`MethodEntry.describe`), or nothing."""
+    name = meta.get("method")
+    entry = METHODS.get(name) if isinstance(name, str) and name in METHODS else None
+    return entry.describe(synset, meta) if entry is not None and entry.describe is not None else []
+
+
 def file_evaluation(meta: dict[str, Any], spec: Any) -> FileEvaluation:
     """How to evaluate a distilled file: asked of the method named in its metadata; a file without
     a registered method name gets `default_from_file`."""
@@ -199,6 +206,9 @@ class MethodEntry:
     from_file: Callable[[dict[str, Any], Any], FileEvaluation] = default_from_file
     format_metrics: Callable[..., list[str]] = format_metrics
     pretrain: Callable[..., str] | None = None
+    # ``describe(synset, meta) -> lines``: what ``datadistill show`` prints about a file's set beyond its picture
+    # (HaBa: its storage and the collapse diagnostic); None: nothing
+    describe: Callable[[Any, dict[str, Any]], list[str]] | None = None
     # the ZCA regularization a run whitens its data with when it does not say (``RunConfig.zca`` "auto");
     # None: no whitening
     zca: float | None = None

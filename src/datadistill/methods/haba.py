@@ -260,9 +260,19 @@ def haba_synset(cfg: HaBaConfig, data: LoadedDataset, ipc: int, init: str, gener
     return factorized_synset(settings, data, ipc, init, generator)
 
 
+def describe_haba(synset: FactorizedSet, meta: dict[str, Any]) -> list[str]:
+    """`MethodEntry.describe`: the set's bases, hallucinators and storage against a plain set, then how
+    far its hallucinators collapsed (`collapse_diagnostic`)."""
+    budget = meta.get("budget_ipc")  # the released files name the budget here
+    ratio = synset.storage_ratio() * synset.ipc / budget if budget else synset.storage_ratio()
+    return [f"{synset.bases_per_class} bases x {synset.n_hallucinators} hallucinators per class; storage "
+            f"{ratio:.3f}x a plain set of {budget or synset.ipc} image(s) per class",
+            *collapse_diagnostic(synset).lines()]
+
+
 register_method(MethodEntry(
     name="haba", config=HaBaConfig, build=HaBa, iterations=15000, eval_preset="mtt",
-    synset=haba_synset, check=check_haba, zca=0.1, format_metrics=format_haba_metrics,
+    synset=haba_synset, describe=describe_haba, check=check_haba, zca=0.1, format_metrics=format_haba_metrics,
     network=config_model,
     description="HaBa, factorized sets of bases x hallucinators (Liu et al., NeurIPS 2022); needs `datadistill experts`",
 ))
