@@ -101,4 +101,7 @@ def test_every_set_declares_its_labels_and_schedule():
     assert MemorySet(x, y, torch.rand(4, 2)).label_vectors().shape == (4, 2)
     assert MemorySet(x, y).label_vectors() is None
     for cls in (PixelSet, StepSet, FactorizedSet, MemorySet, RealSet):
-        assert issubclass(cls, SetFeatures), cls
+        assert issubclass(cls, SetFeatures) and "__len__" in dir(cls), cls  # every set counts its examples
+    from datadistill.data.spec import RealData
+
+    assert len(RealSet(RealData(torch.randn(6, 1, 8, 8), torch.tensor([0, 1] * 3), 2))) == 6

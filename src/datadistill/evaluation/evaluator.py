@@ -137,7 +137,7 @@ def evaluate(
     if protocol.use_learned_lr and synset.learned_lr() is not None:
         lr = float(synset.learned_lr())
     if protocol.schedule != "replay":
-        protocol = protocol.sized(_set_size(synset))
+        protocol = protocol.sized(len(synset))
     augment = build_augment(spec, protocol)
     plan = label_plan(synset, protocol, spec, device)
     synset = plan.synset
@@ -192,14 +192,6 @@ def evaluate(
     return EvalReport(model, protocol, accs, seeds, time.perf_counter() - t0, lr, extra)
 
 
-def _set_size(synset: Any) -> int | None:
-    """The set's number of examples (FRePo's step table counts them), None when it has no length."""
-    try:
-        return len(synset)
-    except TypeError:
-        return None
-
-
 def standardized_test(test: RealData, batch_size: int) -> RealData:
     """The test set as HaBa's evaluation feeds it: each batch of ``batch_size`` images, in order,
     standardized by its own mean and std (`augments.standardize`)."""
@@ -244,6 +236,9 @@ class RealSet(SetFeatures):
     def __init__(self, data: RealData) -> None:
         self.data = data
         self.batches = real_batches(data)
+
+    def __len__(self) -> int:
+        return len(self.data)
 
     def learned_lr(self) -> None:
         return None

@@ -44,7 +44,9 @@ class SetFeatures:
       it has class labels only; ``label_loss`` and ``label_temperature`` say how to train on them;
     - ``hard()``: the same set with class labels only (the set itself when it has nothing else);
     - ``has_schedule``: whether the set is an ordered schedule of steps (``schedule()``: DD's
-      `StepSet`), which the ``replay`` protocol trains along.
+      `StepSet`), which the ``replay`` protocol trains along;
+    - ``len(set)``: its number of training examples (a protocol's ``steps_by_size`` table, FRePo's,
+      counts them); every set defines it.
     """
 
     has_schedule: ClassVar[bool] = False
