@@ -280,3 +280,26 @@ def test_a_run_stopped_during_its_final_evaluation_resumes_at_the_next_network(t
     again = run(cfg, tmp_path / "b", resume=True, progress=False, log=lambda *_: None)
     assert trained[4:] == [0]  # only the network whose result did not match
     assert again.reports["convnet_w32"].accuracies == whole.reports["convnet_w32"].accuracies
+
+
+def test_a_new_subcommand_is_one_module(tmp_path, monkeypatch, capsys):
+    """The command finds its subcommands in the cli package: a module with ``add_parsers``,
+    ``HANDLERS`` and ``ORDER`` dropped into it is a subcommand, with nothing edited elsewhere."""
+    import sys
+
+    import datadistill.cli as cli
+
+    (tmp_path / "hello.py").write_text(
+        "def add_parsers(sub):\n"
+        "    p = sub.add_parser('hello', help='say hello')\n"
+        "    p.add_argument('--name', default='world')\n\n\n"
+        "def cmd_hello(args):\n"
+        "    print(f'hello {args.name}')\n"
+        "    return 0\n\n\n"
+        "ORDER = 5\n"
+        "HANDLERS = {'hello': cmd_hello}\n")
+    monkeypatch.setattr(cli, "__path__", [*cli.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "datadistill.cli.hello", raising=False)
+    assert main(["hello", "--name", "digits"]) == 0
+    assert capsys.readouterr().out == "hello digits\n"
+    assert [m.__name__.rsplit(".", 1)[-1] for m in cli.subcommand_modules()][:2] == ["hello", "distill"]  # ORDER

@@ -1,18 +1,22 @@
 """The ``datadistill`` command. argparse stops here: everything below takes typed arguments.
 
 One module per subcommand (or per group of related ones: ``setfiles`` holds show, export and import)
-holds its parser and its ``cmd_*`` handler; ``common`` holds what several share. This module puts
-the parser together and dispatches, and keeps the names callers import (``main``, ``parse_args``,
+holds its parser (``add_parsers(sub)``), its handlers (``HANDLERS``: subcommand -> ``cmd_*``) and its
+place in ``--help`` (``ORDER``); ``common`` holds what several share. This module finds every such
+module of the package (a new subcommand is one file here and no edit elsewhere), puts the parser
+together and dispatches, and keeps the names callers import (``main``, ``parse_args``,
 ``build_parser``, ``distill_config``, ``experts_config``, ``_is_user_error``)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import pkgutil
 import sys
 from pathlib import Path
+from types import ModuleType
 
-from . import data, distill, evaluate, experts, listing, pretrain, setfiles, study, sweep, teacher
 from .common import _is_user_error, _one_line_errors, _one_line_warnings
 from .distill import distill_config
 from .experts import experts_config
@@ -32,10 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action=Version, nargs=0, default=argparse.SUPPRESS,
                    help="print the version and the package's path, and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # the order of `datadistill --help`
-    for module in (distill, evaluate, teacher, setfiles, data, pretrain, experts, sweep, study, listing):
+    for module in subcommand_modules():
         module.add_parsers(sub)
     return p
+
+
+def subcommand_modules() -> list[ModuleType]:
+    """Every module of this package but ``common``: each defines subcommands (``add_parsers``,
+    ``HANDLERS`` and ``ORDER``), found, not listed, so that a new subcommand is one module."""
+    found = [importlib.import_module(f"{__name__}.{m.name}")
+             for m in pkgutil.iter_modules(sys.modules[__name__].__path__)
+             if not m.name.startswith("_") and m.name != "common"]
+    return sorted(found, key=lambda mod: (mod.ORDER, mod.__name__))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,11 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _one_line_warnings()
     try:
-        return {"distill": distill.cmd_distill, "evaluate": evaluate.cmd_evaluate, "show": setfiles.cmd_show,
-                "export": setfiles.cmd_export, "data": data.cmd_data, "list": listing.cmd_list,
-                "pretrain": pretrain.cmd_pretrain, "import": setfiles.cmd_import, "experts": experts.cmd_experts,
-                "sweep": sweep.cmd_sweep, "teacher": teacher.cmd_teacher, "study": study.cmd_study,
-                "apps": study.cmd_study}[args.command](args)
+        handlers = {name: fn for module in subcommand_modules() for name, fn in module.HANDLERS.items()}
+        return handlers[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted; a distill run continues with --resume", file=sys.stderr)
         return 130

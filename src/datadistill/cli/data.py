@@ -39,3 +39,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         how = "" if ok else (f"  -> datadistill data prepare {name}" if entry.prepare else f"  -> {entry.instructions}")
         print(f"  {'[x]' if ok else '[ ]'} {name:<14}{how}")
     return 0
+
+
+ORDER = 50  # its place in `datadistill --help`
+HANDLERS = {"data": cmd_data}  # subcommand -> handler

@@ -102,3 +102,7 @@ def _init_flags(base: dict[str, Any], init: str | None = None, source: str | Non
         if "net_init" not in mc and "init" not in mc:
             mc["net_init"] = "pretrained_random"
     base["method_config"] = mc
+
+
+ORDER = 10  # its place in `datadistill --help`
+HANDLERS = {"distill": cmd_distill}  # subcommand -> handler

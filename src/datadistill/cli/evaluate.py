@@ -163,3 +163,7 @@ def _scores(args: argparse.Namespace, f: Any, data: Any, protocol: Any, models: 
     if args.json:
         print(json.dumps(out, indent=2))
     return 0
+
+
+ORDER = 20  # its place in `datadistill --help`
+HANDLERS = {"evaluate": cmd_evaluate}  # subcommand -> handler

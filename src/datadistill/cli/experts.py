@@ -94,3 +94,7 @@ def cmd_experts(args: argparse.Namespace) -> int:
           f"{cfg.dataset}, {epochs} each); this run took {time.perf_counter() - start:.1f} s; mean final "
           f"test accuracy {s['mean_final_test_acc']:.2f}%")
     return 0
+
+
+ORDER = 70  # its place in `datadistill --help`
+HANDLERS = {"experts": cmd_experts}  # subcommand -> handler

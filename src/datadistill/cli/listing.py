@@ -29,3 +29,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         names = {"datasets": DATASETS, "protocols": PROTOCOLS}[args.what].names()
     print("\n".join(names))
     return 0
+
+
+ORDER = 100  # its place in `datadistill --help`
+HANDLERS = {"list": cmd_list}  # subcommand -> handler

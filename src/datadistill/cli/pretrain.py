@@ -37,3 +37,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                          nets=args.nets, held_out=args.held_out, epochs=args.epochs, lr=args.lr,
                          batch_size=args.batch_size, seed=args.seed, root=args.root, device=args.device))
     return 0
+
+
+ORDER = 60  # its place in `datadistill --help`
+HANDLERS = {"pretrain": cmd_pretrain}  # subcommand -> handler

@@ -94,3 +94,7 @@ def cmd_import(args: argparse.Namespace) -> int:
           + (f", step size {lr:g}" if lr is not None else "") + (f", ZCA {f.zca.regularization:g}" if f.zca else "")
           + f") into {args.out}; score it with `datadistill evaluate {args.out}`")
     return 0
+
+
+ORDER = 40  # its place in `datadistill --help`
+HANDLERS = {"show": cmd_show, "export": cmd_export, "import": cmd_import}  # subcommand -> handler

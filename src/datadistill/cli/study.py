@@ -143,3 +143,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(study.format(summary))
     print(f"records: {Path(args.out) / 'records.jsonl'}  summary: {Path(args.out) / 'summary.json'}")
     return 0
+
+
+ORDER = 90  # its place in `datadistill --help`
+HANDLERS = {"study": cmd_study, "apps": cmd_study}  # subcommand -> handler

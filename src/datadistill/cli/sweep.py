@@ -51,3 +51,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
           f"({best['val_acc']:.2f}%); distil it on the whole training set and report its test accuracy with "
           f"`datadistill distill ... {sets}`")
     return 0
+
+
+ORDER = 80  # its place in `datadistill --help`
+HANDLERS = {"sweep": cmd_sweep}  # subcommand -> handler

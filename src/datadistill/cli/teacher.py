@@ -51,3 +51,7 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     print(f"teacher {teacher.model} on {teacher.spec.name}: test accuracy {teacher.meta['test_accuracy']:.2f}%, "
           f"written to {out} (sha256 {teacher.sha256[:12]})")
     return 0
+
+
+ORDER = 30  # its place in `datadistill --help`
+HANDLERS = {"teacher": cmd_teacher}  # subcommand -> handler
