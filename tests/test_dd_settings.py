@@ -195,9 +195,9 @@ def test_cli_image_init_and_net_init_flags(tmp_path, capsys):
     assert "image_init 'fixed' is not an image initialization of dd" in capsys.readouterr().err
     assert main(["distill", "--source-dataset", "mnist", "--dataset", "digits", "--method", "dm",
                  "--out", str(tmp_path / "y")]) == 2
-    assert "does not start from pretrained networks" in capsys.readouterr().err
+    assert "--source-dataset: method 'dm' has no such setting (--source-dataset is dd's)" in capsys.readouterr().err
     assert main(["distill", "--net-init", "fixed", "--dataset", "digits", "--out", str(tmp_path / "y")]) == 2
-    assert "'dm' has no network-initialization setting" in capsys.readouterr().err
+    assert "--net-init: method 'dm' has no such setting (--net-init is dd's)" in capsys.readouterr().err
 
 
 def test_cli_old_init_flag_and_keys_still_work_with_one_line(tmp_path, capsys):

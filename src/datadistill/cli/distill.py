@@ -23,11 +23,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--ipc", type=int, help="images per class")
     d.add_argument("--iterations", type=int)
     d.add_argument("--image-init", help="how the images start: real, noise (dd also kmeans, average)")
-    d.add_argument("--net-init", help="methods with a network-initialization setting (dd): fixed, random, "
-                   "pretrained_fixed, pretrained_random")
-    d.add_argument("--init", help="deprecated: --image-init or --net-init, whichever the value names")
-    d.add_argument("--source-dataset", help="dd pretrained settings: the dataset the starting networks are trained "
-                   "on (another dataset than --dataset: domain adaptation)")
+    d.add_argument("--init", help="deprecated: --image-init or --net-init, whichever the value names (the commands "
+                   "of older benchmark records use it)")
+    for name, (flag, owners) in _method_flags().items():  # each method's own settings, declared by the method
+        d.add_argument(name, dest=_dest(name), metavar=flag.key.upper(), help=f"{', '.join(owners)}: {flag.help}")
     d.add_argument("--eval-every", type=int, help="evaluate every K iterations (0: only at the end)")
     d.add_argument("--models", type=_csv, help="comma-separated models for the final evaluation")
     d.add_argument("--seed", type=int)
@@ -50,7 +49,8 @@ def distill_config(args: argparse.Namespace) -> RunConfig:
     if args.zca == "off":  # None would read as "not given": say it as the override it is, before the user's
         args = argparse.Namespace(**{**vars(args), "zca": None, "overrides": ["zca=null", *args.overrides]})
     base = _run_dict(args, eval_every=args.eval_every, zca=args.zca, models=args.models or None)
-    _init_flags(base, args.init, args.source_dataset, image_init=args.image_init, net_init=args.net_init)
+    _init_flags(base, args.init, image_init=args.image_init,
+                given={f: getattr(args, _dest(f)) for f in _method_flags() if getattr(args, _dest(f)) is not None})
     return from_dict(RunConfig, base, where="config")
 
 
@@ -65,42 +65,58 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _init_flags(base: dict[str, Any], init: str | None = None, source: str | None = None, *,
-                image_init: str | None = None, net_init: str | None = None) -> None:
-    """``--image-init`` sets ``image_init``; ``--net-init`` and ``--source-dataset`` set the method's
-    ``method_config.net_init`` and ``source_dataset``. The deprecated ``--init`` is whichever of
-    the two its value names (the two sets of names do not overlap)."""
-    import dataclasses
-
-    from ..config import ConfigError, deprecated
+def _method_flags() -> dict[str, tuple[Any, list[str]]]:
+    """Every method's declared flags (`MethodEntry.flags`): flag -> (the first declaration, the methods
+    that declare it)."""
     from ..methods import METHODS
 
-    if image_init is None and net_init is None and init is None and source is None:
+    out: dict[str, tuple[Any, list[str]]] = {}
+    for name in METHODS.names():
+        for f in METHODS.get(name).flags:
+            out.setdefault(f.flag, (f, []))[1].append(name)
+    return out
+
+
+def _dest(flag: str) -> str:
+    return "method_flag_" + flag.lstrip("-").replace("-", "_")
+
+
+def _init_flags(base: dict[str, Any], init: str | None = None, *, image_init: str | None = None,
+                given: dict[str, str] | None = None) -> None:
+    """``--image-init`` sets ``image_init``; a method's own flags (``given``: flag -> value, e.g. DD's
+    ``--net-init``) set its ``method_config`` fields, as the method declares them (`MethodFlag`). The
+    deprecated ``--init`` is ``--image-init`` when the value names an image initialization or the
+    method declares no ``--net-init``, else ``--net-init``."""
+    from ..config import ConfigError, deprecated, renamed_keys
+    from ..methods import METHODS
+
+    given = dict(given or {})
+    if image_init is None and init is None and not given:
         return
     entry = METHODS.get(base.get("method") or "dm")
-    fields = {f.name for f in dataclasses.fields(entry.config)}
+    declared = {f.flag: f for f in entry.flags}
     if init is not None:
-        if image_init is not None or net_init is not None:
+        if image_init is not None or "--net-init" in given:
             raise ConfigError("--init is the old name of --image-init and --net-init; give only the new ones")
-        if init in entry.image_inits or "net_init" not in fields:
+        if init in entry.image_inits or "--net-init" not in declared:
             deprecated("--init", "--image-init")
             image_init = init  # an unknown name is reported as an image initialization
         else:
             deprecated("--init", "--net-init")
-            net_init = init  # validated by the method's config (an unknown name lists the valid ones)
+            given["--net-init"] = init  # validated by the method's config (an unknown name lists the valid ones)
     if image_init is not None:
         base["image_init"] = image_init
     mc = dict(base.get("method_config") or {})
-    if net_init is not None:
-        if "net_init" not in fields:
-            raise ConfigError(f"--net-init: method {entry.name!r} has no network-initialization setting")
-        mc["net_init"] = net_init
-    if source is not None:
-        if "source_dataset" not in fields:
-            raise ConfigError(f"--source-dataset: method {entry.name!r} does not start from pretrained networks")
-        mc["source_dataset"] = source
-        if "net_init" not in mc and "init" not in mc:
-            mc["net_init"] = "pretrained_random"
+    old = {new: o for o, new in renamed_keys(entry.config).items()}  # a field also set under its old name
+    for flag, value in given.items():
+        if flag not in declared:
+            owners = [n for n in METHODS.names() if any(f.flag == flag for f in METHODS.get(n).flags)]
+            raise ConfigError(f"{flag}: method {entry.name!r} has no such setting ({flag} is {', '.join(owners)}'s)")
+        mc[declared[flag].key] = value
+    for flag in given:
+        for key, value in declared[flag].implies.items():
+            if key not in mc and old.get(key) not in mc:
+                mc[key] = value
     base["method_config"] = mc
 
 

@@ -164,6 +164,18 @@ def file_evaluation(meta: dict[str, Any], spec: Any) -> FileEvaluation:
 
 
 @dataclass(frozen=True)
+class MethodFlag:
+    """A ``datadistill distill`` flag a method declares for a field of its config (``--flag VALUE`` sets
+    ``method_config.KEY``); ``implies``: further fields it sets when the command line does not (e.g.
+    DD's ``--source-dataset`` implies ``net_init=pretrained_random``)."""
+
+    flag: str
+    key: str
+    help: str = ""
+    implies: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class MethodEntry:
     """A registered method: its config class, its constructor, run defaults and the hooks through
     which the engine, ``datadistill evaluate FILE``, ``datadistill pretrain`` and the report reach
@@ -206,6 +218,8 @@ class MethodEntry:
     from_file: Callable[[dict[str, Any], Any], FileEvaluation] = default_from_file
     format_metrics: Callable[..., list[str]] = format_metrics
     pretrain: Callable[..., str] | None = None
+    # the command-line flags of the method's own settings (`MethodFlag`; DD: --net-init, --source-dataset)
+    flags: tuple[MethodFlag, ...] = ()
     # ``describe(synset, meta) -> lines``: what ``datadistill show`` prints about a file's set beyond its picture
     # (HaBa: its storage and the collapse diagnostic); None: nothing
     describe: Callable[[Any, dict[str, Any]], list[str]] | None = None

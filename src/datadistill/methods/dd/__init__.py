@@ -3,7 +3,7 @@
 `report` (before/after metrics). Importing it registers ``dd`` with its hooks; nothing outside
 this package imports it: the engine and the CLI reach it through `METHODS` and the hooks."""
 
-from ..base import MethodEntry, config_model, register_method
+from ..base import MethodEntry, MethodFlag, config_model, register_method
 from .baselines import IMAGE_INITS, baseline_images, kmeans
 from .method import DD, NET_INITS, DDConfig, check_dd, make_set
 from .networks import Fixed, fixed_init, networks_from_meta
@@ -14,6 +14,10 @@ register_method(MethodEntry(
     name="dd", config=DDConfig, build=DD, iterations=2000, image_init="noise", eval_preset="dd", synset=make_set,
     image_inits=IMAGE_INITS, check=check_dd, from_file=from_file, format_metrics=format_metrics, pretrain=pretrain,
     network=config_model,
+    flags=(MethodFlag("--net-init", "net_init", "how the networks start: " + ", ".join(NET_INITS)),
+           MethodFlag("--source-dataset", "source_dataset", "pretrained settings: the dataset the starting "
+                      "networks are trained on (another than --dataset: domain adaptation)",
+                      implies={"net_init": "pretrained_random"})),
     description="Dataset Distillation (Wang et al. 2018): unrolled GD steps with learned step sizes",
 ))
 
