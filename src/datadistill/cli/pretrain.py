@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """``pretrain`` (``--nets`` and ``--held-out``: DD's pools)."""
+    """``pretrain``; a method's own options (DD's ``--nets``, ``--held-out``) are its `MethodEntry.pretrain_flags`."""
     pt = sub.add_parser("pretrain", help="train and store a pool of networks (DD's pretrained settings)")
     pt.add_argument("--method", default="dd", help="the method whose starting networks are trained (default dd)")
     pt.add_argument("--dataset", required=True)
     pt.add_argument("--model", default="lenet")
     pt.add_argument("--weight-init", default="xavier", help="initialization distribution (default, xavier, kaiming)")
-    pt.add_argument("--nets", type=int, default=30, help="networks in the pool")
-    pt.add_argument("--held-out", type=int, default=20, help="the last N networks are kept for evaluation only")
+    for name, (flag, owners) in _pretrain_flags().items():  # a method's own pool settings (DD's --nets ...)
+        pt.add_argument(name, dest=_dest(name), type=flag.type, default=flag.default, metavar=flag.key.upper(),
+                        help=f"{', '.join(owners)}: {flag.help}")
     pt.add_argument("--epochs", type=int, default=3)
     pt.add_argument("--lr", type=float, default=0.01)
     pt.add_argument("--batch-size", type=int, default=128)
@@ -33,10 +35,30 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         able = [n for n in METHODS.names() if METHODS.get(n).pretrain is not None]
         raise ConfigError(f"method {entry.name!r} starts from no pretrained networks; pretrain is for: "
                           f"{', '.join(able)}")
+    own = {f.flag: f for f in entry.pretrain_flags}
+    given = {name: getattr(args, _dest(name)) for name in _pretrain_flags() if getattr(args, _dest(name)) is not None}
+    foreign = sorted(set(given) - set(own))
+    if foreign:
+        raise ConfigError(f"{', '.join(foreign)}: not an option of {entry.name}'s pretrain")
     print(entry.pretrain(dataset=args.dataset, out=args.out, model=args.model, weight_init=args.weight_init,
-                         nets=args.nets, held_out=args.held_out, epochs=args.epochs, lr=args.lr,
-                         batch_size=args.batch_size, seed=args.seed, root=args.root, device=args.device))
+                         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, root=args.root,
+                         device=args.device, **{own[name].key: value for name, value in given.items()}))
     return 0
+
+
+def _pretrain_flags() -> dict[str, tuple[Any, list[str]]]:
+    """Every method's pretrain flags: flag -> (the first declaration, the methods that declare it)."""
+    from ..methods import METHODS
+
+    out: dict[str, tuple[Any, list[str]]] = {}
+    for name in METHODS.names():
+        for f in METHODS.get(name).pretrain_flags:
+            out.setdefault(f.flag, (f, []))[1].append(name)
+    return out
+
+
+def _dest(flag: str) -> str:
+    return "pretrain_flag_" + flag.lstrip("-").replace("-", "_")
 
 
 ORDER = 60  # its place in `datadistill --help`

@@ -173,6 +173,8 @@ class MethodFlag:
     key: str
     help: str = ""
     implies: dict[str, Any] = field(default_factory=dict)
+    type: Callable[[str], Any] = str  # how the flag's text is read
+    default: Any = None  # None: the method's own default
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,8 @@ class MethodEntry:
     pretrain: Callable[..., str] | None = None
     # the command-line flags of the method's own settings (`MethodFlag`; DD: --net-init, --source-dataset)
     flags: tuple[MethodFlag, ...] = ()
+    # the flags of ``datadistill pretrain`` that only this method's ``pretrain`` takes (DD: --nets, --held-out)
+    pretrain_flags: tuple[MethodFlag, ...] = ()
     # ``describe(synset, meta) -> lines``: what ``datadistill show`` prints about a file's set beyond its picture
     # (HaBa: its storage and the collapse diagnostic); None: nothing
     describe: Callable[[Any, dict[str, Any]], list[str]] | None = None

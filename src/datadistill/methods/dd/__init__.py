@@ -18,6 +18,9 @@ register_method(MethodEntry(
            MethodFlag("--source-dataset", "source_dataset", "pretrained settings: the dataset the starting "
                       "networks are trained on (another than --dataset: domain adaptation)",
                       implies={"net_init": "pretrained_random"})),
+    pretrain_flags=(MethodFlag("--nets", "nets", "networks in the pool (default 30)", type=int),
+                    MethodFlag("--held-out", "held_out", "the last N networks are kept for evaluation only (default 20)",
+                               type=int)),
     description="Dataset Distillation (Wang et al. 2018): unrolled GD steps with learned step sizes",
 ))
 
