@@ -347,7 +347,14 @@ def _isolate_registries(monkeypatch) -> None:
 
 def _tiny_api(monkeypatch) -> None:
     import datadistill
+    import datadistill.engine  # noqa: F401  the modules that bind get_protocol when imported are imported
+    import datadistill.grids  # noqa: F401  before it is patched, so that the tiny one does not outlive the test
+    import datadistill.report  # noqa: F401
+    import datadistill.resolve  # noqa: F401
     from datadistill import evaluation
+    from datadistill.studies import discover
+
+    discover()
 
     real_distill, real_protocol = datadistill.distill, evaluation.get_protocol
 
