@@ -4,7 +4,7 @@ and the config pieces several commands build (a run from flags, an evaluation pr
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable
 
 
 EPILOG = "Config: a YAML preset (--preset) plus key=value overrides, e.g. method_config.batch_real=128 eval.epochs=100"
@@ -39,6 +39,23 @@ def _executor_options(p: argparse.ArgumentParser, what: str) -> None:
                    "results are bit-identical across executors at equal --threads")
     g.add_argument("--ray-address", help="a running Ray cluster: auto, or the head's host:port (default: start a "
                    "local one)")
+
+
+def _method_flags(of: Callable[[Any], tuple]) -> dict[str, tuple[Any, list[str]]]:
+    """The flags methods declare for a command (``of(entry)``: e.g. ``MethodEntry.flags`` for ``distill``,
+    ``pretrain_flags`` for ``pretrain``): flag -> (its first declaration, the methods that declare it)."""
+    from ..methods import METHODS
+
+    out: dict[str, tuple[Any, list[str]]] = {}
+    for name in METHODS.names():
+        for f in of(METHODS.get(name)):
+            out.setdefault(f.flag, (f, []))[1].append(name)
+    return out
+
+
+def _flag_dest(flag: str) -> str:
+    """The namespace attribute of a method's declared flag."""
+    return "method_flag_" + flag.lstrip("-").replace("-", "_")
 
 
 def _executor(args: argparse.Namespace, device: Any):

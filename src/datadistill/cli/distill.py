@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import EPILOG, _csv, _run_dict, _zca
+from .common import EPILOG, _csv, _flag_dest, _method_flags, _run_dict, _zca
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -25,8 +25,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--image-init", help="how the images start: real, noise (dd also kmeans, average)")
     d.add_argument("--init", help="deprecated: --image-init or --net-init, whichever the value names (the commands "
                    "of older benchmark records use it)")
-    for name, (flag, owners) in _method_flags().items():  # each method's own settings, declared by the method
-        d.add_argument(name, dest=_dest(name), metavar=flag.key.upper(), help=f"{', '.join(owners)}: {flag.help}")
+    for name, (flag, owners) in _distill_flags().items():  # each method's own settings, declared by the method
+        d.add_argument(name, dest=_flag_dest(name), metavar=flag.key.upper(), help=f"{', '.join(owners)}: {flag.help}")
     d.add_argument("--eval-every", type=int, help="evaluate every K iterations (0: only at the end)")
     d.add_argument("--models", type=_csv, help="comma-separated models for the final evaluation")
     d.add_argument("--seed", type=int)
@@ -50,7 +50,8 @@ def distill_config(args: argparse.Namespace) -> RunConfig:
         args = argparse.Namespace(**{**vars(args), "zca": None, "overrides": ["zca=null", *args.overrides]})
     base = _run_dict(args, eval_every=args.eval_every, zca=args.zca, models=args.models or None)
     _init_flags(base, args.init, image_init=args.image_init,
-                given={f: getattr(args, _dest(f)) for f in _method_flags() if getattr(args, _dest(f)) is not None})
+                given={f: getattr(args, _flag_dest(f)) for f in _distill_flags()
+                       if getattr(args, _flag_dest(f)) is not None})
     return from_dict(RunConfig, base, where="config")
 
 
@@ -65,20 +66,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
-def _method_flags() -> dict[str, tuple[Any, list[str]]]:
-    """Every method's declared flags (`MethodEntry.flags`): flag -> (the first declaration, the methods
-    that declare it)."""
-    from ..methods import METHODS
-
-    out: dict[str, tuple[Any, list[str]]] = {}
-    for name in METHODS.names():
-        for f in METHODS.get(name).flags:
-            out.setdefault(f.flag, (f, []))[1].append(name)
-    return out
-
-
-def _dest(flag: str) -> str:
-    return "method_flag_" + flag.lstrip("-").replace("-", "_")
+def _distill_flags() -> dict[str, tuple[Any, list[str]]]:
+    return _method_flags(lambda entry: entry.flags)
 
 
 def _init_flags(base: dict[str, Any], init: str | None = None, *, image_init: str | None = None,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .common import _flag_dest, _method_flags
+
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """``pretrain``; a method's own options (DD's ``--nets``, ``--held-out``) are its `MethodEntry.pretrain_flags`."""
@@ -14,7 +16,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pt.add_argument("--model", default="lenet")
     pt.add_argument("--weight-init", default="xavier", help="initialization distribution (default, xavier, kaiming)")
     for name, (flag, owners) in _pretrain_flags().items():  # a method's own pool settings (DD's --nets ...)
-        pt.add_argument(name, dest=_dest(name), type=flag.type, default=flag.default, metavar=flag.key.upper(),
+        pt.add_argument(name, dest=_flag_dest(name), type=flag.type, default=flag.default, metavar=flag.key.upper(),
                         help=f"{', '.join(owners)}: {flag.help}")
     pt.add_argument("--epochs", type=int, default=3)
     pt.add_argument("--lr", type=float, default=0.01)
@@ -36,7 +38,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         raise ConfigError(f"method {entry.name!r} starts from no pretrained networks; pretrain is for: "
                           f"{', '.join(able)}")
     own = {f.flag: f for f in entry.pretrain_flags}
-    given = {name: getattr(args, _dest(name)) for name in _pretrain_flags() if getattr(args, _dest(name)) is not None}
+    given = {name: getattr(args, _flag_dest(name)) for name in _pretrain_flags()
+             if getattr(args, _flag_dest(name)) is not None}
     foreign = sorted(set(given) - set(own))
     if foreign:
         raise ConfigError(f"{', '.join(foreign)}: not an option of {entry.name}'s pretrain")
@@ -47,18 +50,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _pretrain_flags() -> dict[str, tuple[Any, list[str]]]:
-    """Every method's pretrain flags: flag -> (the first declaration, the methods that declare it)."""
-    from ..methods import METHODS
-
-    out: dict[str, tuple[Any, list[str]]] = {}
-    for name in METHODS.names():
-        for f in METHODS.get(name).pretrain_flags:
-            out.setdefault(f.flag, (f, []))[1].append(name)
-    return out
-
-
-def _dest(flag: str) -> str:
-    return "pretrain_flag_" + flag.lstrip("-").replace("-", "_")
+    return _method_flags(lambda entry: entry.pretrain_flags)
 
 
 ORDER = 60  # its place in `datadistill --help`

@@ -41,12 +41,8 @@ class DataRef:
                    None if zca is None else float(zca["regularization"] if isinstance(zca, dict) else zca))
 
     def extra(self) -> dict[str, Any]:
-        """The entries of a spec's ``extra`` (`of`'s inverse)."""
-        out = dict(self.options)
-        if self.split is not None:
-            out[SPLIT] = self.split
-        if self.validation is not None:
-            out[VALIDATION] = self.validation
+        """The entries of a spec's ``extra`` (`of`'s inverse): the load options and the ZCA."""
+        out = self.load_options()
         if self.zca is not None:
             out[ZCA] = {"regularization": self.zca}
         return out
@@ -62,10 +58,6 @@ class DataRef:
 
     def with_(self, **changes: Any) -> "DataRef":
         return replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "options": dict(self.options), "split": self.split,
-                "validation": self.validation, "zca": self.zca}
 
 
 @dataclass(frozen=True)
