@@ -148,8 +148,8 @@ def time_evaluation(cfg: RunConfig, extra_epochs: int) -> dict:
         models.append(model)
         per_epoch.append(round(s_epoch, 5))
         fixed.append(round(s_fixed, 2))
-        epochs.append(full.train_epochs)
-        hours += full.n_models * (s_fixed + full.train_epochs * s_epoch) / 3600
+        epochs.append(full.schedule.train_epochs)
+        hours += full.n_models * (s_fixed + full.schedule.train_epochs * s_epoch) / 3600
     return {"eval_protocol": res.protocol.name, "eval_models": models, "eval_n_models": res.protocol.n_models,
             "eval_epochs": epochs, "eval_seconds_per_epoch": per_epoch, "eval_fixed_seconds": fixed,
             "eval_hours": hours}
@@ -163,7 +163,7 @@ def one_model(synset, data, res: Resolved, model: str, epochs: int, dev: torch.d
     start = time.perf_counter()
     evaluate(synset, data, short, model=model, device=dev)
     _sync(dev)
-    return time.perf_counter() - start, short.resolved(data.spec.name, MODELS.canonical(model)).train_epochs
+    return time.perf_counter() - start, short.resolved(data.spec.name, MODELS.canonical(model)).schedule.train_epochs
 
 
 def time_experts(job: Job, device: str, k: int, work: Path) -> dict:

@@ -113,7 +113,8 @@ def protocol_for(preset: str, dataset: str, epochs: int | None):
     overrides every epoch count of the preset (timing runs)."""
     over = {"n_models": 1}
     if epochs:
-        over |= {"epochs": epochs} | ({"epochs_augmented": epochs} if get_protocol(preset).epochs_augmented else {})
+        augmented = get_protocol(preset).augment.epochs_augmented
+        over |= {"epochs": epochs} | ({"epochs_augmented": epochs} if augmented else {})
     return get_protocol(preset, **over).resolved(dataset, "convnet")
 
 
@@ -159,7 +160,7 @@ def run_set(a: argparse.Namespace, out: Path) -> int:
     base = protocol_for(a.preset, f.spec.name, a.epochs)
     root = str(a.root or default_root())
     ref_commit = reference_commit(a)
-    k = {"set": repo_name(Path(a.set)), "preset": a.preset, "epochs": base.epochs}
+    k = {"set": repo_name(Path(a.set)), "preset": a.preset, "epochs": base.schedule.epochs}
     k_ref = {**k, "side": "reference", "reference": ref_name, "reference_commit": ref_commit}
     k_ours = {**k, "side": "ours"}
     where, code_commit = machine(), commit()  # the code this process runs, whatever the checkout becomes
@@ -172,8 +173,8 @@ def run_set(a: argparse.Namespace, out: Path) -> int:
         for i in range(a.models):  # the sides alternate, so an interrupted run leaves them balanced
             if i not in done_models(k_ref, out):
                 r = reference_model(a, code, set_file, root)
-                if r["epochs"] != base.epochs:
-                    raise SystemExit(f"the reference trained {r['epochs']} epochs, the preset {base.epochs}: "
+                if r["epochs"] != base.schedule.epochs:
+                    raise SystemExit(f"the reference trained {r['epochs']} epochs, the preset {base.schedule.epochs}: "
                                      "they are not the same protocol")
                 append(out, "parity-models.jsonl", {**k_ref, "model_index": i, "seed": r["seed"], "acc": r["acc"],
                                                    "seconds": r["seconds"], "lr": r["lr_net"], "args": r["args"],
@@ -188,7 +189,8 @@ def run_set(a: argparse.Namespace, out: Path) -> int:
     accs, ref = [r["acc"] for r in our_rows], [r["acc"] for r in ref_rows]
     ours_s, ref_s = summary(accs), summary(ref)
     append(out, "parity.jsonl", {
-        "anchor": Path(a.set).name, "set": k["set"], "dataset": f.spec.name, "preset": a.preset, "epochs": base.epochs,
+        "anchor": Path(a.set).name, "set": k["set"], "dataset": f.spec.name, "preset": a.preset,
+        "epochs": base.schedule.epochs,
         "n_models": len(accs), "accuracies": accs, "acc_mean": ours_s["mean"], "acc_std": ours_s["std"],
         "ci95": ours_s["ci95"], "seeds": [r["seed"] for r in our_rows],
         "seconds_per_model": round(sum(r["seconds"] for r in our_rows) / len(our_rows), 1),
@@ -198,7 +200,7 @@ def run_set(a: argparse.Namespace, out: Path) -> int:
         "reference_seeds": [r["seed"] for r in ref_rows], "reference_shims": ref_rows[-1].get("shims", []),
         "reference_seconds_per_model": round(sum(r["seconds"] for r in ref_rows) / len(ref_rows), 1),
         "agreement": agreement(accs, ref), "protocol": base.with_(n_models=len(accs)).to_dict(),
-        "lr": f.synset.learned_lr() if base.use_learned_lr and f.synset.learned_lr() else base.lr,
+        "lr": f.synset.learned_lr() if base.optimizer.use_learned_lr and f.synset.learned_lr() else base.optimizer.lr,
         **where, "commit": code_commit, "command": "python " + shlex.join(sys.argv),
     })
     return 0
@@ -211,7 +213,7 @@ def run_anchor(a: argparse.Namespace, out: Path) -> int:
     synset = PixelSet(images, labels, data.spec.num_classes)
     overrides = {"n_models": 1} | ({"epochs": a.epochs} if a.epochs else {})
     base = get_protocol(a.preset, **overrides)
-    k = {"anchor": Path(a.anchor).name, "dataset": a.dataset, "preset": a.preset, "epochs": base.epochs}
+    k = {"anchor": Path(a.anchor).name, "dataset": a.dataset, "preset": a.preset, "epochs": base.schedule.epochs}
     where, code = machine(), commit()
     have = done_models(k, out)
     for i in range(a.models):

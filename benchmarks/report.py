@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from datadistill.fileio import atomic_write_text  # noqa: E402
 from suites import (RELEASED_DIR, RESULTS_DIR, ROOT, SUITES_DIR, SuiteError, SELECTIONS, check_claims,  # noqa: E402
                     latest_record, load_suite, pooled, read_records, reruns)
 
@@ -933,9 +934,7 @@ def write_readme_table(rows: list[Row]) -> None:
     text = README.read_text()
     new = readme_with_main_job(rows, readme_with_table(rows, text))
     if new != text:
-        tmp = README.with_suffix(".md.tmp")
-        tmp.write_text(new)
-        tmp.replace(README)
+        atomic_write_text(README, new)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -969,8 +968,7 @@ def main(argv: list[str] | None = None) -> int:
         if not same_readme:
             print(f"README.md: its methods table is out of date, run `{COMMAND}`")
         return 0 if same and same_readme else 1
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(text)
+    atomic_write_text(a.out, text)
     if a.out == DOC:
         write_readme_table(rows)
     plot(rows, a.out.parent / "img" / PLOT.name)

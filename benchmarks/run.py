@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from suites import (RELEASED_DIR, ROOT, Job, Suite, SuiteError, check, check_claims, latest_record,  # noqa: E402
                     load_suite, read_records, results_path)
 
+from datadistill.fileio import append_jsonl  # noqa: E402
+
 CLI = [sys.executable, "-m", "datadistill.cli"]
 
 
@@ -172,10 +174,8 @@ class Runner:
         common = {"job": job.id, "suite": self.suite.name, "commit": self.code, **self.where}
         records = [{**r, **common, **({"device": r["device"]} if r.get("device") else {})} for r in records]
         path = results_path(job, self.results)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        for r in records:  # one whole line per write, under the file's lock (`fileio.append_jsonl`)
+            append_jsonl(path, r)
         return records
 
     def ensure(self, job: Job) -> None:
@@ -203,7 +203,7 @@ class Runner:
         """Run ``jobs`` (and the inputs they miss) through ``executor``, one task per job, in waves:
         a job starts once its inputs exist. Each record is appended as its job finishes. Returns the
         ids of the jobs that failed."""
-        from datadistill.executor import ExecutorError, Task, run_cli
+        from datadistill.executor import ExecutorError, Task, TaskError, run_cli
 
         waves, seen, todo = [], set(), list(jobs)
         while todo:  # from the requested jobs back to what they need
@@ -226,7 +226,7 @@ class Runner:
 
             try:
                 executor.run(tasks, desc=f"{self.suite.name} jobs", on_done=done)
-            except ExecutorError as e:
+            except (ExecutorError, TaskError) as e:  # the other jobs went on; a bug's traceback is in ``e``
                 print(f"FAILED: {e}", file=sys.stderr, flush=True)
                 failed += [j.id for j in wave if latest_record(j, self.results) is None]
         return [j.id for j in jobs if j.id in failed]

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from datadistill.fileio import read_jsonl
+
 ROOT = Path(__file__).resolve().parents[1]
 SUITES_DIR = ROOT / "benchmarks" / "suites"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -289,16 +291,12 @@ def results_path(job: Job, override: Path | None = None) -> Path:
 
 
 def read_records(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise SuiteError(f"{path}:{n}: not a JSON line") from None
-    return out
+    """The records of a results file; a torn last line (a writer killed mid-line) is dropped with one
+    warning, a bad line before it is a `SuiteError` naming the line."""
+    try:
+        return read_jsonl(path)
+    except ValueError as e:
+        raise SuiteError(str(e)) from None
 
 
 def job_rows(job: Job, override: Path | None = None) -> list[dict]:

@@ -27,6 +27,12 @@ def fails(x: int) -> bytes:
     raise ValueError(f"task {x} is broken")
 
 
+def asks_badly(x: int) -> bytes:
+    from datadistill.config import ConfigError
+
+    raise ConfigError(f"task {x}: no such option")
+
+
 def threads() -> int:
     import torch
 

@@ -142,12 +142,15 @@ def test_every_job_is_listed_with_its_command(suite, capsys):
 @pytest.mark.filterwarnings("ignore::datadistill.config.DeprecatedKeyWarning")  # the cpu suite's old `--init`
 @pytest.mark.parametrize("suite", SUITES, ids=[p.stem for p in SUITES])
 def test_every_job_resolves_to_a_valid_config(suite):
-    """Each distill and experts job's arguments make a valid config (names, keys, types, ranges),
-    before anything runs: a typo in a suite fails here, not hours into a cluster run."""
+    """Each job's arguments make a valid config (names, keys, types, ranges), before anything runs: a
+    typo in a suite fails here, not hours into a cluster run. Distill and experts jobs resolve their
+    configs; evaluate, score, full, bases and teacher jobs parse their whole command and build their
+    protocol and models."""
     from datadistill import cli
     from datadistill.resolve import resolve
 
-    for job in load_suite(suite).jobs:
+    loaded, checked = load_suite(suite), 0
+    for job in loaded.jobs:
         args = [a.replace("{runs}", "runs") for a in job.args]
         if job.kind == "distill":
             argv = ["distill", "--method", job.cli_method or job.method, "--dataset", job.dataset,
@@ -163,10 +166,26 @@ def test_every_job_resolves_to_a_valid_config(suite):
             cfg = privacy.PrivacyConfig(job.dataset, ())
             for pipeline in privacy.PrivacyConfig.__dataclass_fields__["pipelines"].metadata["parse"](
                     getattr(a, "pipelines", [])):
-                run = privacy.run_config(pipeline, cfg, "100:0:0", 0, None)
-                if privacy.needs_experts(run) is not None:
-                    run = privacy.run_config(pipeline, cfg, "100:0:0", 0, "experts")
-                resolve(from_dict(RunConfig, run, where=job.id))
+                config = privacy.run_config(pipeline, cfg, "100:0:0", 0, None)
+                if privacy.needs_experts(config) is not None:
+                    config = privacy.run_config(pipeline, cfg, "100:0:0", 0, "experts")
+                resolve(from_dict(RunConfig, config, where=job.id))
+        elif job.kind in ("evaluate", "score", "full", "bases", "teacher"):
+            # the command as the runner runs it parses, and an evaluation's protocol (preset, fields,
+            # types, ranges) and models are valid
+            from datadistill.cli.common import _protocol
+            from datadistill.models import MODELS
+
+            cmd = run.Runner(loaded, Path("runs"), None, None).command(job)
+            a = cli.parse_args([c.replace("{runs}", "runs") for c in cmd[1:]])
+            checked += 1
+            if job.kind != "teacher":
+                protocol = _protocol(a.protocol, ([a.file] if a.full and a.file else []) + a.overrides, "dc")
+                for m in a.models or [protocol.model]:
+                    MODELS.get(m)
+        else:
+            assert job.kind == "parity", f"{job.id}: kind {job.kind} is not checked here"
+    assert checked == sum(j.kind in ("evaluate", "score", "full", "bases", "teacher") for j in loaded.jobs)
 
 
 def test_an_expectation_above_its_record_is_a_regression(tmp_path, capsys):

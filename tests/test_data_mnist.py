@@ -56,6 +56,40 @@ def test_install_checks_md5_before_writing(tmp_path):
     assert not m.raw_dir("mnist", tmp_path).exists()
 
 
+def test_an_interrupted_install_leaves_all_four_files_or_none(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    files = {f: f"bytes of {f}".encode() for f in mirrors.IDX_FILES}
+    monkeypatch.setitem(m.MD5, "mnist", {f: m.md5_bytes(b) for f, b in files.items()})
+    real, calls = Path.write_bytes, []
+
+    def dies_on_the_third(self, data):  # killed (here: interrupted) half-way through the install
+        calls.append(self.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        m._install_idx("mnist", tmp_path, files, "test source")
+    raw = m.raw_dir("mnist", tmp_path)
+    assert not raw.exists() and list(raw.parent.iterdir()) == []  # nothing half-installed, no scratch left
+    monkeypatch.setattr(Path, "write_bytes", real)
+    m._install_idx("mnist", tmp_path, files, "test source")
+    (raw / "keep.gz").write_bytes(b"a user's archive")
+    newer = {**files, "t10k-labels-idx1-ubyte": b"newer labels"}
+    monkeypatch.setitem(m.MD5["mnist"], "t10k-labels-idx1-ubyte", m.md5_bytes(b"newer labels"))
+    calls.clear()
+    monkeypatch.setattr(Path, "write_bytes", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        m._install_idx("mnist", tmp_path, newer, "test source")
+    assert {p.name: p.read_bytes() for p in raw.iterdir()} == {**files, "keep.gz": b"a user's archive"}  # the old set
+    monkeypatch.setattr(Path, "write_bytes", real)
+    m._install_idx("mnist", tmp_path, newer, "test source")
+    assert {p.name: p.read_bytes() for p in raw.iterdir()} == {**newer, "keep.gz": b"a user's archive"}
+    assert sorted(p.name for p in raw.parent.iterdir()) == ["raw"]
+
+
 def test_mnist_pickle_mirror_reconstructs_the_bytes():
     rng = np.random.default_rng(1)
     u8 = [rng.integers(0, 256, (k, 784), dtype=np.uint8) for k in (5, 3, 4)]

@@ -186,7 +186,7 @@ def test_paper_preset_has_the_authors_ipc1_values():
     assert {start_epoch_bound(res.method_cfg, it) for it in (0, 999, 9999)} == {4}  # start epochs 0..3, fixed
     assert res.method_cfg.epochs_needed == 5
     # the authors' evaluator (MTT's evaluate_synset) with their batch_train 128
-    assert res.protocol.name == "mtt-paper" and res.protocol.use_learned_lr and res.protocol.batch_size == 128
+    assert res.protocol.name == "mtt-paper" and res.protocol.optimizer.use_learned_lr and res.protocol.batch_size == 128
     argv = ["distill", "--preset", "datm-paper", "--dataset", "fashion_mnist"]
     res = resolve(cli.distill_config(cli.parse_args(argv)))
     assert res.cfg.dataset == "fashion_mnist" and res.method_cfg.lr_y == 5.0
@@ -254,7 +254,7 @@ def test_each_ladder_rung_adds_exactly_one_thing_to_mtts_record(ipc):
     want = first.protocol
     name, *overrides = mtt_eval.args[mtt_eval.args.index("--protocol") + 1:]
     assert get_protocol(name, **{k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in overrides)}) == want
-    assert want.name in ("mtt", "mtt-paper") and want.use_learned_lr
+    assert want.name in ("mtt", "mtt-paper") and want.optimizer.use_learned_lr
 
     for (name, allowed), prev, cur in zip(LADDER[1:], resolved, resolved[1:]):
         a, b = prev.to_dict(), cur.to_dict()

@@ -143,26 +143,83 @@ def test_resume_says_which_requested_settings_it_ignores(tmp_path):
     assert "ignoring the requested iterations=8 (saved: iterations=6" in note
 
 
+def test_a_run_killed_while_writing_its_metrics_resumes_with_one_warning(tmp_path):
+    from datadistill.fileio import TornLineWarning
+
+    out = tmp_path / "r"
+    assert run(_cfg(), out, progress=False, stop_after=2, log=lambda *_: None) is None
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 3, "loss": 0.12')  # the line a SIGKILL cut short
+    with pytest.warns(TornLineWarning) as caught:
+        run(_cfg(), out, resume=True, progress=False, log=lambda *_: None)
+    assert len(caught) == 1 and "torn last line" in str(caught[0].message)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]  # each iteration once
+
+
 def test_a_run_directory_in_use_by_a_live_process_is_refused(tmp_path):
-    import socket
     import subprocess
     import sys
 
     out = tmp_path / "run"
     lock = tmp_path / ".run.lock"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    lock.write_text("999999 elsewhere\n")  # a lock file left by a process long gone: no one holds it
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
     try:
-        lock.write_text(f"{holder.pid} {socket.gethostname()}")
-        with pytest.raises(RunDirError, match=f"in use by process {holder.pid}"):
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirError, match=f"in use by process {holder.pid} "):
             run(_cfg(iterations=1), out, force=True, progress=False)
-        assert lock.read_text().startswith(str(holder.pid))  # the holder's lock is left alone
     finally:
-        holder.kill()
+        holder.kill()  # SIGKILL: the kernel releases its lock, nothing of it is left to clean
         holder.wait()
-    # its process is gone: the stale lock is taken over, and released when the run ends
     run(_cfg(iterations=1), out, force=True, progress=False, log=lambda *_: None)
     assert (out / "distilled.safetensors").is_file()
-    assert not lock.exists() and not list(tmp_path.glob(".run.lock.*"))
+    assert not lock.exists()
+
+
+# holds the run lock of argv[1] (a stale lock file is taken over) and says so, until killed
+HOLD = """import sys, time
+from pathlib import Path
+from datadistill.rundir import run_dir_lock
+with run_dir_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+# waits for the start signal, then tries to take the lock and holds it a while: prints won or lost
+RACE = """import sys, time
+from pathlib import Path
+from datadistill.rundir import RunDirError, run_dir_lock
+go = Path(sys.argv[2])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+try:
+    with run_dir_lock(Path(sys.argv[1])):
+        time.sleep(5.0)  # long enough for every racer to try, even on a loaded machine
+        print("won", flush=True)
+except RunDirError:
+    print("lost", flush=True)
+"""
+
+
+def test_eight_processes_racing_on_a_stale_lock_exactly_one_runs(tmp_path):
+    import subprocess
+    import sys
+
+    out, go = tmp_path / "run", tmp_path / "go"
+    (tmp_path / ".run.lock").write_text("999999 elsewhere\n")  # stale: its process is gone
+    racers = [subprocess.Popen([sys.executable, "-c", RACE, str(out), str(go)], stdout=subprocess.PIPE, text=True)
+              for _ in range(8)]
+    try:
+        assert all(p.stdout.readline().strip() == "ready" for p in racers)
+        go.touch()
+        results = sorted(p.communicate(timeout=60)[0].strip() for p in racers)
+    finally:
+        for p in racers:
+            p.kill()
+    assert results == ["lost"] * 7 + ["won"]
+    assert not (tmp_path / ".run.lock").exists()
 
 
 def test_the_lock_is_released_when_a_run_fails(tmp_path):

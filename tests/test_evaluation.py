@@ -8,11 +8,12 @@ from datadistill.train import lr_at
 
 def test_presets_follow_the_field_standard():
     dc = get_protocol("dc")
-    assert (dc.epochs, dc.lr, dc.momentum, dc.weight_decay, dc.batch_size, dc.augment, dc.model) == (
+    o = dc.optimizer
+    assert (dc.schedule.epochs, o.lr, o.momentum, o.weight_decay, dc.batch_size, dc.augment.name, dc.model) == (
         300, 0.01, 0.9, 5e-4, 256, "none", "convnet")
-    assert dc.milestones == (150,)
+    assert dc.schedule.milestones == (150,)
     dsa = get_protocol("dsa")
-    assert dsa.epochs == 1000 and dsa.augment == "dsa" and dsa.milestones == (500,)
+    assert dsa.schedule.epochs == 1000 and dsa.augment.name == "dsa" and dsa.schedule.milestones == (500,)
     assert lr_at(149, 0.01, (150,)) == 0.01 and abs(lr_at(150, 0.01, (150,)) - 0.001) < 1e-12
     assert {"dc", "dsa", "mtt", "smoke"} <= set(PROTOCOLS.names())
     with pytest.raises(ValueError, match="valid: "):

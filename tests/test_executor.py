@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import executor_tasks as tasks
 from datadistill.evaluation import evaluate, get_protocol
-from datadistill.executor import ExecutorError, Task, make_executor
+from datadistill.executor import ExecutorError, Task, TaskError, make_executor
 from datadistill.experts import ExpertConfig, train_experts
 from datadistill.grids import evaluate_on, open_for_evaluation, train_experts_on
 from datadistill.synset import PixelSet, save_synset
@@ -74,9 +74,27 @@ def test_failing_task_reports_its_key_and_keeps_the_rest(name, ray_executor, tmp
     ex = ray_executor if name == "ray" else make_executor(name, workers=2, threads=1, progress=False)
     grid = [Task("good", tasks.square, (3, str(tmp_path / "log")), out=tmp_path / "good"),
             Task("bad", tasks.fails, (7,), out=tmp_path / "bad")]
-    with pytest.raises(ExecutorError, match=r"1 of 2 .*bad: ValueError: task 7 is broken"):
+    with pytest.raises(TaskError, match=r"1 of 2 .*bad: ValueError: task 7 is broken") as err:
         ex.run(grid)
+    assert not isinstance(err.value, ExecutorError)  # a bug, not a user error: the CLI keeps its traceback
+    # the worker's own traceback, naming the function that raised, whichever process ran it
+    assert "Traceback" in str(err.value) and 'in fails\n    raise ValueError(f"task {x} is broken")' in str(err.value)
     assert (tmp_path / "good").read_text() == "9" and not (tmp_path / "bad").exists()
+    record = json.loads((tmp_path / "bad.error.json").read_text())  # the failure is kept beside the result
+    assert (record["key"], record["type"], record["user_error"]) == ("bad", "ValueError", False)
+    assert "in fails" in record["traceback"]
+    # the same task fixed: it runs, and its error record goes
+    ex.run([Task("bad", tasks.square, (7, str(tmp_path / "log")), out=tmp_path / "bad")])
+    assert (tmp_path / "bad").read_text() == "49" and not (tmp_path / "bad.error.json").exists()
+
+
+@pytest.mark.parametrize("name", ["serial", "process"])
+def test_a_task_user_error_stays_one_line(name, tmp_path):
+    ex = make_executor(name, workers=2, threads=1, progress=False)
+    with pytest.raises(ExecutorError, match=r"^1 of 1 tasks failed: t: ConfigError: task 3: no such option;") as err:
+        ex.run([Task("t", tasks.asks_badly, (3,), out=tmp_path / "t")])
+    assert "Traceback" not in str(err.value)
+    assert json.loads((tmp_path / "t.error.json").read_text())["user_error"] is True
 
 
 @pytest.mark.parametrize("name", ["serial", "process", "ray"])
@@ -140,6 +158,21 @@ def test_evaluation_grid_batches_models_as_evaluate_does(set_file, tmp_path):
     stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")}
     again = evaluate_on(ex, set_file, protocol, ["mlp"], work_dir=tmp_path, batch_models=2)["mlp"]
     assert again.accuracies == got.accuracies and stamp == {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")}
+
+
+def test_a_bug_inside_an_evaluation_task_prints_its_traceback_and_exits_1(set_file, tmp_path):
+    # the CLI as a user runs it, with the evaluation broken from inside the executor's task
+    script = ("import sys, datadistill.grids as g\n"
+              "def broken(*a, **k):\n    raise RuntimeError('injected bug')\n"
+              "g.evaluate = broken\n"
+              "from datadistill.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    argv = ["evaluate", str(set_file), "--models", "mlp", "--executor", "serial", "epochs=1", "n_models=1"]
+    (tmp_path / "broken_cli.py").write_text(script)
+    p = subprocess.run([sys.executable, "broken_cli.py", *argv], capture_output=True, text=True, cwd=tmp_path)
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.count("RuntimeError: injected bug") == 2  # the summary line and the worker's traceback
+    assert p.stderr.count("in broken\n    raise RuntimeError('injected bug')") == 1  # the traceback, once
+    assert "datadistill: error:" not in p.stderr
 
 
 def test_indices_train_the_same_models(set_file):

@@ -287,10 +287,27 @@ def test_show_draws_bases_and_hallucinations(toy, tmp_path, capsys):
     assert "h2: correlation with its base" in capsys.readouterr().out  # and its collapse diagnostic
 
 
-def test_evaluation_trains_on_a_factorized_set(toy):
+def test_evaluation_trains_on_a_factorized_set(toy, monkeypatch):
     s = _set(toy, bases=1, hals=2)
+    drawn, real = [], FactorizedSet.batches
+
+    def spy(self, batch_size, generator):
+        for x, y in real(self, batch_size, generator):
+            drawn.append((x.detach().clone(), y.clone()))
+            yield x, y
+
+    monkeypatch.setattr(FactorizedSet, "batches", spy)
     rep = evaluate(s, toy, get_protocol("smoke").with_(epochs=2, n_models=1, model="convnet_w32"))
-    assert len(rep.accuracies) == 1 and 0.0 <= rep.accuracies[0] <= 100.0
+    # each epoch trains on every base once, through one of its hallucinators: hallucinated images only
+    images, labels = s.materialize()
+    assert len(drawn) == 2
+    for x, y in drawn:
+        assert sorted(y.tolist()) == [0, 1, 2]
+        for xi, yi in zip(x, y):
+            match = [i for i in range(len(images)) if torch.allclose(xi, images[i], atol=1e-6)]
+            assert match and all(labels[i] == yi for i in match)
+    n = len(toy.test)  # a fraction of the test images the model got right
+    assert len(rep.accuracies) == 1 and rep.accuracies[0] * n == pytest.approx(round(rep.accuracies[0] * n))
 
 
 def test_evaluation_batches_build_no_graph_into_the_set(toy, monkeypatch):

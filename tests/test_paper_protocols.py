@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from datadistill.augment import DSAConfig, apply, sample_params
 from datadistill.data import load_dataset
-from datadistill.evaluation import evaluate, get_protocol
+from datadistill.evaluation import Labels, Optimizer, evaluate, get_protocol
 from datadistill.augment.training import dsa_augment
 from datadistill.synset import PixelSet
 
@@ -76,10 +76,11 @@ def test_paper_presets_fields():
     dsa, mtt, dm = get_protocol("dsa-paper"), get_protocol("mtt-paper"), get_protocol("dm-paper")
     assert dm == dsa  # DM's code evaluates as DSA's
     for p in (dsa, mtt):
-        assert (p.epochs, p.train_epochs, p.milestones) == (1000, 1001, (502,))
-        assert (p.lr, p.momentum, p.weight_decay, p.batch_size) == (0.01, 0.9, 5e-4, 256)
-        assert p.augment == "dsa" and p.dsa_strategy == "color_crop_cutout_flip_scale_rotate" and p.dsa_flip_all
-    assert mtt.use_learned_lr and mtt.dsa_align_corners and not dsa.dsa_align_corners
+        s, o, a = p.schedule, p.optimizer, p.augment
+        assert (s.epochs, s.train_epochs, s.milestones) == (1000, 1001, (502,))
+        assert (o.lr, o.momentum, o.weight_decay, p.batch_size) == (0.01, 0.9, 5e-4, 256)
+        assert a.name == "dsa" and a.dsa_strategy == "color_crop_cutout_flip_scale_rotate" and a.flip_all
+    assert mtt.optimizer.use_learned_lr and mtt.augment.align_corners and not dsa.augment.align_corners
 
 
 def test_paper_dsa_flips_digits_and_ours_does_not(digits):
@@ -117,19 +118,20 @@ def test_align_corners_as_mtt_code_samples(digits):
 
 def test_dc_paper_follows_the_dc_codes_augmentation_rule():
     p = get_protocol("dc-paper")
-    assert (p.reference_schedule, p.augment, p.epochs, p.epochs_augmented) == (True, "dc", 300, 1000)
+    f = p.to_dict()
+    assert (f["reference_schedule"], f["augment"], f["epochs"], f["epochs_augmented"]) == (True, "dc", 300, 1000)
     mnist, fmnist = p.resolved("mnist", "convnet"), p.resolved("fashion_mnist", "convnet")
-    assert (mnist.dc_strategy, mnist.train_epochs, mnist.milestones) == ("crop_scale_rotate", 1001, (502,))
-    assert (fmnist.dc_strategy, fmnist.train_epochs, fmnist.milestones) == ("none", 301, (152,))
-    assert p.resolved("fashion_mnist", "convnet_bn").dc_strategy == "crop_noise"  # BatchNorm wins
-    assert p.resolved("mnist", "convnet_bn").dc_strategy == "crop_noise"
+    for r, want in ((mnist, ("crop_scale_rotate", 1001, (502,))), (fmnist, ("none", 301, (152,)))):
+        assert (r.augment.dc_strategy, r.schedule.train_epochs, r.schedule.milestones) == want
+    assert p.resolved("fashion_mnist", "convnet_bn").augment.dc_strategy == "crop_noise"  # BatchNorm wins
+    assert p.resolved("mnist", "convnet_bn").augment.dc_strategy == "crop_noise"
 
 
 def test_dc_paper_runs_its_resolved_schedule(monkeypatch, digits):
     p = get_protocol("dc-paper", epochs=4, n_models=1)
     rep = _run(monkeypatch, digits, p)
     assert len(SpySGD.steps) == 5 and len(SpySGD.built) == 2  # digits: no augmentation, epochs + 1 passes
-    assert rep.protocol.dc_strategy == "none"
+    assert rep.protocol.augment.dc_strategy == "none"
 
 
 def test_classic_augmentation_ops():
@@ -213,19 +215,20 @@ def _set(data, ipc=2):
 
 def test_frepo_paper_fields_follow_frepo_eval_py():
     p = get_protocol("frepo-paper")
-    assert (p.optimizer, p.lr, p.weight_decay) == ("adam", 3e-4, 0.0)  # optax.adam: no weight decay
-    assert (p.lr_schedule, p.warmup_steps, p.lr_final, p.cosine_fraction) == ("cosine", 500, 0.01, 1.0)
-    assert (p.batch_size, p.n_models, p.augment) == (500, 5, "frepo")
-    assert (p.label_loss, p.label_encoding, p.labels) == ("sse_half", "frepo", "auto")
+    f = p.to_dict()
+    assert (f["optimizer"], f["lr"], f["weight_decay"]) == ("adam", 3e-4, 0.0)  # optax.adam: no weight decay
+    assert (f["lr_schedule"], f["warmup_steps"], f["lr_final"], f["cosine_fraction"]) == ("cosine", 500, 0.01, 1.0)
+    assert (p.batch_size, p.n_models, p.augment.name) == (500, 5, "frepo")
+    assert p.labels == Labels(loss="sse_half", encoding="frepo")  # labels auto
     assert (p.model, p.weight_init) == ("convnet_frepo_eval", "lecun")
     # step_per_prototpyes of script/eval.py, keyed by the number of images
     want = {10: 1000, 100: 2000, 200: 20000, 400: 5000, 500: 5000, 1000: 10000, 2000: 40000, 5000: 40000}
-    assert {n: p.sized(n).steps for n in want} == want
-    assert p.sized(10).milestones == ()  # no step decay: the cosine is the whole schedule
+    assert {n: p.sized(n).schedule.steps for n in want} == want
+    assert p.sized(10).schedule.milestones == ()  # no step decay: the cosine is the whole schedule
     with pytest.raises(ConfigError, match="a set of 20 images needs steps=N"):
         p.sized(20)
-    assert p.with_(steps=7).sized(20).steps == 7  # an explicit length wins over the table
-    o = p.sized(10).optim(p.lr)  # 10 images: 1000 steps
+    assert p.with_(steps=7).sized(20).schedule.steps == 7  # an explicit length wins over the table
+    o = p.sized(10).optim(p.optimizer.lr)  # 10 images: 1000 steps
     for t in (0, 1, 250, 499, 500, 501, 750, 999):
         assert o.lr_at(t, 0) == pytest.approx(frepo_reference_lr(t, 1000), rel=1e-12, abs=1e-15), t
     assert o.lr_at(0, 0) == 0.0 and o.lr_at(500, 0) == pytest.approx(3e-4)
@@ -259,7 +262,7 @@ def test_frepo_paper_runs_its_adam_warmup_cosine_steps(monkeypatch, digits):
     assert len(SpyOpt.built) == 1 and SpyOpt.built[0].defaults["weight_decay"] == 0.0
     assert SpyOpt.built[0].defaults["betas"] == (0.9, 0.999) and SpyOpt.built[0].defaults["eps"] == 1e-8
     assert SpyOpt.steps == pytest.approx([frepo_reference_lr(t, 7, warmup=3) for t in range(7)])
-    assert rep.protocol.steps == 7 and rep.extra["labels"]["label_encoding"] == "frepo"
+    assert rep.protocol.schedule.steps == 7 and rep.extra["labels"]["label_encoding"] == "frepo"
 
 
 def test_frepo_paper_takes_its_steps_from_the_table(monkeypatch, digits):
@@ -267,7 +270,7 @@ def test_frepo_paper_takes_its_steps_from_the_table(monkeypatch, digits):
     p = get_protocol("frepo-paper", n_models=1, model="convnet_w32", warmup_steps=2,
                      steps_by_size=[[10, 3], [100, 50]])
     rep = evaluate(_set(digits, ipc=1), digits, p)
-    assert len(SpyOpt.steps) == 3 and rep.protocol.steps == 3
+    assert len(SpyOpt.steps) == 3 and rep.protocol.schedule.steps == 3
     with pytest.raises(ConfigError, match="needs steps=N"):
         evaluate(_set(digits, ipc=2), digits, p)
 
@@ -317,16 +320,18 @@ def test_frepo_augmentation_ops_and_strategy(digits):
 
 def test_rded_paper_fields_follow_rded_validation():
     p = PROTOCOLS.get("rded-paper")  # its teacher comes with the run: get_protocol(..., teacher=PATH)
-    assert (p.optimizer, p.lr, p.weight_decay, p.decay_only_weights) == ("adamw", 1e-3, 0.01, True)
-    assert (p.epochs, p.batch_size, p.augment, p.rded_factor, p.model) == (300, 50, "rded", 1, "convnet_bn")
-    assert (p.labels, p.label_loss, p.label_temperature) == ("teacher", "kl_unscaled", 20.0)
-    assert (p.lr_schedule, p.cosine_fraction, p.lr_final, p.warmup_steps) == ("cosine_epoch", 0.5, 0.0, 0)
+    assert p.optimizer == Optimizer("adamw", lr=1e-3, weight_decay=0.01, decay_only_weights=True)
+    assert (p.schedule.epochs, p.batch_size, p.augment.name, p.augment.rded_factor, p.model) == (
+        300, 50, "rded", 1, "convnet_bn")
+    assert p.labels == Labels("teacher", loss="kl_unscaled", temperature=20.0)
+    s = p.schedule
+    assert (s.decay, s.cosine_fraction, s.lr_final, s.warmup_steps) == ("cosine_epoch", 0.5, 0.0, 0)
     # their LambdaLR stepped once per epoch: 0.5 * (1 + cos(pi * step / re_epochs / 2))
     w = torch.zeros(1, requires_grad=True)
     opt = torch.optim.AdamW([w], lr=1e-3)
     ref = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * s / 300 / 2)) if s <= 300
                                             else 0)
-    o = p.optim(p.lr)
+    o = p.optim(p.optimizer.lr)
     for epoch in range(300):
         assert o.lr_at(123, epoch) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12), epoch
         opt.step()
@@ -392,8 +397,10 @@ def test_rded_augmentation_crop_flip_and_cutmix():
 def test_haba_paper_is_mtt_paper_with_standardized_batches():
     h, m = get_protocol("haba-paper"), get_protocol("mtt-paper")
     assert h.with_(name="mtt-paper", standardize=False, test_batch_size=500) == m
-    assert h.standardize and h.test_batch_size == 128  # HaBa's testloader: batch_size=128, shuffle=False
-    assert (h.train_epochs, h.milestones, h.use_learned_lr, h.dsa_align_corners) == (1001, (502,), True, True)
+    assert h.augment.standardize and h.test_batch_size == 128  # HaBa's testloader: batch_size=128, shuffle=False
+    s = h.schedule
+    assert (s.train_epochs, s.milestones) == (1001, (502,))
+    assert h.optimizer.use_learned_lr and h.augment.align_corners
 
 
 def test_standardize_acts_on_each_training_batch_before_augmentation_and_on_test_batches(digits, monkeypatch):
@@ -455,8 +462,7 @@ def test_each_new_field_evaluates_end_to_end(digits, fields):
     p = get_protocol("dc", epochs=3, n_models=1, model="convnet_w32", batch_size=16, **fields)
     rep = evaluate(_set(digits), digits, p)
     assert len(rep.accuracies) == 1 and 0 <= rep.accuracies[0] <= 1
-    assert all(getattr(rep.protocol, k) == (tuple(map(tuple, v)) if k == "steps_by_size" else v)
-               for k, v in fields.items())
+    assert {k: rep.protocol.to_dict()[k] for k in fields} == fields
 
 
 def test_steps_count_optimizer_steps_across_passes(monkeypatch, digits):

@@ -170,12 +170,30 @@ def test_scores_of_a_soft_labelled_set_give_the_random_subset_the_teachers_label
     assert sc2.random_labels == "hard"
 
 
-def test_learning_rate_is_chosen_on_the_validation_split(toy):
+def test_learning_rate_is_chosen_on_the_validation_split(toy, monkeypatch):
     val = load_dataset("procedural", num_classes=3, channels=1, size=12, per_class=24, seed=0, validation=0.25)
     s = _set(toy)
     p = get_protocol("smoke", epochs=2, n_models=1, model="convnet_w32")
     sc = score_set(s, toy, p, full_accuracy=0.9, validation=val, lr_grid=(1e-6, 0.05))
     assert set(sc.lr) == {"set", "random", "hard"} and all(v in (1e-6, 0.05) for v in sc.lr.values())
+
+    # a split-aware evaluator: on the validation split the small lr wins, on the test split the large
+    # one; a choice made on the test split picks 0.05 and fails here
+    from datadistill.evaluation import EvalReport, scores
+
+    seen = []
+
+    def fake(synset, data, protocol, **kw):
+        lr = protocol.optimizer.lr
+        seen.append((data is val, lr))
+        acc = (0.8 if lr == 1e-6 else 0.2) if data is val else (0.2 if lr == 1e-6 else 0.8)
+        return EvalReport(kw.get("model") or protocol.model, protocol, [acc], [0], 0.0, lr)
+
+    monkeypatch.setattr(scores, "evaluate", fake)
+    sc = score_set(s, toy, p, full_accuracy=0.9, validation=val, lr_grid=(1e-6, 0.05))
+    assert sc.lr == {"set": 1e-6, "random": 1e-6, "hard": 1e-6}
+    assert sorted({lr for on_val, lr in seen if on_val}) == [1e-6, 0.05]  # the grid is tried on validation only
+    assert {lr for on_val, lr in seen if not on_val} == {1e-6}  # the test split sees only the chosen lr
 
 
 # ---------------------------------------------------------------------- the command line

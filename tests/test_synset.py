@@ -85,6 +85,41 @@ def test_dataset_view_and_imagefolder_export(toy, tmp_path):
     assert [t for _, t in folder.samples] == [0, 0, 1, 1, 2, 2]
 
 
+def test_export_never_mixes_trees_and_leaves_nothing_partial(toy, tmp_path, monkeypatch):
+    from datadistill.paths import OutputPathError
+
+    s, out = _set(toy), tmp_path / "tree"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputPathError, match="tree is not empty; .* --overwrite"):
+        export_imagefolder(s, toy.spec, out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]  # untouched
+    export_imagefolder(s, toy.spec, out, overwrite=True)  # replaced whole: nothing of the old folder is left
+    assert sorted(p.name for p in out.iterdir()) == ["0_class0", "1_class1", "2_class2"]
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+
+    import torchvision.utils
+
+    calls = []
+
+    def fail_third(x, path):  # the disk fills up half-way through
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(x, path)
+
+    real = torchvision.utils.save_image
+    monkeypatch.setattr(torchvision.utils, "save_image", fail_third)
+    with pytest.raises(OSError, match="No space left"):
+        export_imagefolder(s, toy.spec, out, overwrite=True)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before  # the last good tree, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tree"]  # no temporary tree left beside it
+    calls.clear()
+    with pytest.raises(OSError, match="No space left"):
+        export_imagefolder(s, toy.spec, tmp_path / "new", overwrite=True)
+    assert not (tmp_path / "new").exists()
+
+
 def test_every_set_declares_its_labels_and_schedule():
     """`SetFeatures`: callers ask a set what it has instead of probing attribute names."""
     from datadistill.studies.sets import MemorySet

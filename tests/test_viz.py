@@ -32,4 +32,8 @@ def test_every_method_has_its_own_series_style():
 
 def test_acc_vs_ipc_without_records_still_writes(tmp_path):
     out = plot_acc_vs_ipc([_rec("full", "mnist", 0, 99.0)], tmp_path / "empty.png")
-    assert Image.open(out).size[0] > 0
+    one = plot_acc_vs_ipc([_rec("dm", "mnist", 1, 80.0)], tmp_path / "one.png")
+    (w0, h0), (w1, h1) = Image.open(out).size, Image.open(one).size
+    assert abs(h0 - h1) < 0.1 * h1 and w0 < w1  # one empty panel, as tall as one with a series, no legend
+    grey = Image.open(out).convert("L")
+    assert grey.getextrema()[0] < 64  # drawn: its axes and their labels, not a blank image

@@ -17,8 +17,10 @@ from typing import Any, ClassVar
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config value or key is invalid; the message says which and what is valid."""
 
 
@@ -140,14 +142,15 @@ def from_dict(cls: type, d: dict[str, Any] | None, where: str = "") -> Any:
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {label}; valid keys: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(v, hints[k], f"{label}.{k}") for k, v in d.items()}
+    kwargs = {k: coerce_value(v, hints[k], f"{label}.{k}") for k, v in d.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{label}: {e}") from e
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def coerce_value(value: Any, tp: Any, where: str) -> Any:
+    """``value`` as type ``tp`` (a config field's type), or a `ConfigError` naming ``where``."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -160,7 +163,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if a is type(None):
                 continue
             try:
-                return _coerce(value, a, where)
+                return coerce_value(value, a, where)
             except ConfigError as e:
                 errors.append(str(e))
         if len(errors) == 1 and type(None) in args:  # Optional[X]: X's own message
@@ -177,7 +180,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         inner = args[0] if args else Any
-        items = [_coerce(v, inner, where) for v in value]
+        items = [coerce_value(v, inner, where) for v in value]
         return tuple(items) if origin is tuple else items
     if origin is dict or tp is dict:
         if not isinstance(value, dict):

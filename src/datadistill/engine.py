@@ -31,7 +31,7 @@ from .data import LoadedDataset
 from .device import device_name, peak_memory_mb
 from .evaluation import EvalProtocol, EvalReport, evaluate
 from .evaluation.evaluator import n_networks, network_row
-from .fileio import atomic_write, atomic_write_text
+from .fileio import append_jsonl, atomic_write, atomic_write_text, read_jsonl
 from .methods import Context, DivergenceError, OneShot, Selected
 from .paths import check_output_dir, missing_dirs, remove_empty_dirs
 from .report import run_report
@@ -169,14 +169,14 @@ def _distill(checked: Checked, out: Path, *, resume: bool, progress: bool, stop_
             raise DivergenceError(f"{e}. The last good state (iteration {it}) is in {out / CHECKPOINT}") from e
         elapsed += time.perf_counter() - t0
         row = {"iteration": it + 1, **metrics, "seconds": elapsed}
-        _append_jsonl(out / "metrics.jsonl", row)
+        append_jsonl(out / "metrics.jsonl", row)
         bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()})
         _call(callbacks, "on_step", it + 1, metrics)
         if cfg.eval_every and (it + 1) % cfg.eval_every == 0 and it + 1 < res.iterations:
             rep = evaluate(synset, data, res.protocol.with_(n_models=cfg.eval_models_during), device=device,
                            networks=networks)
             more = method.eval_metrics()  # e.g. HaBa's collapse diagnostic
-            _append_jsonl(out / "metrics.jsonl", {"iteration": it + 1, "eval": rep.to_dict(),
+            append_jsonl(out / "metrics.jsonl", {"iteration": it + 1, "eval": rep.to_dict(),
                                                   **({"set": more} if more else {})})
             bar.write(f"iteration {it + 1}: {rep.summary()}")
             _call(callbacks, "on_eval", it + 1, rep)
@@ -201,7 +201,7 @@ def _distill(checked: Checked, out: Path, *, resume: bool, progress: bool, stop_
     extra = method.final_metrics(synset, data, device)
     for line in res.entry.format_metrics(extra) if extra else []:
         log(line)
-    _append_jsonl(out / "metrics.jsonl", {"iteration": res.iterations, "final": True,
+    append_jsonl(out / "metrics.jsonl", {"iteration": res.iterations, "final": True,
                                           "eval": {m: r.to_dict() for m, r in reports.items()},
                                           **({"extra": extra} if extra else {})})
     spi = elapsed / max(res.iterations, 1) if res.iterations else 0.0
@@ -270,18 +270,12 @@ def _call(callbacks: Sequence[Any], hook: str, *args: Any) -> None:
             fn(*args)
 
 
-def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
 def _truncate_metrics(path: Path, start: int) -> None:
     """Drop rows past the checkpoint, so a resumed run logs each iteration once."""
     if not path.is_file():
         return
-    rows = [(line, json.loads(line)) for line in path.read_text().splitlines() if line]
-    keep = [line for line, r in rows if r.get("iteration", 0) <= start and not r.get("final")]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
+    keep = [r for r in read_jsonl(path) if r.get("iteration", 0) <= start and not r.get("final")]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 def _save_checkpoint(path: Path, synset: Any, method: Any, ctx: Context, iteration: int, elapsed: float) -> None:

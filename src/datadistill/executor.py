@@ -24,11 +24,13 @@ across backends at equal ``threads``: that, not the backend, is what to keep fix
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import multiprocessing
 import os
 import socket
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -36,13 +38,20 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from .config import ConfigError
+from .errors import UserError
 from .fileio import atomic_write
 
 BACKENDS = ("serial", "process", "ray")
 
 
 class ExecutorError(ConfigError):
-    """The executor cannot start (bad backend, unreachable cluster) or some tasks failed."""
+    """The executor cannot start (bad backend, unreachable cluster), or some tasks failed on errors about
+    what the user asked for (`errors.UserError`): one line."""
+
+
+class TaskError(RuntimeError):
+    """Some tasks failed on a bug (an exception that is not a `errors.UserError`): the message holds the
+    first one's traceback as the worker printed it, so the command shows it once and exits 1."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,11 @@ def call(task: Task, threads: int | None) -> Any:
         torch.set_num_threads(threads)
     try:
         return task.fn(*task.args, **task.kwargs)
+    except Exception as e:
+        # the worker's own traceback travels with the exception (its __dict__ is pickled with it), so a
+        # bug in a task shows where it happened whichever backend ran it
+        e.task_traceback = "".join(traceback.format_exception(e))  # type: ignore[attr-defined]
+        raise
     finally:
         torch.set_num_threads(before)
 
@@ -105,17 +119,21 @@ class Executor:
             raise ExecutorError(f"task keys must be unique; repeated: {', '.join(dup[:5])}")
         results: dict[str, Any] = {t.key: Path(t.out) for t in tasks if t.done()}
         todo = [t for t in tasks if t.key not in results]
-        failed: dict[str, str] = {}
+        failed: dict[str, BaseException] = {}
         bar = tqdm(total=len(tasks), initial=len(results), desc=f"{desc} ({self.name})", disable=not self.progress)
 
         def finish(task: Task, value: Any) -> None:
             results[task.key] = _store(task, value)
+            if task.out is not None:
+                _error_file(task).unlink(missing_ok=True)
             bar.update()
             if on_done is not None:
                 on_done(task, results[task.key])
 
         def fail(task: Task, error: BaseException) -> None:
-            failed[task.key] = f"{type(error).__name__}: {error}".splitlines()[0]
+            failed[task.key] = error
+            if task.out is not None:  # the task's result file records the failure until it succeeds
+                atomic_write(_error_file(task), lambda p: p.write_text(json.dumps(_failure(task, error), indent=1)))
             bar.update()
 
         try:
@@ -124,10 +142,7 @@ class Executor:
         finally:
             bar.close()
         if failed:
-            shown = "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:3])
-            more = f" (and {len(failed) - 3} more)" if len(failed) > 3 else ""
-            raise ExecutorError(f"{len(failed)} of {len(tasks)} {desc} failed: {shown}{more}; the finished ones are "
-                                "kept, the same command runs the rest")
+            _raise_failures(failed, len(tasks), desc)
         return {t.key: results[t.key] for t in tasks}
 
     def _run(self, todo: list[Task], finish: Callable, fail: Callable) -> None:
@@ -141,6 +156,36 @@ class Executor:
                 fail(task, e)
             else:
                 finish(task, value)
+
+
+def _failure(task: Task, error: BaseException) -> dict[str, Any]:
+    return {"key": task.key, "type": type(error).__name__, "error": str(error),
+            "user_error": isinstance(error, UserError), "traceback": _traceback(error)}
+
+
+def _traceback(error: BaseException) -> str:
+    return getattr(error, "task_traceback", None) or "".join(traceback.format_exception(error))
+
+
+def _error_file(task: Task) -> Path:
+    """Where a failed task with an ``out`` file records its error (removed when it succeeds)."""
+    return Path(f"{task.out}.error.json")
+
+
+def _raise_failures(failed: dict[str, BaseException], total: int, desc: str) -> None:
+    """One line (`ExecutorError`) when every failure is a user error; else `TaskError` with the first
+    bug's traceback."""
+    bugs = {k: e for k, e in failed.items() if not isinstance(e, UserError)}
+    lines = {k: f"{type(e).__name__}: {e}".splitlines()[0] for k, e in failed.items()}
+    shown = "; ".join(f"{k}: {v}" for k, v in list(lines.items())[:3])
+    more = f" (and {len(failed) - 3} more)" if len(failed) > 3 else ""
+    head = f"{len(failed)} of {total} {desc} failed: {shown}{more}; the finished ones are kept, the same command " \
+        "runs the rest"
+    if not bugs:
+        raise ExecutorError(head)
+    key, error = next(iter(bugs.items()))
+    raise TaskError(f"{head}\n\ntask {key} raised (its traceback in the worker):\n{_traceback(error).rstrip()}") \
+        from None
 
 
 def _store(task: Task, value: Any) -> Any:
@@ -298,7 +343,8 @@ def make_executor(name: str = "serial", *, workers: int | None = None, threads: 
 
 def run_cli(argv: Sequence[str], cwd: str, threads: int | None = None) -> dict[str, Any]:
     """A task that runs ``datadistill ARGV`` in ``cwd`` (a new process, with ``threads`` torch threads):
-    its standard output and wall seconds. RuntimeError with the last line of its errors on failure."""
+    its standard output and wall seconds. On failure: `ConfigError` with the command's one-line error
+    (exit status 2), else RuntimeError with the end of its standard error (a traceback)."""
     import subprocess
 
     env = dict(os.environ)
@@ -307,7 +353,10 @@ def run_cli(argv: Sequence[str], cwd: str, threads: int | None = None) -> dict[s
     t = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "datadistill.cli", *argv], cwd=cwd, env=env, capture_output=True,
                        text=True)
-    if p.returncode:
+    if p.returncode == 2:  # the command's one-line user error
         tail = p.stderr.strip().splitlines()[-1:] or [""]
-        raise RuntimeError(f"datadistill {' '.join(argv[:1])} exited with status {p.returncode}: {tail[0]}")
+        raise ConfigError(f"datadistill {' '.join(argv[:1])} exited with status 2: {tail[0]}")
+    if p.returncode:  # a bug, or a killed process: its traceback goes with the error
+        raise RuntimeError(f"datadistill {' '.join(argv[:1])} exited with status {p.returncode}:\n"
+                           + "\n".join(p.stderr.strip().splitlines()[-40:]))
     return {"stdout": p.stdout, "seconds": time.perf_counter() - t}

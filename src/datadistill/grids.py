@@ -84,8 +84,8 @@ def evaluate_model(blob: bytes, protocol: dict[str, Any], model: str, index: int
         path = Path(tmp) / "set.safetensors"
         path.write_bytes(blob)
         f, data, how = open_for_evaluation(path, root=root, device=device)
-        rep = evaluate(f.synset, data, EvalProtocol(**protocol), model=model, device=device, networks=how.networks,
-                       indices=group, batch_models=batch_models)
+        rep = evaluate(f.synset, data, EvalProtocol.from_dict(protocol), model=model, device=device,
+                       networks=how.networks, indices=group, batch_models=batch_models)
     row = network_row(rep)
     rows = [{"index": i, **row, "accuracy": rep.accuracies[j], "seed": rep.seeds[j], "seconds": rep.seconds / len(group)}
             for j, i in enumerate(group)]

@@ -13,8 +13,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import UserError
 
-class OutputPathError(OSError):
+
+class OutputPathError(UserError, OSError):
     """An output place cannot be used: a file where a folder is needed, or a folder that cannot be
     created or written. The message names the path and the reason."""
 

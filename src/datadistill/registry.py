@@ -9,10 +9,12 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
+from .errors import UserError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(UserError, KeyError):
     """Raised for a name that is not registered; the message lists the valid choices."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain

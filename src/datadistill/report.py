@@ -20,7 +20,8 @@ def run_report(res: Resolved, r: "RunResult") -> str:
         f"- iterations: {res.iterations} ({r.seconds_per_iteration:.3f} s per iteration on {r.device})",
         f"- initialization: {res.image_init}, seed {cfg.seed}",
         *([f"- ZCA whitening, regularization {res.zca:g} (grid shown un-whitened)"] if res.zca is not None else []),
-        f"- evaluation: protocol `{res.protocol.name}` ({res.protocol.epochs} epochs, augment {res.protocol.augment}, "
+        f"- evaluation: protocol `{res.protocol.name}` ({res.protocol.schedule.epochs} epochs, "
+        f"augment {res.protocol.augment.name}, "
         f"{res.protocol.n_models} models, final test accuracy)",
         f"- peak memory: {r.peak_mem_mb:.0f} MB",
         "",

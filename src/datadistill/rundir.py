@@ -5,13 +5,16 @@ anything to resume (`discard_failed_run`)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import socket
 from pathlib import Path
 
+from .errors import UserError
 
-class RunDirError(FileExistsError):
+
+class RunDirError(UserError, FileExistsError):
     """The run directory exists and neither --resume nor --force was given (or another process holds it,
     or its checkpoint cannot be read)."""
 
@@ -50,59 +53,49 @@ def _lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}.lock"  # beside the folder: --force empties the folder itself
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def run_dir_lock(out: Path):
     """Hold ``out`` for this process: a second run (resume or --force) of the same folder is refused
-    while the first one's process lives, instead of both writing its checkpoint and files. A lock
-    left by a process that died (killed, machine restarted) is taken over."""
+    while the first one's process lives, instead of both writing its checkpoint and files.
+
+    The lock is an exclusive ``flock`` of ``.NAME.lock`` beside the folder, which the kernel releases
+    when its process dies however it dies, so a stale lock is never mistaken for a live one and two
+    processes can never both take it. The file names the holder (pid and host) for the error message.
+    On a file system without ``flock`` the run goes unlocked, as it would without the lock file."""
     lock = _lock_path(out)
     lock.parent.mkdir(parents=True, exist_ok=True)
-    me = f"{os.getpid()} {socket.gethostname()}"
-    mine = lock.with_name(f"{lock.name}.{os.getpid()}")
-    mine.write_text(me)  # complete before it appears under the lock's name (a hard link is atomic)
-    try:
-        held = _take(lock, mine, out)
-    finally:
-        mine.unlink(missing_ok=True)
+    fd = _take(lock, out)
     try:
         yield
     finally:
-        try:
-            if held and lock.read_text() == me:
-                lock.unlink()
-        except OSError:
-            pass
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                lock.unlink()  # while still held: a process waiting on this file retries on the new one
+            os.close(fd)
 
 
-def _take(lock: Path, mine: Path, out: Path) -> bool:
-    """Link ``mine`` to ``lock``; False (run unlocked) where the file system has no hard links."""
-    for _ in range(3):
+def _take(lock: Path, out: Path) -> int | None:
+    """An open descriptor of ``lock`` holding its exclusive flock (None: no flock on this file system)."""
+    for _ in range(20):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            os.link(mine, lock)
-            return True
-        except FileExistsError:
-            try:
-                pid_text, _, host = lock.read_text().partition(" ")
-                pid = int(pid_text)
-            except FileNotFoundError:  # released meanwhile: try again
-                continue
-            except (OSError, ValueError):  # unreadable or not ours: treat as stale
-                pid, host = -1, ""
-            if pid > 0 and (host.strip() != socket.gethostname() or _pid_alive(pid)):
-                raise RunDirError(f"run directory {out} is in use by process {pid} on {host.strip() or '?'} "
-                                  f"(lock {lock}); wait for it to finish or stop it, or delete the lock if that "
-                                  "process is gone") from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-        except OSError:  # no hard links here (some network or FAT file systems)
-            return False
-    raise RunDirError(f"could not lock run directory {out} ({lock} keeps reappearing)")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            os.close(fd)
+            pid, host = (holder + ["?", "?"])[:2]
+            raise RunDirError(f"run directory {out} is in use by process {pid} on {host} (lock {lock}); wait for it "
+                              "to finish or stop it") from None
+        except OSError:  # no flock here (some network file systems)
+            os.close(fd)
+            return None
+        try:  # the file we locked must still be the lock's: its holder may have removed it meanwhile
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            return fd
+        os.close(fd)
+    raise RunDirError(f"could not lock run directory {out} ({lock} keeps being replaced)")

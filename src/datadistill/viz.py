@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
 from .data.spec import DatasetSpec
-from .fileio import atomic_write
+from .fileio import atomic_write, read_jsonl
 from .synset.base import SYNSETS
 
 
@@ -258,10 +257,6 @@ GRIDS: dict[str, Callable[[Any, DatasetSpec, str | Path], Path]] = {
 }
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def plot_metrics(metrics_path: str | Path, out: str | Path) -> Path | None:
     """Loss per iteration (and intermediate accuracies, if any) from ``metrics.jsonl``."""
     import matplotlib
@@ -269,7 +264,7 @@ def plot_metrics(metrics_path: str | Path, out: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = _read_jsonl(Path(metrics_path))
+    rows = read_jsonl(metrics_path)
     steps = [(r["iteration"], r["loss"]) for r in rows if "loss" in r]
     evals = [(r["iteration"], r["eval"]["acc_mean"]) for r in rows if "eval" in r and "acc_mean" in r["eval"]]
     if not steps:

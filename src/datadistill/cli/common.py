@@ -96,19 +96,10 @@ def _one_line_warnings() -> None:
 
 
 def _is_user_error(e: Exception) -> bool:
-    from ..config import ConfigError
-    from ..data import DatasetDownloadError, DatasetMissingError, DatasetOptionError
-    from ..data.zca import ZCAError
-    from ..experts import ExpertError
-    from ..methods import DivergenceError
-    from ..paths import OutputPathError
-    from ..registry import UnknownNameError
-    from ..rundir import RunDirError
-    from ..synset import SynsetFileError
+    """An error about what the user asked for (`errors.UserError`: one line, exit 2), not a bug."""
+    from ..errors import UserError
 
-    # a method's own errors about what the user asked for are ConfigErrors (e.g. DD's PoolError)
-    return isinstance(e, (ConfigError, DatasetMissingError, DatasetDownloadError, DatasetOptionError, RunDirError,
-                          UnknownNameError, SynsetFileError, DivergenceError, ExpertError, ZCAError, OutputPathError))
+    return isinstance(e, UserError)
 
 
 def _run_dict(args: argparse.Namespace, **more: Any) -> dict[str, Any]:

@@ -17,7 +17,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     x = sub.add_parser("export", help="export a distilled set as an ImageFolder tree of PNGs")
     x.add_argument("file")
-    x.add_argument("out", help="output folder")
+    x.add_argument("out", help="output folder (new or empty)")
+    x.add_argument("--overwrite", action="store_true", help="replace what the output folder holds")
 
     im = sub.add_parser("import", help="read a distilled set saved by an author's reference code into a "
                         "distilled-set file, to evaluate it here (see docs/import.md)")
@@ -78,7 +79,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                               "trains only with real data whitened by the same transform); view it with `datadistill "
                               "show`, or in Python train on SynsetDataset(f.synset) and whiten real images with "
                               "f.zca.apply")
-    out = export_imagefolder(f.synset, f.spec, args.out)
+    out = export_imagefolder(f.synset, f.spec, args.out, overwrite=args.overwrite)
     print(f"wrote {len(f.synset)} PNG files under {out}")
     return 0
 

@@ -11,6 +11,8 @@ published MD5 of the *decompressed* IDX file. The mirrors' fetchers live in `dat
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -92,11 +94,32 @@ def _install_idx(name: str, root: Path, files: dict[str, bytes], source: str) ->
         if got != MD5[name][f]:
             raise DatasetDownloadError(f"{source}: {f} has MD5 {got}, expected {MD5[name][f]}")
     out = raw_dir(name, root)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in IDX_FILES:
-        tmp = out / f"{f}.tmp"
-        tmp.write_bytes(files[f])
-        tmp.replace(out / f)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # the four files appear together or not at all: written into a temporary sibling, which then
+    # replaces the raw folder by renames (an interrupted install leaves the old folder, never 1-3 files)
+    tmp = Path(tempfile.mkdtemp(prefix=".raw.", suffix=".tmp", dir=out.parent))
+    try:
+        for f in IDX_FILES:
+            (tmp / f).write_bytes(files[f])
+        tmp.chmod(0o755)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not out.exists():
+        tmp.rename(out)
+    else:
+        old = out.parent / f".raw.old-{os.getpid()}"
+        out.rename(old)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            old.rename(out)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for p in old.iterdir():  # anything else kept there (torchvision's archives) stays
+            if p.name not in IDX_FILES and not (out / p.name).exists():
+                p.rename(out / p.name)
+        shutil.rmtree(old, ignore_errors=True)
     return f"{name}: wrote 4 IDX files to {out} from {source} (MD5 verified)"
 
 

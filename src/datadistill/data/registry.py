@@ -7,20 +7,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import UserError
 from ..registry import Registry
 from .spec import SPLIT, VALIDATION, DataRef, LoadedDataset
 
 
-class DatasetMissingError(FileNotFoundError):
+class DatasetMissingError(UserError, FileNotFoundError):
     """The dataset's files are not under the data root; the message names the prepare command."""
 
 
-class DatasetOptionError(TypeError, ValueError):
+class DatasetOptionError(UserError, TypeError, ValueError):
     """``load_dataset`` got an option the dataset does not take (the message lists the valid ones) or
     a value the dataset cannot use."""
 
 
-class DatasetDownloadError(RuntimeError):
+class DatasetDownloadError(UserError, RuntimeError):
     """``prepare`` could not fetch the files (no network, host down, bad checksum); the message says
     which files to place under the data root by hand."""
 

@@ -32,13 +32,14 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
 from .spec import ZCA, DatasetSpec, LoadedDataset, RealData
 
 KEY = ZCA  # the file metadata's entry of the transform (a spec says it through `DataRef.zca`)
 BATCH = 4096  # rows per batch when fitting or applying
 
 
-class ZCAError(ValueError):
+class ZCAError(UserError, ValueError):
     """Whitened and unwhitened data (or two different whitenings) would be mixed."""
 
 

@@ -38,14 +38,14 @@ def _none(spec: DatasetSpec, p: "EvalProtocol") -> None:
 
 @EVAL_AUGMENTS.register("dsa")
 def _dsa(spec: DatasetSpec, p: "EvalProtocol") -> Augment:
-    return dsa_augment(spec, p.dsa_strategy, flip_all=p.dsa_flip_all, align_corners=p.dsa_align_corners)
+    return dsa_augment(spec, p.augment.dsa_strategy, flip_all=p.augment.flip_all, align_corners=p.augment.align_corners)
 
 
 @EVAL_AUGMENTS.register("dc")
 def _dc(spec: DatasetSpec, p: "EvalProtocol") -> Augment:
     from ..augment.classic import ClassicAugment
 
-    return ClassicAugment(p.dc_strategy)  # ``resolved`` has turned "auto" into the ops
+    return ClassicAugment(p.augment.dc_strategy)  # ``resolved`` has turned "auto" into the ops
 
 
 @EVAL_AUGMENTS.register("frepo")
@@ -59,14 +59,14 @@ def _frepo(spec: DatasetSpec, p: "EvalProtocol") -> Augment:
 def _rded(spec: DatasetSpec, p: "EvalProtocol") -> Augment:
     from ..augment.rded import RDEDAugment
 
-    return RDEDAugment(factor=p.rded_factor, flip=True)
+    return RDEDAugment(factor=p.augment.rded_factor, flip=True)
 
 
 def build_augment(spec: DatasetSpec, protocol: "EvalProtocol") -> Augment | None:
     """The protocol's augmentation for data of ``spec``, standardizing each batch first when the
     protocol asks (HaBa's evaluation: ``(x - x.mean()) / x.std()`` over the whole batch)."""
-    augment = EVAL_AUGMENTS.get(protocol.augment)(spec, protocol)
-    if not protocol.standardize:
+    augment = EVAL_AUGMENTS.get(protocol.augment.name)(spec, protocol)
+    if not protocol.augment.standardize:
         return augment
 
     def standardized(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

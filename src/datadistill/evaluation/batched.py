@@ -207,8 +207,8 @@ def evaluate_batched(
         del nets  # only the stacked copy stays in memory
         train_stacked(
             base, params, buffers, batches, [make_generator(seed, "eval-train") for seed in group],
-            epochs=protocol.train_epochs, lr=lr, batch_size=protocol.batch_size, augment=augment, device=device,
-            chunk=pick_chunk(device, independent=not has_batchnorm(base)), optim=protocol.optim(lr),
+            epochs=protocol.schedule.train_epochs, lr=lr, batch_size=protocol.batch_size, augment=augment,
+            device=device, chunk=pick_chunk(device, independent=not has_batchnorm(base)), optim=protocol.optim(lr),
         )
         accs += accuracies(base, params, buffers, test, protocol.test_batch_size, device)
         seeds += group

@@ -51,7 +51,7 @@ class EvalReport:
                   ) -> "EvalReport":
         """The report of networks evaluated one at a time (`network_row` each, in order), as one
         `evaluate` call over the same indices would give it."""
-        return cls(model, EvalProtocol(**rows[0]["protocol"]), [r["accuracy"] for r in rows],
+        return cls(model, EvalProtocol.from_dict(rows[0]["protocol"]), [r["accuracy"] for r in rows],
                    [r["seed"] for r in rows], sum(r["seconds"] for r in rows), rows[0]["lr"],
                    dict(rows[0].get("extra") or {}) if extra is None else extra)
 
@@ -133,16 +133,17 @@ def evaluate(
     MODELS.get(model)  # an unknown name lists the valid ones, before any training
     spec = data.spec
     protocol = protocol.resolved(spec.name, MODELS.canonical(model))
-    lr = protocol.lr
-    if protocol.use_learned_lr and synset.learned_lr() is not None:
+    lr = protocol.optimizer.lr
+    if protocol.optimizer.use_learned_lr and synset.learned_lr() is not None:
         lr = float(synset.learned_lr())
-    if protocol.schedule != "replay":
+    replay = protocol.schedule.mode == "replay"
+    if not replay:
         protocol = protocol.sized(len(synset))
     augment = build_augment(spec, protocol)
     plan = label_plan(synset, protocol, spec, device)
     synset = plan.synset
     test = data.test.to(device)
-    if protocol.standardize:
+    if protocol.augment.standardize:
         test = standardized_test(test, protocol.test_batch_size)
     accs, seeds = [], []
     t0 = time.perf_counter()
@@ -151,9 +152,9 @@ def evaluate(
     bad = [i for i in todo if not 0 <= i < n_models]
     if bad:
         raise ValueError(f"model indices {bad[:5]} out of range 0..{n_models - 1}")
-    extra = {} if plan.hard and protocol.labels == "auto" else {"labels": plan.info}
+    extra = {} if plan.hard and protocol.labels.mode == "auto" else {"labels": plan.info}
     probes: list[Any] = []
-    if batch_models > 1 and probe is None and networks is None and protocol.schedule != "replay" and plan.hard:
+    if batch_models > 1 and probe is None and networks is None and not replay and plan.hard:
         accs, seeds = evaluate_batched(_Frozen(synset).batches, test, spec, protocol, model, indices=todo,
                                        batch_models=batch_models, lr=lr, augment=augment, device=device,
                                        progress=progress)
@@ -166,7 +167,7 @@ def evaluate(
             net = create_model(model, spec.channels, spec.num_classes, spec.image_size, seed=seed,
                                weight_init=protocol.weight_init)
         g = make_generator(seed, "eval-train")
-        if protocol.schedule == "replay":
+        if replay:
             if not synset.has_schedule:
                 raise ValueError(f"the replay protocol needs a set with a step schedule; {type(synset).__name__} "
                                  "has none (use the dc or dsa protocol)")
@@ -175,11 +176,11 @@ def evaluate(
                                   "soft labels or teacher")
             with torch.no_grad():
                 steps = [(x.detach(), y, lr_.detach()) for x, y, lr_ in synset.schedule()]
-            for _ in range(protocol.epochs):
+            for _ in range(protocol.schedule.epochs):
                 replay_steps(net, steps, device)
         else:
             train_classifier(
-                net, _Frozen(synset).batches, epochs=protocol.train_epochs, lr=lr, optim=protocol.optim(lr),
+                net, _Frozen(synset).batches, epochs=protocol.schedule.train_epochs, lr=lr, optim=protocol.optim(lr),
                 batch_size=protocol.batch_size, generator=g, augment=augment, device=device,
                 loss=plan.loss, relabel=plan.relabel,
             )
@@ -271,5 +272,5 @@ def format_table(reports: dict[str, EvalReport]) -> str:
     lines = ["| model | accuracy (%) | models | epochs | augment |", "|---|---|---|---|---|"]
     for name, r in reports.items():
         lines.append(f"| {name} | {100 * r.mean:.2f} ± {100 * r.std:.2f} | {len(r.accuracies)} | "
-                     f"{r.protocol.epochs} | {r.protocol.augment} |")
+                     f"{r.protocol.schedule.epochs} | {r.protocol.augment.name} |")
     return "\n".join(lines)

@@ -58,13 +58,14 @@ def label_plan(synset: Any, protocol: EvalProtocol, spec: DatasetSpec,
                device: torch.device | str = "cpu") -> LabelPlan:
     """The `LabelPlan` of ``protocol`` for ``synset`` on data of ``spec`` (ConfigError for a request the
     set cannot meet, e.g. soft labels of a set that has none)."""
-    mode = protocol.labels
+    want = protocol.labels
+    mode = want.mode
     soft = has_soft_labels(synset)
     if mode == "auto":
         mode = "soft" if soft else "hard"
-    loss = protocol.label_loss
+    loss = want.loss
     set_t = float(synset.label_temperature) if soft else 1.0
-    temperature = protocol.label_temperature if protocol.label_temperature is not None else set_t
+    temperature = want.temperature if want.temperature is not None else set_t
     info: dict[str, Any] = {"labels": mode}
     relabel = None
     if mode == "hard":
@@ -79,10 +80,10 @@ def label_plan(synset: Any, protocol: EvalProtocol, spec: DatasetSpec,
     else:  # teacher
         from ..teachers import load_teacher  # noqa: PLC0415
 
-        if not protocol.teacher:
+        if not want.teacher:
             raise ConfigError(f"labels=teacher (protocol {protocol.name!r}) needs a teacher file: teacher=PATH "
                               "(make one with `datadistill teacher`)")
-        teacher = load_teacher(protocol.teacher, device=device)
+        teacher = load_teacher(want.teacher, device=device)
         teacher.check_fits(spec)
         loss = "kl" if loss == "auto" else LABEL_LOSSES.canonical(loss)
         if loss == "ce":
@@ -98,7 +99,7 @@ def label_plan(synset: Any, protocol: EvalProtocol, spec: DatasetSpec,
     if loss == "ce":
         return LabelPlan(synset, None, relabel, info)
     name, t = loss, temperature
-    encode = protocol.label_encoding == "frepo"
+    encode = want.encoding == "frepo"
     if encode:
         info["label_encoding"] = "frepo"
 

@@ -26,7 +26,7 @@ else hard labels, and the result says which (``random_labels``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -144,39 +144,39 @@ def score_set(synset: Any, data: LoadedDataset, protocol: EvalProtocol, *, full_
         random_set = random_subset(data, ipc, random_seed)
     random_labels = "hard"
     random_protocol = protocol
-    mode = protocol.labels if protocol.labels != "auto" else ("soft" if has_soft_labels(synset) else "hard")
+    mode = protocol.labels.mode if protocol.labels.mode != "auto" else ("soft" if has_soft_labels(synset) else "hard")
     if mode == "teacher":
         random_labels = "teacher"
     elif mode == "soft" and not has_soft_labels(random_set):
-        if protocol.teacher:
+        if protocol.labels.teacher:
             random_set = _teacher_labelled(random_set, synset, protocol, data, device)
             random_labels = "teacher (stored)"
         else:
-            random_protocol = replace(protocol, labels="hard", label_loss="auto")
+            random_protocol = protocol.with_(labels="hard", label_loss="auto")
     elif mode == "soft":
         random_labels = "soft"
-    hard_protocol = replace(protocol, labels="hard", label_loss="auto")
+    hard_protocol = protocol.with_(labels="hard", label_loss="auto")
 
     def run(name: str, s: Any, p: EvalProtocol) -> float:
-        lr = _choose_lr(s, validation, p, lr_grid, model, device) if lr_grid else p.lr
-        r = evaluate(s, data, replace(p, lr=lr), model=model, device=device, progress=progress)
+        lr = _choose_lr(s, validation, p, lr_grid, model, device) if lr_grid else p.optimizer.lr
+        r = evaluate(s, data, p.with_(lr=lr), model=model, device=device, progress=progress)
         out.reports[name], out.lr[name] = r, r.lr
         return r.mean
 
     out = Scores(0.0, 0.0, 0.0, float(full_accuracy), random_labels=random_labels)
     out.accuracy = run("set", synset, protocol)
     out.random = run("random", random_set, random_protocol)
-    plain = protocol.label_loss == "auto" or LABEL_LOSSES.canonical(protocol.label_loss) == "ce"
+    plain = protocol.labels.loss == "auto" or LABEL_LOSSES.canonical(protocol.labels.loss) == "ce"
     if mode == "hard" and plain:  # the set's own run was already the hard-label one: not trained twice
         out.hard, out.reports["hard"], out.lr["hard"] = out.accuracy, out.reports["set"], out.lr["set"]
     else:
         out.hard = run("hard", synset, hard_protocol)
     if augmentation:
-        if protocol.augment == "none":
+        if protocol.augment.name == "none":
             raise ConfigError("ARS compares training with and without augmentation; this protocol has none "
                               "(use a dsa protocol)")
-        out.accuracy_noaug = run("set_noaug", synset, replace(protocol, augment="none"))
-        out.random_noaug = run("random_noaug", random_set, replace(random_protocol, augment="none"))
+        out.accuracy_noaug = run("set_noaug", synset, protocol.with_(augment="none"))
+        out.random_noaug = run("random_noaug", random_set, random_protocol.with_(augment="none"))
     return out
 
 
@@ -186,7 +186,7 @@ def _choose_lr(synset: Any, validation: LoadedDataset | None, protocol: EvalProt
     assert validation is not None
     best, best_acc = grid[0], -1.0
     for lr in grid:
-        acc = evaluate(synset, validation, replace(protocol, lr=float(lr), use_learned_lr=False), model=model,
+        acc = evaluate(synset, validation, protocol.with_(lr=float(lr), use_learned_lr=False), model=model,
                        device=device).mean
         if acc > best_acc:
             best, best_acc = float(lr), acc
@@ -200,9 +200,9 @@ def _teacher_labelled(random_set: Any, synset: Any, protocol: EvalProtocol, data
     from ..synset import PixelSet  # noqa: PLC0415
     from ..teachers import load_teacher  # noqa: PLC0415
 
-    teacher = load_teacher(protocol.teacher, device=device)
+    teacher = load_teacher(protocol.labels.teacher, device=device)
     teacher.check_fits(data.spec)
-    t = protocol.label_temperature or synset.label_temperature
+    t = protocol.labels.temperature or synset.label_temperature
     images, labels = random_set.materialize()
     return PixelSet(images, labels, random_set.num_classes, soft_labels=teacher.probs(images, t).cpu(),
                     label_loss=synset.label_loss, label_temperature=t)

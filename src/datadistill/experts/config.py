@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cache import keyed_dir
+from ..errors import UserError
 from ..registry import UnknownNameError
 from ..seeding import derive_seed
 
@@ -23,7 +24,7 @@ TRAJECTORY_FIELDS = ("dataset", "model", "lr", "momentum", "weight_decay", "batc
 FOLDER_FIELDS = (*TRAJECTORY_FIELDS, "seed", "epochs")
 
 
-class ExpertError(ValueError):
+class ExpertError(UserError, ValueError):
     """Expert trajectories are missing, were trained differently, or the request is invalid."""
 
 

@@ -20,11 +20,12 @@ import torch
 from ..augment import DSAConfig, apply, parse_strategy, siamese_params_for_classes
 from ..config import ConfigError
 from ..data.spec import LoadedDataset
+from ..errors import UserError
 from ..registry import Registry
 from ..seeding import fork
 
 
-class DivergenceError(FloatingPointError):
+class DivergenceError(UserError, FloatingPointError):
     """A method's loss or a learned quantity became non-finite or left its valid range. Raised
     *before* the offending update is applied, so the set and the method are still in their last
     good state (the engine checkpoints that state before passing the error on)."""

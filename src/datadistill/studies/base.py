@@ -197,6 +197,8 @@ def _from_json(tp: Any, v: Any) -> Any:
         return _from_json(inner[0], v) if len(inner) == 1 else v
     if origin is tuple:
         return tuple(_from_json(args[0], x) for x in v)
+    if hasattr(tp, "from_dict") and isinstance(v, dict):  # an `EvalProtocol`: its flat fields
+        return tp.from_dict(v)
     if dataclasses.is_dataclass(tp):
         return config_from_dict(tp, v) if isinstance(v, dict) else v
     return v
@@ -221,9 +223,9 @@ def run_jobs(executor: Executor, out: Path, tasks: list[Task], desc: str,
     stale = []
     for t in tasks:
         if t.done():
-            kept = json.loads(Path(t.out).read_text()).get("settings")
+            kept = _kept_settings(Path(t.out))
             now = settings_of(t.args[-1])
-            if kept is not None and kept != now:
+            if kept != now:
                 diff = sorted(k for k in set(kept) | set(now) if kept.get(k) != now.get(k))
                 stale.append(f"{Path(t.out).name} ({', '.join(diff)})")
     if stale:
@@ -235,6 +237,20 @@ def run_jobs(executor: Executor, out: Path, tasks: list[Task], desc: str,
             schedule(tasks)
     files = executor.run(tasks, desc=desc)
     return [json.loads(Path(files[t.key]).read_text()) for t in tasks]
+
+
+def _kept_settings(path: Path) -> dict[str, Any]:
+    """The settings a job's result file was made with; a file that does not say (an older version's,
+    or not a job's result) cannot be checked and is refused, never reused unchecked."""
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise StudyError(f"{path} is not a job result this study can read ({e}); remove it to run the job again") \
+            from None
+    if not isinstance(row, dict) or not isinstance(row.get("settings"), dict):
+        raise StudyError(f"{path} does not record the settings it was made with (an older version's result?), so "
+                         "it cannot be reused safely; remove it to run the job again, or give another --out")
+    return row["settings"]
 
 
 def write_records(out: Path, rows: list[dict[str, Any]], name: str = RECORDS) -> Path:

@@ -114,7 +114,7 @@ def continual_job(job: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     # network i of order o is the (o * n_models + i)-th of the protocol: a fresh initialization per order and
     # network (the script draws a new random network every time), the same one at every step of an order
-    protocol = EvalProtocol(**job["protocol"])
+    protocol = EvalProtocol.from_dict(job["protocol"])
     index = job["order"] * protocol.n_models + job["model"]
     rep = evaluate(memory, restrict_test(data, seen), protocol.with_(n_models=index + 1), device=job["device"],
                    indices=[index])
@@ -123,7 +123,7 @@ def continual_job(job: dict[str, Any]) -> dict[str, Any]:
            "classes_seen": len(seen), "memory_images": len(memory), "memory_floats": memory.floats(),
            "model": job["model"], "seed": rep.seeds[0], "accuracy": 100 * rep.accuracies[0],
            "test_images": len(restrict_test(data, seen).test), "seconds": time.perf_counter() - t0,
-           "protocol": rep.protocol.name, "epochs": rep.protocol.epochs, "augment": rep.protocol.augment,
+           "protocol": rep.protocol.name, "epochs": rep.protocol.schedule.epochs, "augment": rep.protocol.augment.name,
            "commit": git_commit()}
     if "labels" in rep.extra:
         row["labels"] = rep.extra["labels"]

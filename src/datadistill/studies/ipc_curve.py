@@ -57,10 +57,11 @@ class IPCCurve(Study):
         data = load_dataset(job["dataset"], job["root"])
         subset = random_memory(data.train, range(data.spec.num_classes), job["ipc"], seed=0)
         t0 = time.perf_counter()
-        rep = evaluate(subset, data, EvalProtocol(**job["protocol"]), device=job["device"], indices=[job["model"]])
+        rep = evaluate(subset, data, EvalProtocol.from_dict(job["protocol"]), device=job["device"],
+                       indices=[job["model"]])
         return {"ipc": job["ipc"], "model": job["model"], "seed": rep.seeds[0], "accuracy": 100 * rep.accuracies[0],
-                "protocol": rep.protocol.name, "epochs": rep.protocol.epochs, "seconds": time.perf_counter() - t0,
-                "commit": git_commit()}
+                "protocol": rep.protocol.name, "epochs": rep.protocol.schedule.epochs,
+                "seconds": time.perf_counter() - t0, "commit": git_commit()}
 
     def summarize(self, cfg: IPCCurveConfig, rows: list[dict[str, Any]], resolved: dict[str, Any]) -> dict[str, Any]:
         points = []

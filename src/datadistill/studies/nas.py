@@ -139,13 +139,13 @@ def nas_job(job: dict[str, Any]) -> dict[str, Any]:
         return create_model("convnet", spec.channels, spec.num_classes, spec.image_size, seed=protocol.seed * 1000 + i,
                             weight_init=protocol.weight_init, **arch)
 
-    protocol = EvalProtocol(**job["protocol"])
+    protocol = EvalProtocol.from_dict(job["protocol"])
     t0 = time.perf_counter()
     rep = evaluate(trainset, data, protocol, device=job["device"], networks=network, indices=[job["model"]])
     return {"set": source.name, "file": source.path, "dataset": job["dataset"], "arch": arch_name(arch),
             "options": arch, "model": job["model"], "accuracy": 100 * rep.accuracies[0],
             "seconds": time.perf_counter() - t0, "train_images": len(trainset) if source.name != FULL
-            else len(data.train), "epochs": protocol.epochs, "protocol": protocol.name, "commit": git_commit()}
+            else len(data.train), "epochs": protocol.schedule.epochs, "protocol": protocol.name, "commit": git_commit()}
 
 
 @STUDIES.register("nas")

@@ -174,7 +174,7 @@ def privacy_job(job: dict[str, Any]) -> dict[str, Any]:
     pool, *halves = split_indices(data.train.labels, data.spec.num_classes, pool_n, split_seed)
     member = torch.isin(pool, halves[side])
     x_pool, y_pool = data.train.images[pool], data.train.labels[pool]
-    protocol = EvalProtocol(**job["protocol"])
+    protocol = EvalProtocol.from_dict(job["protocol"])
     protocol = protocol.with_(seed=protocol.seed * 1000 + job["seed"], n_models=1)
     rep = evaluate(trainset, data, protocol, device=job["device"], indices=[0],
                    probe=lambda i, net: confidences(net, x_pool.to(job["device"]), y_pool.to(job["device"])))
@@ -190,7 +190,7 @@ def privacy_job(job: dict[str, Any]) -> dict[str, Any]:
            "train_images": len(trainset) if isinstance(trainset, MemorySet) else len(trainset.data),
            "member": member.int().tolist(), "phi": [round(v, 5) for v in phi], "loss": [round(v, 6) for v in loss],
            "nearest": near, "seconds": time.perf_counter() - t0, "protocol": protocol.name,
-           "epochs": protocol.epochs, "commit": git_commit()}
+           "epochs": protocol.schedule.epochs, "commit": git_commit()}
     return row
 
 
@@ -308,6 +308,6 @@ def plot_privacy(summary: dict[str, Any], path: Path) -> Path:
 
 
 def check_protocol(protocol: EvalProtocol) -> EvalProtocol:
-    if protocol.schedule != "standard":
+    if protocol.schedule.mode != "standard":
         raise StudyError("the privacy targets train with the standard schedule (a dc or dsa protocol)")
     return protocol

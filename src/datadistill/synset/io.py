@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from ..data.spec import DatasetSpec
 from ..data.zca import KEY as ZCA_KEY, ZCA, ZCAError
+from ..errors import UserError
 from ..fileio import atomic_write, safetensors_header
 from ..version import versions
 from .base import SYNSETS, SyntheticSet
@@ -35,7 +36,7 @@ ZCA_PREFIX = "zca."
 META_KEY = "datadistill"
 
 
-class SynsetFileError(ValueError):
+class SynsetFileError(UserError, ValueError):
     """The file is not a readable datadistill distilled-set file."""
 
 

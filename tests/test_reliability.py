@@ -1,0 +1,47 @@
+"""Kills and fuzzing, the fast variants of `benchmarks/killtest.py` (3 kills on digits, for DC, DD
+and MTT) and `benchmarks/fuzz.py` (a few inputs per target); the benchmarks run the full counts."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import fuzz  # noqa: E402
+import killtest  # noqa: E402
+
+
+@pytest.mark.parametrize("method", ["dc", "dd", "mtt"])
+def test_a_run_killed_three_times_ends_bit_identical(method, tmp_path):
+    rec = killtest.killtest(killtest.targets(tmp_path)[method], tmp_path, kills=3, seed=1, log=lambda *_: None)
+    assert rec["kills"] == 3 and rec["copies"] >= 1
+    assert rec["identical"] == rec["copies"]  # every copy's final tensors and accuracies, bit for bit
+
+
+@pytest.mark.parametrize("target", fuzz.TARGETS)
+def test_fuzzed_input_is_a_valid_run_or_one_line(target):
+    counts = fuzz.fuzz(target, examples=12)
+    assert counts["failure"] == 0, counts["failures"]
+    assert counts["inputs"] == 12 and counts["user_error"] > 0
+
+
+def test_the_fuzzer_catches_a_traceback_and_a_stray_file(monkeypatch):
+    """The checks can fail: a command that raises, and one that errs after writing a file."""
+    from datadistill import cli
+
+    monkeypatch.setattr(cli, "parse_args", lambda argv: (_ for _ in ()).throw(RuntimeError("a bug")))
+    assert fuzz.run_cli(["list", "models"])["outcome"] == "failure"
+    monkeypatch.undo()
+
+    def writes_then_errs(argv):
+        Path("stray.txt").write_text("x")
+        from datadistill.config import ConfigError
+
+        raise ConfigError("bad")
+
+    from datadistill.cli import listing
+
+    monkeypatch.setitem(listing.HANDLERS, "list", writes_then_errs)
+    r = fuzz.run_cli(["list", "models"])
+    assert r["outcome"] == "failure" and "stray.txt" in r["why"]
