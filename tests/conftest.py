@@ -52,6 +52,7 @@ NUMERIC_MODULES = {
     "test_engine_cli.py", "test_evaluation.py", "test_experts.py", "test_factorized.py", "test_haba.py",
     "test_linear_case.py", "test_mtt.py", "test_unroll.py", "test_zca.py", "test_chunked.py",
     "test_soft_labels.py", "test_rded.py", "test_datm.py", "test_frepo.py", "test_apps.py", "test_batched_eval.py",
+    "test_kernels.py",
 }
 
 

@@ -38,7 +38,7 @@ ROOT = Path(datadistill.__file__).parent
 LAYERS: dict[str, int] = {
     "errors": 0, "registry": 0, "config": 0, "seeding": 0, "version": 0, "fileio": 0, "device": 0, "paths": 0,
     "cache": 0,
-    "data": 1, "models": 1, "augment": 1, "functional": 1,
+    "data": 1, "models": 1, "augment": 1, "functional": 1, "kernels": 1,
     "synset": 2, "train": 2,
     "evaluation": 3, "experts": 3, "teachers": 3, "viz": 3,
     "methods": 4,

@@ -37,8 +37,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         q = ssub.add_parser(name, help=study.help, description=study.help, epilog=EPILOG)
         q.add_argument("--out", required=True, help="results folder: jobs/, records.jsonl, summary.json/.md, a figure")
         q.add_argument("--no-progress", action="store_true")
+        hints = typing.get_type_hints(study.config)
         for f in dataclasses.fields(study.config):
-            _add_field(q, f, typing.get_type_hints(study.config)[f.name])
+            _add_field(q, f, hints[f.name])
         _executor_options(q, "job of the study")
 
 

@@ -36,8 +36,9 @@ Three more ``*-paper`` presets score a set as FRePo's, RDED's and HaBa's authors
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+import functools
 import typing
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..config import ConfigError, coerce_value
@@ -184,6 +185,7 @@ def _check_own(p: EvalProtocol) -> None:
         ("n_models", p.n_models), ("batch_size", p.batch_size), ("test_batch_size", p.test_batch_size))))
 
 
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

@@ -16,6 +16,7 @@ from typing import Literal
 
 from torch import nn
 
+from ..kernels import FusedInstanceNorm, use_fused
 from .layers import ConvTrunk
 from .registry import register_model, register_preset
 
@@ -76,6 +77,7 @@ class ConvNet(ConvTrunk):
         h, w = image_size
         layers: list[nn.Module] = []
         c = in_channels
+        fused = not prenorm and (norm, act, pool) == ("instancenorm", "relu", "avgpooling") and use_fused()
         for d in range(depth):
             pad = 3 if in_channels == 1 and d == 0 else 1
             out = width * widen**d
@@ -83,6 +85,10 @@ class ConvNet(ConvTrunk):
                 layers.append(_norm(norm, (c, h, w)))
             layers.append(nn.Conv2d(c, out, kernel_size=3, padding=pad))
             h, w, c = h + 2 * pad - 2, w + 2 * pad - 2, out
+            if fused and h >= 2 and w >= 2:  # one kernel for norm, ReLU and pooling; the same parameters
+                layers += [FusedInstanceNorm(c), nn.Identity(), nn.Identity()]
+                h, w = h // 2, w // 2
+                continue
             layers += [_act(act)] if prenorm else [_norm(norm, (c, h, w)), _act(act)]
             if pool != "none":
                 layers.append(_pool(pool))

@@ -1,0 +1,122 @@
+"""Fused CPU kernels: instance norm (``GroupNorm(C, C)``, affine) + ReLU + 2x2 average pooling, the
+block every DC-zoo ConvNet repeats, forward and backward in one C++ extension (`in_relu_pool.cpp`,
+NCHW and channels_last, float and double, OpenMP over planes or images).
+
+The extension is compiled with torch's extension tools and g++ on first use and cached under
+``~/.cache/datadistill/kernels`` (keyed by the source, torch's version and the CPU path). Where it
+cannot be built (no compiler), `in_relu_pool` runs the eager composition and says so once.
+
+`in_relu_pool(x, weight, bias, eps)` is differentiable; a backward asked to build a graph (double
+backward: DC's gradient matching, MTT's unrolled steps) recomputes through the eager ops, so every
+order of gradient is exact. Whether the models use it is `use_fused()`: ``DATADISTILL_KERNELS=fused``
+turns it on, ``eager`` (the default until its speed is recorded) leaves the models as they are.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+SOURCE = Path(__file__).with_name("in_relu_pool.cpp")
+MODES = ("eager", "fused")
+
+
+def eager(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """The reference composition: ``avg_pool2d(relu(group_norm(x, C, weight, bias, eps)), 2)``."""
+    return F.avg_pool2d(F.relu(F.group_norm(x, x.shape[1], weight, bias, eps)), 2)
+
+
+def _cache_dir() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "datadistill" / "kernels"
+
+
+@functools.cache
+def extension() -> Any:
+    """The compiled extension, built on first use (a minute) and cached; None where it cannot be built
+    (one line on stderr says why, and the eager ops run instead)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + capability.encode()).hexdigest()[:12]
+    build = _cache_dir() / f"in_relu_pool-{key}"
+    flags = ["-O3", "-fopenmp"] + (["-mavx2", "-mfma"] if capability in ("AVX2", "AVX512") else [])
+    try:
+        import logging
+
+        from torch.utils import cpp_extension
+
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found"
+        build.mkdir(parents=True, exist_ok=True)
+        return cpp_extension.load(name=f"datadistill_in_relu_pool_{key}", sources=[str(SOURCE)],
+                                  build_directory=str(build), extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                                  verbose=False)
+    except Exception as e:  # noqa: BLE001  (no compiler, no headers, a read-only cache: the eager ops serve)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"datadistill: the fused CPU kernels could not be built ({first[:200]}); using the eager ops",
+              file=sys.stderr)
+        return None
+
+
+class _InReluPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        y, mean, rstd = extension().forward(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():  # a graph of the gradient is wanted: differentiate the eager ops
+            wants = [t for t, need in zip((x, weight, bias), ctx.needs_input_grad[:3]) if need]
+            with torch.enable_grad():
+                grads = iter(torch.autograd.grad(eager(x, weight, bias, ctx.eps), wants, gy, create_graph=True))
+            return (*(next(grads) if need else None for need in ctx.needs_input_grad[:3]), None)
+        gx, gw, gb = extension().backward(gy, x, weight, bias, mean, rstd)
+        need = ctx.needs_input_grad
+        return (gx if need[0] else None, gw if need[1] else None, gb if need[2] else None, None)
+
+
+def in_relu_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``avg_pool2d(relu(group_norm(x, C, weight, bias, eps)), 2)``, fused on the CPU where the
+    extension is built (float or double, NCHW or channels_last), else the eager ops."""
+    # torch.func transforms (vmap of the batched evaluation, grad) see through the eager ops only
+    fusable = (not any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (x, weight, bias))
+               and x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
+               and min(x.shape[2:]) >= 2 and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)))
+    if not fusable or extension() is None:
+        return eager(x, weight, bias, eps)
+    return _InReluPool.apply(x, weight, bias, eps)
+
+
+class FusedInstanceNorm(torch.nn.GroupNorm):
+    """``GroupNorm(C, C)`` (affine) whose forward also applies the ReLU and the 2x2 average pooling that
+    follow it in a ConvNet block (`in_relu_pool`); the block's ReLU and pooling become ``Identity``,
+    so the parameters keep their names and a state dict loads either way."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__(channels, channels, eps=eps, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return in_relu_pool(x, self.weight, self.bias, self.eps)
+
+
+def use_fused() -> bool:
+    """Whether models build their instance-norm/ReLU/average-pool blocks fused: ``DATADISTILL_KERNELS``
+    (``eager``, the default, or ``fused``); an unknown value is an error naming the valid ones."""
+    mode = os.environ.get("DATADISTILL_KERNELS", "eager")
+    if mode not in MODES:
+        from ..config import ConfigError  # noqa: PLC0415
+
+        raise ConfigError(f"DATADISTILL_KERNELS={mode!r}; valid: {', '.join(MODES)}")
+    return mode == "fused"
+
+
+__all__ = ["FusedInstanceNorm", "MODES", "eager", "extension", "in_relu_pool", "use_fused"]
