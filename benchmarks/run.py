@@ -44,12 +44,16 @@ def commit() -> str:
 
 
 def machine() -> dict:
-    """Where a job ran: the CPU (as distilled-set files name it) and the capability ATen dispatches to."""
+    """Where a job ran: the CPU (as distilled-set files name it), the capability ATen dispatches to and
+    whether ConvNets ran the fused CPU kernel (`datadistill.kernels`; the jobs run with this process's
+    environment)."""
     import torch
 
     from datadistill.device import device_name
+    from datadistill.kernels import use_fused
 
-    return {"device": device_name(torch.device("cpu")), "capability": torch.backends.cpu.get_cpu_capability()}
+    return {"device": device_name(torch.device("cpu")), "capability": torch.backends.cpu.get_cpu_capability(),
+            "kernels": "fused" if use_fused() else "eager"}
 
 
 def repo_name(path: Path) -> str:

@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from run import commit, machine  # noqa: PLC0415
 
-    rec = {"blocks": block_times(a.rounds), "evaluation": eval_times(), "threads": 1, "commit": commit(),
+    load = os.getloadavg()[0]  # other work on the machine shares its cores: the figures say how much
+    rec = {"kind": "speed", "blocks": block_times(a.rounds), "evaluation": eval_times(), "threads": 1,
+           "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2), "commit": commit(),
            **machine(), "command": f"python benchmarks/speed_kernels.py --rounds {a.rounds}"}
     print(json.dumps(rec))
     if not a.no_record:

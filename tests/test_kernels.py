@@ -68,7 +68,7 @@ def test_a_fused_convnet_has_the_same_parameters_and_outputs(built, monkeypatch)
     for (name, p), q in zip(net.named_parameters(), ref.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-5), name
     monkeypatch.setenv("DATADISTILL_KERNELS", "fast")
-    with pytest.raises(ConfigError, match="valid: eager, fused"):
+    with pytest.raises(ConfigError, match="valid: auto, eager, fused"):
         create_model("convnet_w32", 1, 4, (12, 12), seed=0)
 
 
@@ -85,6 +85,18 @@ def test_the_batched_evaluation_sees_through_the_fused_blocks(built, monkeypatch
     p = get_protocol("dc", epochs=3, n_models=2, model="convnet_w32")
     one, two = evaluate(s, data, p), evaluate(s, data, p, batch_models=2)
     assert two.accuracies == pytest.approx(one.accuracies, abs=1 / len(data.test) + 1e-9)
+
+
+def test_auto_uses_the_kernel_only_where_it_agrees_with_eager(built, monkeypatch, capsys):
+    monkeypatch.delenv("DATADISTILL_KERNELS", raising=False)
+    assert kernels.check() is None and kernels.use_fused()  # built, and it agrees on this machine
+    monkeypatch.setattr(kernels, "check", lambda: "differ from the eager ops by 0.5 (relative) on this machine")
+    kernels._say_once.cache_clear()
+    assert not kernels.use_fused() and not kernels.use_fused()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["datadistill: the fused CPU kernels differ from the eager ops by 0.5 (relative) on this machine; "
+                   "using the eager ops"]  # once
+    assert not any(isinstance(m, FusedInstanceNorm) for m in create_model("convnet_w32", 1, 4, (12, 12)).modules())
 
 
 def test_without_a_compiler_the_eager_ops_run_and_say_so(tmp_path, monkeypatch, capsys):

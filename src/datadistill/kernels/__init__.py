@@ -3,13 +3,14 @@ block every DC-zoo ConvNet repeats, forward and backward in one C++ extension (`
 NCHW and channels_last, float and double, OpenMP over planes or images).
 
 The extension is compiled with torch's extension tools and g++ on first use and cached under
-``~/.cache/datadistill/kernels`` (keyed by the source, torch's version and the CPU path). Where it
+``~/.cache/datadistill/kernels`` (keyed by the source, its place, torch's version and the CPU path). Where it
 cannot be built (no compiler), `in_relu_pool` runs the eager composition and says so once.
 
 `in_relu_pool(x, weight, bias, eps)` is differentiable; a backward asked to build a graph (double
 backward: DC's gradient matching, MTT's unrolled steps) recomputes through the eager ops, so every
-order of gradient is exact. Whether the models use it is `use_fused()`: ``DATADISTILL_KERNELS=fused``
-turns it on, ``eager`` (the default until its speed is recorded) leaves the models as they are.
+order of gradient is exact. Whether the models use it is `use_fused()`, by ``DATADISTILL_KERNELS``:
+``auto`` (the default) uses it where the extension builds and agrees with the eager ops on this machine
+at first use (`check`), else the eager ops, with one line saying why; ``fused`` always; ``eager`` never.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 SOURCE = Path(__file__).with_name("in_relu_pool.cpp")
-MODES = ("eager", "fused")
+MODES = ("auto", "eager", "fused")
 
 
 def eager(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -43,7 +44,9 @@ def extension() -> Any:
     """The compiled extension, built on first use (a minute) and cached; None where it cannot be built
     (one line on stderr says why, and the eager ops run instead)."""
     capability = torch.backends.cpu.get_cpu_capability()
-    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + capability.encode()).hexdigest()[:12]
+    # the source's path too: torch's loader rebuilds when one build folder is used from two checkouts
+    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + capability.encode()
+                         + str(SOURCE.resolve()).encode()).hexdigest()[:12]
     build = _cache_dir() / f"in_relu_pool-{key}"
     flags = ["-O3", "-fopenmp"] + (["-mavx2", "-mfma"] if capability in ("AVX2", "AVX512") else [])
     try:
@@ -108,15 +111,50 @@ class FusedInstanceNorm(torch.nn.GroupNorm):
         return in_relu_pool(x, self.weight, self.bias, self.eps)
 
 
+@functools.cache
+def check() -> str | None:
+    """Why the fused kernel must not be used on this machine (None: it may): not built, or its float
+    forward and backward differ from the eager ops' beyond 1e-4 (relative) on a small batch in either
+    layout. Run once per process, at the first model built."""
+    if extension() is None:
+        return "could not be built"
+    g = torch.Generator().manual_seed(0)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(4, 8, 10, 10, generator=g).contiguous(memory_format=layout)
+        w, b, gy = torch.rand(8, generator=g) + 0.5, torch.randn(8, generator=g), torch.randn(4, 8, 5, 5, generator=g)
+        results = []
+        for f in (in_relu_pool, eager):
+            xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+            y = f(xs, ws, bs)
+            y.backward(gy)
+            results.append((y.detach(), xs.grad, ws.grad, bs.grad))
+        for got, want in zip(*results):
+            err = float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+            if not err <= 1e-4:
+                return f"differ from the eager ops by {err:.2g} (relative) on this machine"
+    return None
+
+
 def use_fused() -> bool:
-    """Whether models build their instance-norm/ReLU/average-pool blocks fused: ``DATADISTILL_KERNELS``
-    (``eager``, the default, or ``fused``); an unknown value is an error naming the valid ones."""
-    mode = os.environ.get("DATADISTILL_KERNELS", "eager")
+    """Whether models build their instance-norm/ReLU/average-pool blocks fused, by
+    ``DATADISTILL_KERNELS`` (``auto`` by default: where `check` passes; an unknown value is an error
+    naming the valid ones)."""
+    mode = os.environ.get("DATADISTILL_KERNELS", "auto")
     if mode not in MODES:
         from ..config import ConfigError  # noqa: PLC0415
 
         raise ConfigError(f"DATADISTILL_KERNELS={mode!r}; valid: {', '.join(MODES)}")
-    return mode == "fused"
+    if mode != "auto":
+        return mode == "fused"
+    why = check()
+    if why is not None and why != "could not be built":  # `extension` has said why already
+        _say_once(f"datadistill: the fused CPU kernels {why}; using the eager ops")
+    return why is None
 
 
-__all__ = ["FusedInstanceNorm", "MODES", "eager", "extension", "in_relu_pool", "use_fused"]
+@functools.cache
+def _say_once(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+__all__ = ["FusedInstanceNorm", "MODES", "check", "eager", "extension", "in_relu_pool", "use_fused"]
