@@ -97,8 +97,9 @@ class Figure:
 
 # -- where figures come from ----------------------------------------------------------------------
 
-# lists that are summaries, not samples: main_job.py's load averages before a run (1, 5, 15 minutes)
-SUMMARY_LISTS = frozenset({"load_before"})
+# lists that are summaries, not samples: main_job.py's load averages before a run (1, 5, 15 minutes),
+# speed_kernels.py's timings of one block at six shapes (a mapping each)
+SUMMARY_LISTS = frozenset({"load_before", "blocks"})
 
 
 def numbers(x, key: re.Pattern | None = None) -> list[float]:
@@ -116,6 +117,7 @@ def numbers(x, key: re.Pattern | None = None) -> list[float]:
             out += numbers(y, key)
         elif k in SUMMARY_LISTS and isinstance(y, list) and key is None:
             out += [float(v) for v in y if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            out += [n for v in y if isinstance(v, dict) for n in numbers(v)]
     return out
 
 

@@ -56,6 +56,8 @@ def extension() -> Any:
 
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found"
         build.mkdir(parents=True, exist_ok=True)
+        if sys.stderr.isatty() and not any(build.glob("*.so")):  # a person waits: say why, once per build
+            print("datadistill: building the fused CPU kernels (once per machine, about a minute)", file=sys.stderr)
         return cpp_extension.load(name=f"datadistill_in_relu_pool_{key}", sources=[str(SOURCE)],
                                   build_directory=str(build), extra_cflags=flags, extra_ldflags=["-fopenmp"],
                                   verbose=False)
