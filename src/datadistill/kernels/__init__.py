@@ -19,6 +19,7 @@ import functools
 import hashlib
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,11 @@ def extension() -> Any:
         build.mkdir(parents=True, exist_ok=True)
         if sys.stderr.isatty() and not any(build.glob("*.so")):  # a person waits: say why, once per build
             print("datadistill: building the fused CPU kernels (once per machine, about a minute)", file=sys.stderr)
-        return cpp_extension.load(name=f"datadistill_in_relu_pool_{key}", sources=[str(SOURCE)],
-                                  build_directory=str(build), extra_cflags=flags, extra_ldflags=["-fopenmp"],
-                                  verbose=False)
+        with warnings.catch_warnings():  # torch's builder leaves files to the collector: not the user's concern
+            warnings.simplefilter("ignore", ResourceWarning)
+            return cpp_extension.load(name=f"datadistill_in_relu_pool_{key}", sources=[str(SOURCE)],
+                                      build_directory=str(build), extra_cflags=flags, extra_ldflags=["-fopenmp"],
+                                      verbose=False)
     except Exception as e:  # noqa: BLE001  (no compiler, no headers, a read-only cache: the eager ops serve)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"datadistill: the fused CPU kernels could not be built ({first[:200]}); using the eager ops",
