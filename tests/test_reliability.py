@@ -45,3 +45,46 @@ def test_the_fuzzer_catches_a_traceback_and_a_stray_file(monkeypatch):
     monkeypatch.setitem(listing.HANDLERS, "list", writes_then_errs)
     r = fuzz.run_cli(["list", "models"])
     assert r["outcome"] == "failure" and "stray.txt" in r["why"]
+
+
+def test_appended_lines_stay_whole_and_a_torn_one_is_dropped_once(tmp_path):
+    import warnings
+
+    from datadistill.fileio import TornLineWarning, append_jsonl, read_jsonl
+
+    path = tmp_path / "r.jsonl"
+    append_jsonl(path, {"i": 1})
+    with open(path, "a") as f:
+        f.write('{"i": 2, "cut')  # a writer killed mid-line
+    with pytest.warns(TornLineWarning):
+        assert read_jsonl(path) == [{"i": 1}]
+    with pytest.warns(TornLineWarning):
+        append_jsonl(path, {"i": 3})
+    assert path.read_text() == '{"i": 1}\n{"i": 3}\n'
+    with open(path, "a") as f:
+        f.write('{"i": 4}')  # whole, only its newline missing (edited by hand): kept
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        append_jsonl(path, {"i": 5})
+        assert read_jsonl(path) == [{"i": 1}, {"i": 3}, {"i": 4}, {"i": 5}]
+    path.write_text('{"i": 1}\nnot json\n{"i": 2}\n')
+    with pytest.raises(ValueError, match="r.jsonl:2: not a JSON line"):
+        read_jsonl(path)
+
+
+WRITER = """import sys
+from datadistill.fileio import append_jsonl
+for i in range(int(sys.argv[3])):
+    append_jsonl(sys.argv[1], {"writer": int(sys.argv[2]), "i": i, "pad": "x" * 5000})
+"""
+
+
+def test_concurrent_writers_never_interleave_their_lines(tmp_path):
+    import json
+    import subprocess
+
+    path = tmp_path / "shared.jsonl"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(w), "150"]) for w in range(4)]
+    assert all(p.wait(timeout=120) == 0 for p in writers)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]  # every line whole
+    assert sorted((r["writer"], r["i"]) for r in rows) == [(w, i) for w in range(4) for i in range(150)]

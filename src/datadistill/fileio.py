@@ -70,10 +70,14 @@ def append_jsonl(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
         end = os.lseek(fd, 0, os.SEEK_END)
         if end and os.pread(fd, 1, end - 1) != b"\n":
             keep = _last_line_end(fd, end)
-            warnings.warn(f"{path}: dropped a torn last line ({end - keep} bytes) before appending",
-                          TornLineWarning, stacklevel=2)
-            os.ftruncate(fd, keep)
-            os.lseek(fd, keep, os.SEEK_SET)
+            try:  # a whole line that only lacks its newline (a file edited by hand) is kept
+                json.loads(os.pread(fd, end - keep, keep))
+                data = b"\n" + data
+            except ValueError:
+                warnings.warn(f"{path}: dropped a torn last line ({end - keep} bytes) before appending",
+                              TornLineWarning, stacklevel=2)
+                os.ftruncate(fd, keep)
+                os.lseek(fd, keep, os.SEEK_SET)
         os.write(fd, data)
         os.fsync(fd)
     finally:
