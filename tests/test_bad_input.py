@@ -55,6 +55,7 @@ CASES = [
     ([*D, "eval.lr=abc"], "eval.lr: expected a number, got 'abc'"),
     ([*D, "eval.decay_at=[2]"], "decay_at must be fractions of the epochs in [0, 1]"),
     ([*D, "eval.preset=nope"], "Valid evaluation protocol names: dc, dc-paper, dd, dsa, dsa-paper, frepo-paper, haba-paper, mtt, mtt-paper, rded-paper, smoke"),
+    ([*D, "eval.preset=[]"], "evaluation protocol must be a name, got []; valid evaluation protocol names: dc, "),  # fuzz.jsonl L3
     ([*D, "eval.model=nope"], VALID_MODELS),
     ([*D, "eval.augment=dsa", "eval.dsa_strategy=nope"], "Valid DSA op names: color, crop"),
     ([*D, "method_config.lr_img=abc"], "method_config (dm).lr_img: expected a number, got 'abc'"),

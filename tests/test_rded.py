@@ -149,6 +149,16 @@ def test_a_file_asks_for_its_teacher_when_it_exists(teacher_file, tmp_path):
     assert rded_from_file(meta, None).protocol["labels"] == "soft"
 
 
+def test_a_run_on_rded_paper_relabels_with_its_own_teacher(teacher_file):
+    """rded-paper relabels with a teacher; a run that names none gets the method's own (resolve)."""
+    base = {"dataset": "digits", "method": "rded", "ipc": 1, "iterations": 0,
+            "method_config": {"teacher": teacher_file}}
+    res = resolve(from_dict(RunConfig, {**base, "eval": {"preset": "rded-paper"}}))
+    assert (res.protocol.labels.mode, res.protocol.labels.teacher) == ("teacher", teacher_file)
+    res = resolve(from_dict(RunConfig, {**base, "eval": {"preset": "rded-paper", "labels": "soft"}}))
+    assert res.protocol.labels.teacher is None  # told otherwise: no teacher slipped in
+
+
 # ------------------------------------------------------------------------------------ crop-scale floor, crop records
 @pytest.mark.parametrize("floor", [0.08, 0.3, 0.5])
 def test_every_chosen_box_respects_the_crop_scale_floor(digits, floor):

@@ -59,7 +59,11 @@ class Registry(Generic[T]):
             self._names[_norm(key)] = name
 
     def canonical(self, name: str) -> str:
-        """The registered name for ``name`` or one of its aliases."""
+        """The registered name for ``name`` or one of its aliases (`UnknownNameError` for anything else,
+        a value that is not a name included: a config's ``[]`` or ``3``)."""
+        if not isinstance(name, str):
+            raise UnknownNameError(f"{self.kind} must be a name, got {name!r}; valid {self.kind} names: "
+                                   f"{', '.join(sorted(self._entries))}")
         k = _norm(name)
         if k not in self._names:
             choices = sorted(self._entries)

@@ -53,7 +53,7 @@ def resolve(cfg: RunConfig) -> Resolved:
     method_cfg = from_dict(entry.config, cfg.method_config, where=f"method_config ({entry.name})")
     ev = dict(cfg.eval)
     preset = ev.pop("preset", entry.eval_preset)
-    labels = ev.get("labels", PROTOCOLS.get(preset).labels)  # a preset may relabel with a teacher (rded-paper)
+    labels = ev.get("labels", PROTOCOLS.get(preset).labels.mode)  # a preset may relabel with a teacher (rded-paper)
     if labels == "teacher" and not ev.get("teacher") and entry.teacher(method_cfg):
         ev["teacher"] = entry.teacher(method_cfg)  # a method's own teacher relabels its evaluation unless told otherwise
     protocol = get_protocol(preset, **{k: _tuple(v) for k, v in ev.items()})  # ConfigError names the field
