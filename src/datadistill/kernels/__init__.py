@@ -53,9 +53,10 @@ def extension() -> Any:
     try:
         import logging
 
+        # before the import, which logs "No CUDA runtime is found" on a CPU-only machine
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         from torch.utils import cpp_extension
 
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found"
         build.mkdir(parents=True, exist_ok=True)
         if sys.stderr.isatty() and not any(build.glob("*.so")):  # a person waits: say why, once per build
             print("datadistill: building the fused CPU kernels (once per machine, about a minute)", file=sys.stderr)
