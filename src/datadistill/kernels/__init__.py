@@ -28,6 +28,11 @@ import torch.nn.functional as F
 
 SOURCE = Path(__file__).with_name("in_relu_pool.cpp")
 MODES = ("auto", "eager", "fused")
+# the compiler's vector instructions for each path ATen dispatches to: the forced AVX2 path of an
+# AVX-512 machine builds (and is cached) apart from its native path
+VECTOR_FLAGS = {"AVX2": ["-mavx2", "-mfma"],
+                "AVX512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq",
+                           "-mprefer-vector-width=512"]}
 
 
 def eager(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -47,9 +52,10 @@ def extension() -> Any:
     capability = torch.backends.cpu.get_cpu_capability()
     # the source's path too: torch's loader rebuilds when one build folder is used from two checkouts
     key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + capability.encode()
+                         + " ".join(VECTOR_FLAGS.get(capability, [])).encode()
                          + str(SOURCE.resolve()).encode()).hexdigest()[:12]
     build = _cache_dir() / f"in_relu_pool-{key}"
-    flags = ["-O3", "-fopenmp"] + (["-mavx2", "-mfma"] if capability in ("AVX2", "AVX512") else [])
+    flags = ["-O3", "-fopenmp", *VECTOR_FLAGS.get(capability, [])]
     try:
         import logging
 
