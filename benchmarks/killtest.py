@@ -79,31 +79,33 @@ class Target:
     prepare: Callable[[Path], None] = field(default=lambda work: None)
 
 
-def run_folder_result(out: Path, stdout: str) -> dict:
-    """The final set's tensors (sha256 of each tensor's bytes) and its final evaluation's accuracies."""
+def tensor_digests(f) -> dict[str, str]:
+    """sha256 of each tensor's bytes in an open safetensors file, by name."""
     import hashlib
 
+    return {k: hashlib.sha256(f.get_tensor(k).contiguous().view(-1).numpy().tobytes()).hexdigest()
+            for k in sorted(f.keys())}
+
+
+def run_folder_result(out: Path, stdout: str) -> dict:
+    """The final set's tensors (sha256 of each tensor's bytes) and its final evaluation's accuracies."""
     from safetensors import safe_open
 
-    path = out / "distilled.safetensors"
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {k: hashlib.sha256(f.get_tensor(k).contiguous().view(-1).numpy().tobytes()).hexdigest()
-                   for k in sorted(f.keys())}
+    with safe_open(str(out / "distilled.safetensors"), framework="pt") as f:
+        tensors = tensor_digests(f)
         meta = json.loads((f.metadata() or {}).get("datadistill", "{}"))
     accs = {m: r.get("accuracies") for m, r in (meta.get("evaluation") or {}).items()}
     return {"tensors": tensors, "accuracies": accs}
 
 
 def shards_result(out: Path, stdout: str) -> dict:
-    import hashlib
-
+    """Each expert shard's tensors (sha256 of each tensor's bytes)."""
     from safetensors import safe_open
 
     digests = {}
     for p in sorted(out.glob("expert-*.safetensors")):
         with safe_open(str(p), framework="pt") as f:
-            digests[p.name] = {k: hashlib.sha256(f.get_tensor(k).contiguous().view(-1).numpy().tobytes()).hexdigest()
-                               for k in sorted(f.keys())}
+            digests[p.name] = tensor_digests(f)
     return {"shards": digests}
 
 
