@@ -130,9 +130,10 @@ def accuracy(model: nn.Module, data: RealData, batch_size: int = 500, device: to
     model.to(memory_format=fmt)
     correct = 0
     batch_size = min(batch_size, pick_chunk(device, True) or batch_size)
-    for i in range(0, len(data), batch_size):
-        x = data.images[i : i + batch_size].to(device).contiguous(memory_format=fmt)
-        y = data.labels[i : i + batch_size].to(device)
-        correct += int((model(x).argmax(1) == y).sum())
+    with torch.no_grad():  # no graph: nothing saved for a backward that never comes
+        for i in range(0, len(data), batch_size):
+            x = data.images[i : i + batch_size].to(device).contiguous(memory_format=fmt)
+            y = data.labels[i : i + batch_size].to(device)
+            correct += int((model(x).argmax(1) == y).sum())
     model.train()
     return correct / max(len(data), 1)
