@@ -300,18 +300,20 @@ def speed_table(rows: list[Row]) -> str:
     """The latest record per (benchmark, images per class, CPU capability, device) of speed.jsonl."""
     latest: dict[tuple, Row] = {}
     for r in rows:
-        if r["benchmark"] == "eval":
-            continue  # the evaluator's own table
+        if r["benchmark"] in ("eval", "eval_breakdown"):
+            continue  # the evaluator's own tables
         latest[(r["benchmark"], r["ipc"], r["capability"], r["device"])] = r
     lines = ["| iteration | CPU path | matmul GFLOP/s | GFLOP | floor s | ours s | ours / floor | reference loop s "
-             "| ours vs reference | machine | commit | command |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ours vs reference | peak RSS MiB | machine | commit | command |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(latest.values(), key=lambda r: (r["benchmark"], r["ipc"], r["capability"])):
         what = f"{r['benchmark'].split('_')[0].upper()} {DATASETS.get(r['dataset'], r['dataset'])} {r['ipc']}/class"
         env = " ".join(f"{k}={v}" for k, v in r.get("env", {}).items())
         lines.append(f"| {what} | {r['capability']} | {r['matmul_gflops']:.0f} | {r['gflop']:,.0f} "
                      f"| {r['floor_s']:.2f} "
                      f"| {r['ours_s']:.2f} | **{r['ours_over_floor']:.2f}x** | {r['reference_loop_s']:.2f} "
-                     f"| {r['speedup_vs_reference_loop']:.2f}x faster | {r['device']} | {r['commit']} "
+                     f"| {r['speedup_vs_reference_loop']:.2f}x faster | {r.get('peak_rss_mb') or '-'} "
+                     f"| {r['device']} | {r['commit']} "
                      f"| `{(env + ' ') if env else ''}{r['command']}` |")
     return "\n".join(lines)
 
@@ -321,14 +323,31 @@ def eval_speed_table(rows: list[Row]) -> str:
     latest = {(r["what"], r["capability"], r["device"]): r for r in rows if r["benchmark"] == "eval"}
     if not latest:
         return "No records yet (`python benchmarks/speed_eval.py`)."
-    lines = ["| measurement | CPU path | matmul GFLOP/s | GFLOP | floor s | ours s | ours / floor | machine | commit "
-             "| command |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| measurement | CPU path | matmul GFLOP/s | GFLOP | floor s | ours s | ours / floor | peak RSS MiB "
+             "| machine | commit | command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(latest.values(), key=lambda r: (r["what"], r["capability"])):
         env = " ".join(f"{k}={v}" for k, v in r.get("env", {}).items())
         ratio = f"**{r['ours_over_floor']:.2f}x**" if "ours_over_floor" in r else "-"
         lines.append(f"| {r['what']} | {r['capability']} | {r['matmul_gflops']:.0f} | {r.get('gflop', '-')} "
-                     f"| {r.get('floor_s', '-')} | {r['ours_s']} | {ratio} | {r['device']} | {r['commit']} "
+                     f"| {r.get('floor_s', '-')} | {r['ours_s']} | {ratio} | {r.get('peak_rss_mb') or '-'} "
+                     f"| {r['device']} | {r['commit']} "
                      f"| `{(env + ' ') if env else ''}{r['command']}` |")
+    return "\n".join(lines)
+
+
+def breakdown_table(rows: list[Row]) -> str:
+    """The latest record per (CPU capability, device) of where the evaluator's step spends its time."""
+    latest = {(r["capability"], r["device"]): r for r in rows if r["benchmark"] == "eval_breakdown"}
+    if not latest:
+        return "No records yet (`python benchmarks/speed_breakdown.py`)."
+    lines = ["| measurement | CPU path | ours / floor | convolutions | fused blocks | other | convolutions / their floor "
+             "| machine | commit | command |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(latest.values(), key=lambda r: r["capability"]):
+        env = " ".join(f"{k}={v}" for k, v in r.get("env", {}).items())
+        sh = r["share"]
+        lines.append(f"| {r['what']} | {r['capability']} | {r['ours_over_floor']:.2f}x | {sh['convolution']:.0%} "
+                     f"| {sh['fused_block']:.0%} | {sh['other']:.0%} | **{r['conv_over_floor']:.2f}x** | {r['device']} "
+                     f"| {r['commit']} | `{(env + ' ') if env else ''}{r['command']}` |")
     return "\n".join(lines)
 
 
@@ -821,6 +840,11 @@ def render(rows: list[Row]) -> str:
         "`python benchmarks/speed_eval.py`.",
         "",
         eval_speed_table(speed),
+        "",
+        "Where a training step's time goes (share of its CPU time) and the convolutions' own floor ratio, by "
+        "`python benchmarks/speed_breakdown.py`:",
+        "",
+        breakdown_table(speed),
         "",
         "## Parallel execution",
         "",

@@ -42,21 +42,48 @@ def capability() -> str:
 
 def timed(fn: Callable[[], object], repeat: int, warmup: bool = True) -> float:
     """Seconds of the fastest of ``repeat`` calls (after one warm-up call): the least disturbed run."""
+    return timed_peak(fn, repeat, warmup)[0]
+
+
+def peak_rss_mb() -> float | None:
+    """The process's peak resident memory (VmHWM, MiB) since it started or since the last reset; None
+    where /proc is not Linux's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> None:
+    """Start the peak over from the current resident memory (Linux: ``5`` to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def timed_peak(fn: Callable[[], object], repeat: int, warmup: bool = True) -> tuple[float, float | None]:
+    """`timed`, and the peak resident memory (MiB) of the process during the timed calls: what the
+    process already holds (the loaded dataset) plus what the calls add."""
     if warmup:
         fn()
+    reset_peak_rss()
     best = float("inf")
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t)
-    return best
+    return best, peak_rss_mb()
 
 
 def write_record(rec: dict, commit: str, device: str) -> None:
     rec.update(capability=capability(), threads=torch.get_num_threads(), device=device, commit=commit,
                env={k: os.environ[k] for k in CAPABILITY_ENV if k in os.environ},
                command="python " + " ".join(sys.argv))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as f:
-        f.write(json.dumps(rec) + "\n")
+    from datadistill.fileio import append_jsonl  # one whole locked line per record (fileio)
+
+    append_jsonl(RESULTS, rec)
     print(json.dumps(rec), flush=True)

@@ -5,6 +5,8 @@ batch's forward, the synthetic batch's forward and backward) / the fp32 matrix-m
 measured in the same run. "Reference-style" is the loop of the original code: one class at a
 time, NCHW, the whole real batch of a class in one forward. Each time is the fastest of ``--steps``
 iterations after a warm-up.
+``peak_rss_mb``: the process's peak resident memory (MiB) during our timed iterations, the
+loaded dataset included.
 
     python benchmarks/speed_dm.py [--dataset mnist] [--ipc 10] [--steps 5]
 Appends one record to benchmarks/results/speed.jsonl (with the CPU capability it ran on).
@@ -32,7 +34,7 @@ from datadistill.models import create_model  # noqa: E402
 from datadistill.seeding import make_generator  # noqa: E402
 from datadistill.synset import PixelSet  # noqa: E402
 from run import commit  # noqa: E402
-from speed_common import matmul_gflops, timed, write_record  # noqa: E402
+from speed_common import matmul_gflops, timed, timed_peak, write_record  # noqa: E402
 
 
 def step_flops(spec, n_real: int, ipc: int) -> float:
@@ -83,7 +85,7 @@ def main() -> None:
     opt = torch.optim.SGD([s2.images], lr=1.0, momentum=0.5)
     g = make_generator(0, "ref")
     rate = matmul_gflops()
-    ours = timed(lambda: dm.step(0), a.steps)
+    ours, peak = timed_peak(lambda: dm.step(0), a.steps)
     ref = timed(lambda: reference_step(data, s2, opt, g, a.batch_real, DSAConfig()), a.steps)
     rate = max(rate, matmul_gflops())  # before and after: the machine's rate when undisturbed
     floor = flops / (rate * 1e9)
@@ -92,6 +94,7 @@ def main() -> None:
         "gflop": round(flops / 1e9, 1), "matmul_gflops": round(rate, 1), "floor_s": round(floor, 3),
         "ours_s": round(ours, 3), "reference_loop_s": round(ref, 3), "ours_over_floor": round(ours / floor, 2),
         "reference_over_floor": round(ref / floor, 2), "speedup_vs_reference_loop": round(ref / ours, 2),
+        "peak_rss_mb": peak,
     }, commit(), device_name(torch.device("cpu")))
 
 

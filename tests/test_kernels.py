@@ -3,6 +3,7 @@
 ConvNet parameters, and the eager fallback where the extension cannot be built."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +115,28 @@ def test_without_a_compiler_the_eager_ops_run_and_say_so(tmp_path, monkeypatch, 
         assert err[0].endswith("; using the eager ops")
     finally:
         kernels.extension.cache_clear()
+
+
+def test_every_checkout_shares_one_build_of_the_same_source(tmp_path, monkeypatch):
+    """Two checkouts (the same source at two paths) build in one folder from one path, so a fresh clone
+    reuses the cached build; a changed source builds apart."""
+    from torch.utils import cpp_extension
+
+    calls = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **k: calls.append(k) or object())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    code = kernels.SOURCE.read_bytes()
+    for checkout, text in (("a", code), ("b", code), ("c", code + b"\n// changed\n")):
+        src = tmp_path / checkout / "in_relu_pool.cpp"
+        src.parent.mkdir()
+        src.write_bytes(text)
+        monkeypatch.setattr(kernels, "SOURCE", src)
+        kernels.extension.cache_clear()
+        try:
+            assert kernels.extension() is not None
+        finally:
+            kernels.extension.cache_clear()
+    (a, b, c) = [(k["build_directory"], k["sources"]) for k in calls]
+    assert a == b and a != c
+    assert Path(a[1][0]).read_bytes() == code and Path(c[1][0]).read_bytes() == code + b"\n// changed\n"
+    assert Path(a[1][0]).parent == Path(a[0]) and not list(Path(a[0]).glob(".*.tmp"))

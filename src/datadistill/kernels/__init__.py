@@ -3,8 +3,9 @@ block every DC-zoo ConvNet repeats, forward and backward in one C++ extension (`
 NCHW and channels_last, float and double, OpenMP over planes or images).
 
 The extension is compiled with torch's extension tools and g++ on first use and cached under
-``~/.cache/datadistill/kernels`` (keyed by the source, its place, torch's version and the CPU path). Where it
-cannot be built (no compiler), `in_relu_pool` runs the eager composition and says so once.
+``~/.cache/datadistill/kernels`` (keyed by the source, torch's version and the CPU path; one build
+serves every checkout). Where it cannot be built (no compiler), `in_relu_pool` runs the eager
+composition and says so once.
 
 `in_relu_pool(x, weight, bias, eps)` is differentiable; a backward asked to build a graph (double
 backward: DC's gradient matching, MTT's unrolled steps) recomputes through the eager ops, so every
@@ -50,10 +51,9 @@ def extension() -> Any:
     """The compiled extension, built on first use (a minute) and cached; None where it cannot be built
     (one line on stderr says why, and the eager ops run instead)."""
     capability = torch.backends.cpu.get_cpu_capability()
-    # the source's path too: torch's loader rebuilds when one build folder is used from two checkouts
-    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + capability.encode()
-                         + " ".join(VECTOR_FLAGS.get(capability, [])).encode()
-                         + str(SOURCE.resolve()).encode()).hexdigest()[:12]
+    code = SOURCE.read_bytes()
+    key = hashlib.sha256(code + torch.__version__.encode() + capability.encode()
+                         + " ".join(VECTOR_FLAGS.get(capability, [])).encode()).hexdigest()[:12]
     build = _cache_dir() / f"in_relu_pool-{key}"
     flags = ["-O3", "-fopenmp", *VECTOR_FLAGS.get(capability, [])]
     try:
@@ -64,11 +64,18 @@ def extension() -> Any:
         from torch.utils import cpp_extension
 
         build.mkdir(parents=True, exist_ok=True)
+        # compiled from a copy inside the build folder: torch's loader rebuilds when a source's path
+        # changes, so every checkout (a fresh clone, a worktree) shares the one build of this source
+        source = build / SOURCE.name
+        if not source.exists() or source.read_bytes() != code:
+            tmp = build / f".{SOURCE.name}.{os.getpid()}.tmp"
+            tmp.write_bytes(code)
+            os.replace(tmp, source)
         if sys.stderr.isatty() and not any(build.glob("*.so")):  # a person waits: say why, once per build
             print("datadistill: building the fused CPU kernels (once per machine, about a minute)", file=sys.stderr)
         with warnings.catch_warnings():  # torch's builder leaves files to the collector: not the user's concern
             warnings.simplefilter("ignore", ResourceWarning)
-            return cpp_extension.load(name=f"datadistill_in_relu_pool_{key}", sources=[str(SOURCE)],
+            return cpp_extension.load(name=f"datadistill_in_relu_pool_{key}", sources=[str(source)],
                                       build_directory=str(build), extra_cflags=flags, extra_ldflags=["-fopenmp"],
                                       verbose=False)
     except Exception as e:  # noqa: BLE001  (no compiler, no headers, a read-only cache: the eager ops serve)
