@@ -8,7 +8,9 @@ run unless ``--keep``): uncommitted changes are not timed, and the record names 
 in the clone, each phase is timed on its own:
 
 - **set-up**: ``make venv``. With the dependency cache (``~/.cache/datadistill/venv-HASH``) present
-  this is the light ``.venv`` and the editable install; the record says whether the cache was there.
+  this is the light ``.venv`` and the editable install; the record says whether the cache was there,
+  and whether the fused kernels' build for the path was cached (``kernel_cache``; else the first
+  model builds it, about half a minute, inside the distill phase).
 - then the recipe of the target itself (``distill`` or ``test``), as ``make -n TARGET`` prints it
   once the set-up is done, one line at a time, each line timed. The commands are the Makefile's
   own, not a copy of them, so the timing follows the Makefile when it changes. For ``distill``:
@@ -67,10 +69,14 @@ SMOKE_DISTILL = ["dataset=digits", "ipc=1", "iterations=2", "method_config.batch
 SMOKE_TEST = ["-k", "'test_registry_aliases_duplicates_and_close_matches or test_crop_with_zero_shift_is_identity'"]
 IDLE_LOAD = 0.3  # 1-minute load average below which the machine counts as idle before the start
 # the snippet run with the clone's Python: the machine as benchmarks/run.py's machine() names it
+# what the clone's environment runs on; and whether the fused kernels' build for this path was cached
+# (a first use builds it, about half a minute, once per machine and path, like the dependency cache)
 MACHINE = ("import json, platform, torch; from datadistill.device import device_name; "
+           "from datadistill.kernels import build_dir; "
            "print(json.dumps({'device': device_name(torch.device('cpu')), "
            "'capability': torch.backends.cpu.get_cpu_capability(), 'torch': torch.__version__, "
-           "'python': platform.python_version()}))")
+           "'python': platform.python_version(), "
+           "'kernel_cache': 'present' if any(build_dir().glob('*.so')) else 'absent'}))")
 
 
 class MainJobError(RuntimeError):

@@ -933,7 +933,8 @@ def main_job_text(rows: list[Row], prefix: str = "") -> str:
     for r in recs:
         forced = " forced" if r.get("env") else ""
         where = (f"on {r.get('cpu')} ({r.get('cpus', '?')} CPUs, PyTorch's {r.get('capability')} path{forced}), "
-                 f"commit {r['commit']}, dependency cache {r.get('venv_cache')}")
+                 f"commit {r['commit']}, dependency cache {r.get('venv_cache')}"
+                 + (f", kernel build cache {r['kernel_cache']}" if "kernel_cache" in r else ""))
         idle = "" if r.get("idle_before") else f", load average {r['load_before'][0]:.2f} before the start"
         rec = f"[record]({prefix}benchmarks/results/main_job.jsonl#L{r['line']})"
         if r["what"] == "distill":

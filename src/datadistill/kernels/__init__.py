@@ -46,15 +46,21 @@ def _cache_dir() -> Path:
     return root / "datadistill" / "kernels"
 
 
+def build_dir() -> Path:
+    """The cached build folder of this source, torch version and CPU path (built or not)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + capability.encode()
+                         + " ".join(VECTOR_FLAGS.get(capability, [])).encode()).hexdigest()[:12]
+    return _cache_dir() / f"in_relu_pool-{key}"
+
+
 @functools.cache
 def extension() -> Any:
     """The compiled extension, built on first use (a minute) and cached; None where it cannot be built
     (one line on stderr says why, and the eager ops run instead)."""
     capability = torch.backends.cpu.get_cpu_capability()
-    code = SOURCE.read_bytes()
-    key = hashlib.sha256(code + torch.__version__.encode() + capability.encode()
-                         + " ".join(VECTOR_FLAGS.get(capability, [])).encode()).hexdigest()[:12]
-    build = _cache_dir() / f"in_relu_pool-{key}"
+    code, build = SOURCE.read_bytes(), build_dir()
+    key = build.name.rsplit("-", 1)[1]
     flags = ["-O3", "-fopenmp", *VECTOR_FLAGS.get(capability, [])]
     try:
         import logging
