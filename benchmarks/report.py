@@ -296,6 +296,14 @@ def experts_table(jobs: dict[str, list[Row]]) -> tuple[str, list[Row]]:
     return "\n".join(lines), rows
 
 
+def _mem(r: Row) -> str:
+    """A speed record's peak resident memory, with what the process held before the timed calls."""
+    if not r.get("peak_rss_mb"):
+        return "-"
+    before = r.get("rss_before_mb")
+    return f"{r['peak_rss_mb']:.0f}" + (f" ({before:.0f})" if before else "")
+
+
 def speed_table(rows: list[Row]) -> str:
     """The latest record per (benchmark, images per class, CPU capability, device) of speed.jsonl."""
     latest: dict[tuple, Row] = {}
@@ -304,7 +312,7 @@ def speed_table(rows: list[Row]) -> str:
             continue  # the evaluator's own tables
         latest[(r["benchmark"], r["ipc"], r["capability"], r["device"])] = r
     lines = ["| iteration | CPU path | matmul GFLOP/s | GFLOP | floor s | ours s | ours / floor | reference loop s "
-             "| ours vs reference | peak RSS MiB | machine | commit | command |",
+             "| ours vs reference | peak RSS MiB (held before) | machine | commit | command |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(latest.values(), key=lambda r: (r["benchmark"], r["ipc"], r["capability"])):
         what = f"{r['benchmark'].split('_')[0].upper()} {DATASETS.get(r['dataset'], r['dataset'])} {r['ipc']}/class"
@@ -312,7 +320,7 @@ def speed_table(rows: list[Row]) -> str:
         lines.append(f"| {what} | {r['capability']} | {r['matmul_gflops']:.0f} | {r['gflop']:,.0f} "
                      f"| {r['floor_s']:.2f} "
                      f"| {r['ours_s']:.2f} | **{r['ours_over_floor']:.2f}x** | {r['reference_loop_s']:.2f} "
-                     f"| {r['speedup_vs_reference_loop']:.2f}x faster | {r.get('peak_rss_mb') or '-'} "
+                     f"| {r['speedup_vs_reference_loop']:.2f}x faster | {_mem(r)} "
                      f"| {r['device']} | {r['commit']} "
                      f"| `{(env + ' ') if env else ''}{r['command']}` |")
     return "\n".join(lines)
@@ -323,13 +331,13 @@ def eval_speed_table(rows: list[Row]) -> str:
     latest = {(r["what"], r["capability"], r["device"]): r for r in rows if r["benchmark"] == "eval"}
     if not latest:
         return "No records yet (`python benchmarks/speed_eval.py`)."
-    lines = ["| measurement | CPU path | matmul GFLOP/s | GFLOP | floor s | ours s | ours / floor | peak RSS MiB "
+    lines = ["| measurement | CPU path | matmul GFLOP/s | GFLOP | floor s | ours s | ours / floor | peak RSS MiB (held before) "
              "| machine | commit | command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(latest.values(), key=lambda r: (r["what"], r["capability"])):
         env = " ".join(f"{k}={v}" for k, v in r.get("env", {}).items())
         ratio = f"**{r['ours_over_floor']:.2f}x**" if "ours_over_floor" in r else "-"
         lines.append(f"| {r['what']} | {r['capability']} | {r['matmul_gflops']:.0f} | {r.get('gflop', '-')} "
-                     f"| {r.get('floor_s', '-')} | {r['ours_s']} | {ratio} | {r.get('peak_rss_mb') or '-'} "
+                     f"| {r.get('floor_s', '-')} | {r['ours_s']} | {ratio} | {_mem(r)} "
                      f"| {r['device']} | {r['commit']} "
                      f"| `{(env + ' ') if env else ''}{r['command']}` |")
     return "\n".join(lines)

@@ -45,38 +45,44 @@ def timed(fn: Callable[[], object], repeat: int, warmup: bool = True) -> float:
     return timed_peak(fn, repeat, warmup)[0]
 
 
-def peak_rss_mb() -> float | None:
-    """The process's peak resident memory (VmHWM, MiB) since it started or since the last reset; None
-    where /proc is not Linux's."""
+def _status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status in MiB; None where /proc is not Linux's."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         pass
     return None
 
 
-def reset_peak_rss() -> None:
-    """Start the peak over from the current resident memory (Linux: ``5`` to /proc/self/clear_refs)."""
+def reset_peak_rss() -> float | None:
+    """Start the peak resident memory over from the current one (Linux: ``5`` to /proc/self/clear_refs);
+    returns the current resident memory (MiB), what the process holds before the measured calls."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
+    return _status_mb("VmRSS")
 
 
-def timed_peak(fn: Callable[[], object], repeat: int, warmup: bool = True) -> tuple[float, float | None]:
-    """`timed`, and the peak resident memory (MiB) of the process during the timed calls: what the
-    process already holds (the loaded dataset) plus what the calls add."""
+def memory(before: float | None) -> dict[str, float | None]:
+    """The record's memory fields: the peak resident memory (MiB) since `reset_peak_rss` and what the
+    process held when it was reset (the loaded dataset, torch's libraries)."""
+    return {"peak_rss_mb": _status_mb("VmHWM"), "rss_before_mb": before}
+
+
+def timed_peak(fn: Callable[[], object], repeat: int, warmup: bool = True) -> tuple[float, dict]:
+    """`timed`, and the `memory` fields of the timed calls."""
     if warmup:
         fn()
-    reset_peak_rss()
+    before = reset_peak_rss()
     best = float("inf")
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t)
-    return best, peak_rss_mb()
+    return best, memory(before)
 
 
 def write_record(rec: dict, commit: str, device: str) -> None:

@@ -9,8 +9,8 @@ of the matching loss to the images) times ``outer_loop``, plus one training epoc
 set times ``inner_loop * (outer_loop - 1)``. "Reference-style" is the structure of the authors'
 code: one class at a time with the whole real batch of the class in one forward and backward, NCHW,
 the network as an ``nn.Module`` trained by ``torch.optim.SGD`` over shuffled batches of 256.
-``peak_rss_mb``: the process's peak resident memory (MiB) during our timed iterations, the loaded
-dataset included.
+``peak_rss_mb``: the process's peak resident memory (MiB) during our timed iterations;
+``rss_before_mb``: what it held before them (the loaded dataset, torch's libraries).
 
     python benchmarks/speed_dc.py [--dataset mnist] [--ipcs 1,10] [--repeat 3]
 Appends one record per size to benchmarks/results/speed.jsonl (with the CPU capability it ran on).
@@ -117,7 +117,7 @@ def main() -> None:
         flops = ref.flops()
         repeat, warm = (a.repeat, True) if dc.outer == 1 else (1, False)  # a long iteration needs no warm-up
         rate = matmul_gflops()
-        ours, peak = timed_peak(lambda: dc.step(0), repeat, warm)
+        ours, mem = timed_peak(lambda: dc.step(0), repeat, warm)
         ref_s = timed(ref.step, repeat, warm)
         rate = max(rate, matmul_gflops())
         floor = flops / (rate * 1e9)
@@ -127,7 +127,7 @@ def main() -> None:
             "matmul_gflops": round(rate, 1), "floor_s": round(floor, 3), "ours_s": round(ours, 3),
             "reference_loop_s": round(ref_s, 3), "ours_over_floor": round(ours / floor, 2),
             "reference_over_floor": round(ref_s / floor, 2), "speedup_vs_reference_loop": round(ref_s / ours, 2),
-            "peak_rss_mb": peak,
+            **mem,
         }, commit(), device_name(torch.device("cpu")))
 
 

@@ -5,8 +5,8 @@ batch's forward, the synthetic batch's forward and backward) / the fp32 matrix-m
 measured in the same run. "Reference-style" is the loop of the original code: one class at a
 time, NCHW, the whole real batch of a class in one forward. Each time is the fastest of ``--steps``
 iterations after a warm-up.
-``peak_rss_mb``: the process's peak resident memory (MiB) during our timed iterations, the
-loaded dataset included.
+``peak_rss_mb``: the process's peak resident memory (MiB) during our timed iterations;
+``rss_before_mb``: what it held before them (the loaded dataset, torch's libraries).
 
     python benchmarks/speed_dm.py [--dataset mnist] [--ipc 10] [--steps 5]
 Appends one record to benchmarks/results/speed.jsonl (with the CPU capability it ran on).
@@ -85,7 +85,7 @@ def main() -> None:
     opt = torch.optim.SGD([s2.images], lr=1.0, momentum=0.5)
     g = make_generator(0, "ref")
     rate = matmul_gflops()
-    ours, peak = timed_peak(lambda: dm.step(0), a.steps)
+    ours, mem = timed_peak(lambda: dm.step(0), a.steps)
     ref = timed(lambda: reference_step(data, s2, opt, g, a.batch_real, DSAConfig()), a.steps)
     rate = max(rate, matmul_gflops())  # before and after: the machine's rate when undisturbed
     floor = flops / (rate * 1e9)
@@ -94,7 +94,7 @@ def main() -> None:
         "gflop": round(flops / 1e9, 1), "matmul_gflops": round(rate, 1), "floor_s": round(floor, 3),
         "ours_s": round(ours, 3), "reference_loop_s": round(ref, 3), "ours_over_floor": round(ours / floor, 2),
         "reference_over_floor": round(ref / floor, 2), "speedup_vs_reference_loop": round(ref / ours, 2),
-        "peak_rss_mb": peak,
+        **mem,
     }, commit(), device_name(torch.device("cpu")))
 
 

@@ -6,7 +6,7 @@ at one batch each, DSA, then the test pass), timed end to end.
 Floor = floating-point work (torch's FlopCounterMode) / the fp32 matrix-multiply rate measured in
 the same run: a step is its forward and backward, the test pass its forward. Each time is the
 fastest of ``--steps`` repetitions after a warm-up. Beside each training time, ``peak_rss_mb``: the
-process's peak resident memory (MiB) during those calls, the loaded dataset included.
+process's peak resident memory (MiB) during those calls; ``rss_before_mb``: what it held before them.
 
     python benchmarks/speed_eval.py [--dataset mnist] [--steps 5] [--model-epochs 300]
 
@@ -36,7 +36,7 @@ from datadistill.models import create_model  # noqa: E402
 from datadistill.synset import PixelSet  # noqa: E402
 from datadistill.train import accuracy  # noqa: E402
 from run import commit  # noqa: E402
-from speed_common import matmul_gflops, peak_rss_mb, reset_peak_rss, timed, timed_peak, write_record  # noqa: E402
+from speed_common import matmul_gflops, memory, reset_peak_rss, timed, timed_peak, write_record  # noqa: E402
 
 
 def flops(fn) -> float:
@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             opt.step()
 
         work = flops(lambda: F.cross_entropy(net(x), y).backward())
-        floor, (ours, peak) = work / rate, timed_peak(step, args.steps)
+        floor, (ours, mem) = work / rate, timed_peak(step, args.steps)
         write_record({**base, "what": f"train step, {n} images", "ipc": n // spec.num_classes,
                       "gflop": round(work / 1e9, 2), "floor_s": round(floor, 4), "ours_s": round(ours, 4),
-                      "ours_over_floor": round(ours / floor, 2), "peak_rss_mb": peak}, code, where)
+                      "ours_over_floor": round(ours / floor, 2), **mem}, code, where)
     test = data.test
     with torch.no_grad():
         work = flops(lambda: net(test.images[:500])) * len(test) / 500
@@ -86,11 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         g = torch.Generator().manual_seed(0)
         s = PixelSet.from_real(data.train, 10, g)
         p = get_protocol("dsa-paper", epochs=args.model_epochs, n_models=1)
-        reset_peak_rss()
+        before = reset_peak_rss()
         t = time.perf_counter()
         evaluate(s, data, p)
         write_record({**base, "what": f"one dsa-paper model, {args.model_epochs} epochs, 100 images",
-                      "ipc": 10, "ours_s": round(time.perf_counter() - t, 1), "peak_rss_mb": peak_rss_mb()},
+                      "ipc": 10, "ours_s": round(time.perf_counter() - t, 1), **memory(before)},
                      code, where)
     return 0
 
