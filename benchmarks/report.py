@@ -308,7 +308,7 @@ def speed_table(rows: list[Row]) -> str:
     """The latest record per (benchmark, images per class, CPU capability, device) of speed.jsonl."""
     latest: dict[tuple, Row] = {}
     for r in rows:
-        if r["benchmark"] in ("eval", "eval_breakdown"):
+        if r["benchmark"] in ("eval", "eval_breakdown", "dc_breakdown"):
             continue  # the evaluator's own tables
         latest[(r["benchmark"], r["ipc"], r["capability"], r["device"])] = r
     lines = ["| iteration | CPU path | matmul GFLOP/s | GFLOP | floor s | ours s | ours / floor | reference loop s "
@@ -345,16 +345,18 @@ def eval_speed_table(rows: list[Row]) -> str:
 
 def breakdown_table(rows: list[Row]) -> str:
     """The latest record per (CPU capability, device) of where the evaluator's step spends its time."""
-    latest = {(r["capability"], r["device"]): r for r in rows if r["benchmark"] == "eval_breakdown"}
+    latest = {(r["what"], r["capability"], r["device"]): r for r in rows
+              if r["benchmark"] in ("eval_breakdown", "dc_breakdown")}
     if not latest:
         return "No records yet (`python benchmarks/speed_breakdown.py`)."
-    lines = ["| measurement | CPU path | ours / floor | convolutions | fused blocks | other | convolutions / their floor "
-             "| machine | commit | command |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(latest.values(), key=lambda r: r["capability"]):
+    lines = ["| measurement | CPU path | ours / floor | convolutions | fused blocks | eager norm, ReLU, pool | other "
+             "| convolutions / their floor | machine | commit | command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(latest.values(), key=lambda r: (r["what"], r["capability"])):
         env = " ".join(f"{k}={v}" for k, v in r.get("env", {}).items())
         sh = r["share"]
         lines.append(f"| {r['what']} | {r['capability']} | {r['ours_over_floor']:.2f}x | {sh['convolution']:.0%} "
-                     f"| {sh['fused_block']:.0%} | {sh['other']:.0%} | **{r['conv_over_floor']:.2f}x** | {r['device']} "
+                     f"| {sh['fused_block']:.0%} | {sh.get('eager_block', 0):.0%} | {sh['other']:.0%} "
+                     f"| **{r['conv_over_floor']:.2f}x** | {r['device']} "
                      f"| {r['commit']} | `{(env + ' ') if env else ''}{r['command']}` |")
     return "\n".join(lines)
 
@@ -849,8 +851,8 @@ def render(rows: list[Row]) -> str:
         "",
         eval_speed_table(speed),
         "",
-        "Where a training step's time goes (share of its CPU time) and the convolutions' own floor ratio, by "
-        "`python benchmarks/speed_breakdown.py`:",
+        "Where a training step's or a DC iteration's time goes (share of its CPU time) and the convolutions' own "
+        "floor ratio, by `python benchmarks/speed_breakdown.py [--what dc1]`:",
         "",
         breakdown_table(speed),
         "",

@@ -1,14 +1,16 @@
-"""Where the evaluator's training step spends its time: one step of a fresh ConvNet on 100 MNIST
-images (forward, backward, SGD update; channels_last, the fused blocks where `kernels.use_fused`),
-profiled with torch.profiler over ``--steps`` steps after a warm-up, its CPU time split into
-convolutions (forward and backward), the fused instance-norm/ReLU/pool blocks, and the rest; and the
-convolutions' own floor ratio: their time over their FLOPs (FlopCounterMode) at the fp32
-matrix-multiply rate measured in the same run.
+"""Where a step spends its time: ``--what eval``, one training step of the evaluator's fresh ConvNet
+on 100 MNIST images (forward, backward, SGD update; channels_last, the fused blocks where
+`kernels.use_fused`), or ``--what dc1``, one DC iteration at 1 image per class (as
+`speed_dc.py` times it). Profiled with torch.profiler over ``--steps`` steps after a warm-up, its CPU
+time is split into convolutions (forward, backward, and the backward's own backward), the fused
+instance-norm/ReLU/pool blocks, the same three ops run eagerly (where a gradient needs a graph),
+and the rest; and the convolutions' own floor ratio: their time over their FLOPs (FlopCounterMode)
+at the fp32 matrix-multiply rate measured in the same run.
 
-    python benchmarks/speed_breakdown.py [--steps 5]
+    python benchmarks/speed_breakdown.py [--what eval|dc1] [--steps 5]
 
 Appends one record to benchmarks/results/speed.jsonl (with the CPU capability), benchmark
-``eval_breakdown``. It answers which kernel holds a step above its floor.
+``eval_breakdown`` or ``dc_breakdown``. It answers which kernel holds a step above its floor.
 """
 
 from __future__ import annotations
@@ -27,7 +29,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from datadistill.data import load_dataset  # noqa: E402
 from datadistill.device import device_name  # noqa: E402
 from datadistill.functional.chunked import chunked_backward, pick_chunk  # noqa: E402
+from datadistill.methods import Context  # noqa: E402
+from datadistill.methods.dc import DC, DCConfig  # noqa: E402
 from datadistill.models import create_model  # noqa: E402
+from datadistill.seeding import make_generator  # noqa: E402
+from datadistill.synset import PixelSet  # noqa: E402
 from run import commit  # noqa: E402
 from speed_common import matmul_gflops, timed, write_record  # noqa: E402
 
@@ -35,37 +41,51 @@ from speed_common import matmul_gflops, timed, write_record  # noqa: E402
 CONV = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution", "aten::convolution",
         "aten::conv2d")
 FUSED = ("_InReluPool", "InReluPoolBackward")
+EAGER = ("group_norm", "GroupNorm", "relu", "Relu", "threshold", "Threshold", "avg_pool2d", "AvgPool2D")
 
 
 def group(name: str) -> str:
-    if name in CONV or "ConvolutionBackward" in name:
+    if name in CONV or "ConvolutionBackward" in name or "convolution_backward" in name:
         return "convolution"
     if any(f in name for f in FUSED):
         return "fused_block"
+    if any(f in name for f in EAGER):
+        return "eager_block"
     return "other"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--what", choices=("eval", "dc1"), default="eval")
     ap.add_argument("--steps", type=int, default=5)
     a = ap.parse_args(argv)
 
     data = load_dataset("mnist")
-    spec = data.spec
-    net = create_model("convnet", spec.channels, spec.num_classes, spec.image_size, seed=0)
-    net = net.to(memory_format=torch.channels_last)
-    chunk = pick_chunk(torch.device("cpu"), independent=True)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = data.train.images[:100].contiguous(memory_format=torch.channels_last)
-    y = data.train.labels[:100]
+    if a.what == "eval":
+        spec = data.spec
+        net = create_model("convnet", spec.channels, spec.num_classes, spec.image_size, seed=0)
+        net = net.to(memory_format=torch.channels_last)
+        chunk = pick_chunk(torch.device("cpu"), independent=True)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        x = data.train.images[:100].contiguous(memory_format=torch.channels_last)
+        y = data.train.labels[:100]
 
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        chunked_backward(net, x, y, chunk)  # as the evaluator trains (speed_eval.py)
-        opt.step()
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            chunked_backward(net, x, y, chunk)  # as the evaluator trains (speed_eval.py)
+            opt.step()
 
+        what, ipc = "train step, 100 images", 10
+    else:
+        dc = DC(DCConfig(), Context(data, PixelSet.from_real(data.train, 1, make_generator(0, "init")),
+                                    torch.device("cpu"), make_generator(0, "m"), 0, 1, iterations=1))
+
+        def step() -> None:
+            dc.step(0)
+
+        what, ipc = "DC iteration, 1 image per class", 1
     with FlopCounterMode(display=False) as fc:
-        F.cross_entropy(net(x), y).backward()
+        step()
     counts = fc.get_flop_counts()["Global"]
     conv_flops = sum(v for k, v in counts.items() if "convolution" in str(k))
     all_flops = sum(counts.values())
@@ -75,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(a.steps):
             step()
     # self CPU time by group: every event's own time, so nothing is counted twice
-    shares = {"convolution": 0.0, "fused_block": 0.0, "other": 0.0}
+    shares = {"convolution": 0.0, "fused_block": 0.0, "eager_block": 0.0, "other": 0.0}
     for e in prof.events():
         g = group(e.name)
         # an op under a convolution (its gemm, its reorders) is the convolution's time
@@ -89,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(shares.values())
     conv_s = shares["convolution"] / total * step_s
     write_record({
-        "benchmark": "eval_breakdown", "dataset": "mnist", "what": "train step, 100 images", "ipc": 10,
+        "benchmark": f"{a.what if a.what == 'eval' else 'dc'}_breakdown", "dataset": "mnist", "what": what, "ipc": ipc,
         "matmul_gflops": round(rate / 1e9, 1), "gflop": round(all_flops / 1e9, 2),
         "floor_s": round(all_flops / rate, 4), "ours_s": round(step_s, 4),
         "ours_over_floor": round(step_s / (all_flops / rate), 2),
