@@ -296,6 +296,11 @@ def experts_table(jobs: dict[str, list[Row]]) -> tuple[str, list[Row]]:
     return "\n".join(lines), rows
 
 
+def _command(r: Row) -> str:
+    """A speed record's command line, with the environment that forced its CPU path."""
+    return " ".join([*(f"{k}={v}" for k, v in r.get("env", {}).items()), r["command"]])
+
+
 def _mem(r: Row) -> str:
     """A speed record's peak resident memory, with what the process held before the timed calls."""
     if not r.get("peak_rss_mb"):
@@ -316,13 +321,12 @@ def speed_table(rows: list[Row]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(latest.values(), key=lambda r: (r["benchmark"], r["ipc"], r["capability"])):
         what = f"{r['benchmark'].split('_')[0].upper()} {DATASETS.get(r['dataset'], r['dataset'])} {r['ipc']}/class"
-        env = " ".join(f"{k}={v}" for k, v in r.get("env", {}).items())
         lines.append(f"| {what} | {r['capability']} | {r['matmul_gflops']:.0f} | {r['gflop']:,.0f} "
                      f"| {r['floor_s']:.2f} "
                      f"| {r['ours_s']:.2f} | **{r['ours_over_floor']:.2f}x** | {r['reference_loop_s']:.2f} "
                      f"| {r['speedup_vs_reference_loop']:.2f}x faster | {_mem(r)} "
                      f"| {r['device']} | {r['commit']} "
-                     f"| `{(env + ' ') if env else ''}{r['command']}` |")
+                     f"| `{_command(r)}` |")
     return "\n".join(lines)
 
 
@@ -334,12 +338,11 @@ def eval_speed_table(rows: list[Row]) -> str:
     lines = ["| measurement | CPU path | matmul GFLOP/s | GFLOP | floor s | ours s | ours / floor | peak RSS MiB (held before) "
              "| machine | commit | command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(latest.values(), key=lambda r: (r["what"], r["capability"])):
-        env = " ".join(f"{k}={v}" for k, v in r.get("env", {}).items())
         ratio = f"**{r['ours_over_floor']:.2f}x**" if "ours_over_floor" in r else "-"
         lines.append(f"| {r['what']} | {r['capability']} | {r['matmul_gflops']:.0f} | {r.get('gflop', '-')} "
                      f"| {r.get('floor_s', '-')} | {r['ours_s']} | {ratio} | {_mem(r)} "
                      f"| {r['device']} | {r['commit']} "
-                     f"| `{(env + ' ') if env else ''}{r['command']}` |")
+                     f"| `{_command(r)}` |")
     return "\n".join(lines)
 
 
@@ -352,12 +355,11 @@ def breakdown_table(rows: list[Row]) -> str:
     lines = ["| measurement | CPU path | ours / floor | convolutions | fused blocks | eager norm, ReLU, pool | other "
              "| convolutions / their floor | machine | commit | command |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(latest.values(), key=lambda r: (r["what"], r["capability"])):
-        env = " ".join(f"{k}={v}" for k, v in r.get("env", {}).items())
         sh = r["share"]
         lines.append(f"| {r['what']} | {r['capability']} | {r['ours_over_floor']:.2f}x | {sh['convolution']:.0%} "
                      f"| {sh['fused_block']:.0%} | {sh.get('eager_block', 0):.0%} | {sh['other']:.0%} "
                      f"| **{r['conv_over_floor']:.2f}x** | {r['device']} "
-                     f"| {r['commit']} | `{(env + ' ') if env else ''}{r['command']}` |")
+                     f"| {r['commit']} | `{_command(r)}` |")
     return "\n".join(lines)
 
 

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -28,14 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from datadistill.data import load_dataset  # noqa: E402
 from datadistill.device import device_name  # noqa: E402
-from datadistill.functional.chunked import chunked_backward, pick_chunk  # noqa: E402
 from datadistill.methods import Context  # noqa: E402
 from datadistill.methods.dc import DC, DCConfig  # noqa: E402
-from datadistill.models import create_model  # noqa: E402
 from datadistill.seeding import make_generator  # noqa: E402
 from datadistill.synset import PixelSet  # noqa: E402
 from run import commit  # noqa: E402
 from speed_common import matmul_gflops, timed, write_record  # noqa: E402
+from speed_eval import evaluator_model, train_step  # noqa: E402
 
 # profiler event names of each group (top-level ops only: their children are inside their time)
 CONV = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_convolution", "aten::convolution",
@@ -62,19 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 
     data = load_dataset("mnist")
     if a.what == "eval":
-        spec = data.spec
-        net = create_model("convnet", spec.channels, spec.num_classes, spec.image_size, seed=0)
-        net = net.to(memory_format=torch.channels_last)
-        chunk = pick_chunk(torch.device("cpu"), independent=True)
-        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        net, opt = evaluator_model(data.spec)
         x = data.train.images[:100].contiguous(memory_format=torch.channels_last)
-        y = data.train.labels[:100]
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            chunked_backward(net, x, y, chunk)  # as the evaluator trains (speed_eval.py)
-            opt.step()
-
+        step = train_step(net, opt, x, data.train.labels[:100])
         what, ipc = "train step, 100 images", 10
     else:
         dc = DC(DCConfig(), Context(data, PixelSet.from_real(data.train, 1, make_generator(0, "init")),

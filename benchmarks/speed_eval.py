@@ -45,6 +45,25 @@ def flops(fn) -> float:
     return float(fc.get_total_flops())
 
 
+def evaluator_model(spec) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The evaluator's fresh ConvNet (seed 0, channels_last) and its SGD."""
+    net = create_model("convnet", spec.channels, spec.num_classes, spec.image_size, seed=0)
+    net = net.to(memory_format=torch.channels_last)
+    return net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
+def train_step(net: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor):
+    """One training step as the evaluator runs it: forward and backward in CPU chunks, SGD update."""
+    chunk = pick_chunk(torch.device("cpu"), independent=True)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        chunked_backward(net, x, y, chunk)
+        opt.step()
+
+    return step
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", default="mnist")
@@ -55,20 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset(args.dataset)
     spec = data.spec
     rate = matmul_gflops() * 1e9
-    net = create_model("convnet", spec.channels, spec.num_classes, spec.image_size, seed=0)
-    net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    chunk = pick_chunk(torch.device("cpu"), independent=True)
+    net, opt = evaluator_model(spec)
     base = {"benchmark": "eval", "dataset": args.dataset, "matmul_gflops": round(rate / 1e9, 1)}
     for n in (100, 256):
         x = data.train.images[:n].contiguous(memory_format=torch.channels_last)
         y = data.train.labels[:n]
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            chunked_backward(net, x, y, chunk)
-            opt.step()
-
+        step = train_step(net, opt, x, y)
         work = flops(lambda: F.cross_entropy(net(x), y).backward())
         floor, (ours, mem) = work / rate, timed_peak(step, args.steps)
         write_record({**base, "what": f"train step, {n} images", "ipc": n // spec.num_classes,
