@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -43,16 +44,24 @@ def commit() -> str:
     return (out.stdout.strip() or "unknown") + ("-dirty" if dirty else "")
 
 
-def machine() -> dict:
-    """Where a job ran: the CPU (as distilled-set files name it), the capability ATen dispatches to and
-    whether ConvNets ran the fused CPU kernel (`datadistill.kernels`; the jobs run with this process's
+def machine(threads: int | None = None) -> dict:
+    """Where a job ran: the CPU (as distilled-set files name it, with ``threads`` torch threads when the
+    jobs are given that many, else this process's), the capability ATen dispatches to and whether
+    ConvNets ran the fused CPU kernel (`datadistill.kernels`; the jobs run with this process's
     environment)."""
     import torch
 
     from datadistill.device import device_name
     from datadistill.kernels import use_fused
 
-    return {"device": device_name(torch.device("cpu")), "capability": torch.backends.cpu.get_cpu_capability(),
+    own = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        name = device_name(torch.device("cpu"))
+    finally:
+        torch.set_num_threads(own)
+    return {"device": name, "capability": torch.backends.cpu.get_cpu_capability(),
             "kernels": "fused" if use_fused() else "eager"}
 
 
@@ -63,10 +72,12 @@ def repo_name(path: Path) -> str:
 
 
 class Runner:
-    def __init__(self, suite: Suite, runs: Path, results: Path | None, device: str | None = None):
+    def __init__(self, suite: Suite, runs: Path, results: Path | None, device: str | None = None,
+                 threads: int | None = None):
         self.suite, self.runs, self.results, self.device = suite, runs.resolve(), results, device
+        self.threads = threads  # each job's torch threads (OMP_NUM_THREADS); None: the environment's
         self.code = commit()  # the code the jobs execute: taken before they start
-        self.where = machine()
+        self.where = machine(threads)
 
     # -- commands ---------------------------------------------------------------------------------
     def args(self, job: Job) -> list[str]:
@@ -105,7 +116,10 @@ class Runner:
         print("$ " + shlex.join(cmd), flush=True)
         t = time.perf_counter()
         head = [sys.executable] if cmd[0] == "python" else CLI  # benchmarks/parity.py, else a datadistill command
-        p = subprocess.run([*head, *cmd[1:]], cwd=ROOT, capture_output=capture, text=True)
+        env = dict(os.environ)
+        if self.threads:
+            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+        p = subprocess.run([*head, *cmd[1:]], cwd=ROOT, env=env, capture_output=capture, text=True)
         if p.returncode:
             tail = (p.stderr or "").strip().splitlines()[-1:] if capture else []
             raise JobFailed(f"exit status {p.returncode}" + (f": {tail[0]}" if tail else ""))
@@ -444,7 +458,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the jobs as tasks of this executor, one task per job (default: one after another here, "
                         "with their output on the console)")
     p.add_argument("--workers", type=int, help="parallel jobs (process, local ray; default: CPUs / --threads)")
-    p.add_argument("--threads", type=int, help="torch threads per job (default: 1 with --executor)")
+    p.add_argument("--threads", type=int, help="torch threads per job (default: 1 with --executor, else the "
+                                                 "environment's OMP_NUM_THREADS or torch's default)")
     p.add_argument("--ray-address", help="a running Ray cluster: auto or the head's host:port (default: a local one)")
     p.add_argument("--device", help="appended to every job's command as --device (e.g. cuda on GPU nodes)")
     mode = p.add_mutually_exclusive_group()
@@ -454,6 +469,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="run nothing; give each recorded job without an expectation its record as expectation "
                            "(tolerance max(1, 3 std / sqrt(models)); suites whose jobs are one-line mappings)")
     a = p.parse_args(argv)
+    if a.threads is not None and a.threads < 1:
+        p.error(f"--threads must be at least 1, got {a.threads}")
     return a
 
 
@@ -490,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
         elif not a.check:
-            runner = Runner(suite, a.runs, a.results, a.device)
+            runner = Runner(suite, a.runs, a.results, a.device, a.threads)
             for job in jobs:
                 if latest_record(job, a.results) is not None:
                     print(f"skip {job.id}: recorded in {results_path(job, a.results).name}", flush=True)

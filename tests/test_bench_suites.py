@@ -343,11 +343,12 @@ def test_runner_spreads_jobs_over_an_executor(executor, tmp_path, capsys, monkey
     assert len((tmp_path / "grid.jsonl").read_text().splitlines()) == 3
     if executor == "ray":
         return
-    # the serial runner, one thread: the same accuracies
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # the serial runner, one thread (--threads reaches each job's process): the same accuracies
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert run.main([str(suite), "--results", str(tmp_path / "serial.jsonl"), "--runs", str(tmp_path / "r2"),
-                     "--only", "eval-dm-2it,dm-digits-ipc1-1it"]) == 0
+                     "--threads", "1", "--only", "eval-dm-2it,dm-digits-ipc1-1it"]) == 0
     serial = {r["job"]: r for r in map(json.loads, (tmp_path / "serial.jsonl").read_text().splitlines())}
+    assert {r["device"].rsplit("(", 1)[1] for r in serial.values()} == {"1 threads)"}
     assert {k: r["accuracies"] for k, r in serial.items()} == {k: r["accuracies"] for k, r in rows.items()}
     # an evaluation keeps each model's result in its run folder, where a stopped job resumes
     assert sorted(p.name for p in (tmp_path / "r2" / "eval-dm-2it" / "models").glob("*.json")) == \
