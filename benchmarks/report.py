@@ -507,7 +507,8 @@ def soft_table(jobs: dict[str, list[Row]]) -> str:
         wall = f"{r['distill_wall_seconds']:.0f}" if r.get("distill_wall_seconds") else "-"
         made = set_how(suite, j)
         t = r.get("teacher") or {}
-        teacher = f"{Path(t['path']).stem} ({t['test_accuracy']:.2f}%)" if t.get("path") else "-"
+        teacher = (f"{Path(t['path']).stem} ({t['test_accuracy']:.2f}%, sha256 {str(t.get('sha256') or '?')[:8]})"
+                   if t.get("path") else "-")  # the digest: a rebuilt teacher of equal accuracy is another teacher
         store = f"{made['storage']:.3f}x" if made["storage"] else "-"
         groups[(ds, ipc)].append(
             f"| [{label}]({link(r, '../')}) | {how} | `{r.get('protocol')}` {r.get('epochs')} ep | {teacher} | {store} "
@@ -764,7 +765,8 @@ def render(rows: list[Row]) -> str:
         "labels, and DD-Ranking's scores ([evaluation](evaluation.md#scores-what-a-set-adds)): IOR = accuracy - "
         "random subset; HLR = whole data - the set with hard labels (lower is better); LRS in [0, 1] from both. "
         "The whole-data reference is the `cpu` suite's 2-epoch record. Beside each figure: its evaluation "
-        "protocol and epochs, the teacher (its test accuracy) when one relabels the batches, the set's storage "
+        "protocol and epochs, the teacher when one relabels the batches (its test accuracy and the first digits of "
+        "its file's sha256: rows with other digits had another teacher), the set's storage "
         "(stored floats, label vectors and a learned lr included, over a plain set's at the same images per class; "
         "from its distillation's record) and its budget (iterations, unrolled steps per segment, experts and their "
         "epochs). Rows differ in budget: compare methods at equal budget only where these columns agree. "
