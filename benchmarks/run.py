@@ -197,12 +197,31 @@ class Runner:
         return records
 
     def ensure(self, job: Job) -> None:
-        """Run a prerequisite (experts): its command resumes, so a finished one returns at once; its
-        record is written only when it has none yet."""
-        if latest_record(job, self.results) is None:
+        """Make a prerequisite (experts, a teacher) exist, its own prerequisites first. A job without a
+        record runs and is recorded. Otherwise experts resume (a finished buffer returns at once) and a
+        teacher file that exists is kept; a teacher built anew (its run folder was lost, another machine)
+        is recorded again when its sha256 differs from its latest record's, so that the record names the
+        teacher the later jobs use."""
+        rec = latest_record(job, self.results)
+        if rec is None:
             self.run_job(job)
-        else:
-            self.execute(self.invocation(job)[1])
+            return
+        self.prerequisites(job)
+        if job.kind == "teacher" and self.output(job).is_file():
+            return
+        cmd, run, capture = self.invocation(job)
+        out, wall = self.execute(run, capture)
+        if job.kind == "teacher":
+            built = self._records_teacher(job, cmd, out, wall)[0]
+            if built["sha256"] != rec.get("sha256"):
+                print(f"{job.id}: the teacher built now (sha256 {built['sha256'][:8]}, {built['test_accuracy']}%) "
+                      f"is not the recorded one ({str(rec.get('sha256'))[:8]}): recorded again", flush=True)
+                self.record(job, cmd, out, wall)
+
+    def output(self, job: Job) -> Path:
+        """The file or folder an experts or teacher job writes (its ``--out``)."""
+        args = self.args(job)
+        return ROOT / args[args.index("--out") + 1]
 
     # -- many jobs at once ------------------------------------------------------------------------
     def missing_inputs(self, job: Job) -> list[Job]:
@@ -292,7 +311,7 @@ class Runner:
     def _records_experts(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
         from datadistill.experts import ExpertBuffer
 
-        s = ExpertBuffer.open(ROOT / self.args(job)[self.args(job).index("--out") + 1]).summary()
+        s = ExpertBuffer.open(self.output(job)).summary()
         return [{"what": "experts", "dataset": job.dataset, "model": "convnet", "n_experts": s["finished"],
                  "epochs": s["epochs"], "train_seconds_total": s["total_seconds"],
                  "seconds_per_expert_epoch": round(s["total_seconds"] / (s["finished"] * s["epochs"]), 1),
@@ -349,8 +368,8 @@ class Runner:
     def _records_teacher(self, job: Job, cmd: list[str], out: str, wall: float) -> list[dict]:
         from datadistill.teachers import load_teacher
 
-        t = load_teacher(ROOT / self.args(job)[self.args(job).index("--out") + 1])
-        return [{"what": "teacher", "dataset": job.dataset, "model": t.model, "path": str(t.path.relative_to(ROOT)),
+        t = load_teacher(self.output(job))
+        return [{"what": "teacher", "dataset": job.dataset, "model": t.model, "path": repo_name(t.path),
                  "sha256": t.sha256, "test_accuracy": t.meta.get("test_accuracy"), "source": t.meta.get("source"),
                  "wall_seconds": round(wall, 1), "command": shlex.join(cmd)}]
 

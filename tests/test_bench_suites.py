@@ -5,6 +5,7 @@ raised above its record makes the runner fail, and a one-job suite runs end to e
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -387,3 +388,41 @@ def test_paper_cost_extrapolates_each_job_once_per_device(tmp_path, capsys):
     table = report.cost_table(rows)
     assert f"### tiny-cost on {mtt['device']}" in table and "| mtt-digits-ipc1 |" in table
     assert "| **total** (2 jobs) |" in table and f"**{mtt['node_hours'] + experts['node_hours']:.3g}**" in table
+
+
+def test_a_lost_teacher_is_rebuilt_after_its_experts_and_recorded_again_when_it_differs(tmp_path, capsys):
+    """A run folder lost (a fresh machine): a job that needs a recorded teacher rebuilds the experts and
+    the teacher first; the teacher is recorded again only when it is not the recorded one."""
+    common = ["--iterations", "1", "method_config.batch_real=16", "method_config.model=convnet_w32",
+              "eval.preset=smoke", "eval.epochs=1", "eval.n_models=1", "eval.model=convnet_w32"]
+    jobs = [{"id": "experts-digits", "kind": "experts", "results": "tiny.jsonl", "dataset": "digits",
+             "args": ["--model", "convnet_w32", "--experts", "1", "--epochs", "1", "--out", "{runs}/experts/digits"]},
+            {"id": "teacher-digits", "kind": "teacher", "results": "tiny.jsonl", "dataset": "digits",
+             "needs": "experts-digits", "args": ["--from-experts", "{runs}/experts/digits",
+                                                 "--out", "{runs}/teachers/digits.safetensors"]}]
+    jobs += [{"id": f"dm-digits-ipc1-{k}", "kind": "distill", "results": "tiny.jsonl", "method": "dm",
+              "dataset": "digits", "ipc": 1, "setting": k, "needs": "teacher-digits", "args": common}
+             for k in ("a", "b", "c")]
+    suite, results, runs = tmp_path / "tiny.yaml", tmp_path / "tiny.jsonl", tmp_path / "runs"
+    suite.write_text(yaml.safe_dump({"suite": "tiny", "filling": True, "jobs": jobs}, sort_keys=False))
+    argv = [str(suite), "--results", str(results), "--runs", str(runs), "--only"]
+
+    def teachers() -> list[dict]:
+        return [r for r in map(json.loads, results.read_text().splitlines()) if r["job"] == "teacher-digits"]
+
+    assert run.main([*argv, "dm-digits-ipc1-a"]) == 0
+    first = teachers()
+    assert len(first) == 1 and first[0]["path"] == str(runs / "teachers" / "digits.safetensors")
+    shutil.rmtree(runs)  # the same machine rebuilds the same teacher: no second record
+    assert run.main([*argv, "dm-digits-ipc1-b"]) == 0
+    assert teachers() == first and (runs / "teachers" / "digits.safetensors").is_file()
+    shutil.rmtree(runs)  # a record made elsewhere (another digest): the rebuilt teacher is recorded again
+    lines = results.read_text().splitlines()
+    results.write_text("".join((x.replace(first[0]["sha256"], "0" * 64) if '"teacher-digits"' in x else x) + "\n"
+                               for x in lines))
+    capsys.readouterr()
+    assert run.main([*argv, "dm-digits-ipc1-c"]) == 0
+    assert "is not the recorded one (00000000): recorded again" in capsys.readouterr().out
+    now = teachers()
+    assert len(now) == 2 and now[-1]["sha256"] == first[0]["sha256"]
+    assert sum(r["job"] == "experts-digits" for r in map(json.loads, results.read_text().splitlines())) == 1
