@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from suites import (RELEASED_DIR, ROOT, Job, Suite, SuiteError, check, check_claims, latest_record,  # noqa: E402
                     load_suite, read_records, results_path)
 
+from datadistill.executor import thread_env  # noqa: E402
 from datadistill.fileio import append_jsonl  # noqa: E402
 
 CLI = [sys.executable, "-m", "datadistill.cli"]
@@ -54,14 +54,8 @@ def machine(threads: int | None = None) -> dict:
     from datadistill.device import device_name
     from datadistill.kernels import use_fused
 
-    own = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        name = device_name(torch.device("cpu"))
-    finally:
-        torch.set_num_threads(own)
-    return {"device": name, "capability": torch.backends.cpu.get_cpu_capability(),
+    return {"device": device_name(torch.device("cpu"), threads),
+            "capability": torch.backends.cpu.get_cpu_capability(),
             "kernels": "fused" if use_fused() else "eager"}
 
 
@@ -116,10 +110,8 @@ class Runner:
         print("$ " + shlex.join(cmd), flush=True)
         t = time.perf_counter()
         head = [sys.executable] if cmd[0] == "python" else CLI  # benchmarks/parity.py, else a datadistill command
-        env = dict(os.environ)
-        if self.threads:
-            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
-        p = subprocess.run([*head, *cmd[1:]], cwd=ROOT, env=env, capture_output=capture, text=True)
+        p = subprocess.run([*head, *cmd[1:]], cwd=ROOT, env=thread_env(self.threads), capture_output=capture,
+                           text=True)
         if p.returncode:
             tail = (p.stderr or "").strip().splitlines()[-1:] if capture else []
             raise JobFailed(f"exit status {p.returncode}" + (f": {tail[0]}" if tail else ""))

@@ -31,8 +31,10 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def device_name(device: torch.device) -> str:
-    """A human description of the device, e.g. ``cpu: AMD EPYC (2 threads)`` or the GPU's name."""
+def device_name(device: torch.device, threads: int | None = None) -> str:
+    """A human description of the device, e.g. ``cpu: AMD EPYC (2 threads)`` or the GPU's name; a CPU's
+    threads are ``threads`` when given (another process's, e.g. a job started with that many), else
+    this process's torch threads."""
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     model = "unknown CPU"
@@ -43,4 +45,4 @@ def device_name(device: torch.device) -> str:
                 break
     except OSError:
         pass
-    return f"cpu: {model} ({torch.get_num_threads()} threads)"
+    return f"cpu: {model} ({threads or torch.get_num_threads()} threads)"

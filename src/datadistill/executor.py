@@ -341,18 +341,23 @@ def make_executor(name: str = "serial", *, workers: int | None = None, threads: 
     return RayExecutor(address=address, **kw)
 
 
+def thread_env(threads: int | None) -> dict[str, str]:
+    """This process's environment for a child process with ``threads`` torch threads (None: as it is)."""
+    env = dict(os.environ)
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
 def run_cli(argv: Sequence[str], cwd: str, threads: int | None = None) -> dict[str, Any]:
     """A task that runs ``datadistill ARGV`` in ``cwd`` (a new process, with ``threads`` torch threads):
     its standard output and wall seconds. On failure: `ConfigError` with the command's one-line error
     (exit status 2), else RuntimeError with the end of its standard error (a traceback)."""
     import subprocess
 
-    env = dict(os.environ)
-    if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "datadistill.cli", *argv], cwd=cwd, env=env, capture_output=True,
-                       text=True)
+    p = subprocess.run([sys.executable, "-m", "datadistill.cli", *argv], cwd=cwd, env=thread_env(threads),
+                       capture_output=True, text=True)
     if p.returncode == 2:  # the command's one-line user error
         tail = p.stderr.strip().splitlines()[-1:] or [""]
         raise ConfigError(f"datadistill {' '.join(argv[:1])} exited with status 2: {tail[0]}")
