@@ -422,6 +422,9 @@ def commands(rows: list[Row], suites: dict[str, str]) -> str:
 
 IMAGE_FLOATS = {"mnist": 28 * 28, "fashion_mnist": 28 * 28, "digits": 8 * 8}  # one image's floats
 CLASSES = {"mnist": 10, "fashion_mnist": 10, "digits": 10}
+# methods whose file holds the images and their class indices only: a plain set's storage by definition
+# (their older records predate ``stored_floats``)
+IMAGES_ONLY = {"random", "herding", "kcenter", "dc", "dsa", "dm"}
 
 
 def _arg(args: tuple[str, ...] | list[str], key: str) -> str | None:
@@ -438,8 +441,8 @@ def _arg(args: tuple[str, ...] | list[str], key: str) -> str | None:
 def set_how(suite, job) -> dict:
     """How the set a score or evaluate job trains on was made, from its distillation job and that job's
     latest record: ``storage`` (stored floats over a plain set's at the same images per class, with
-    label vectors and a learned lr counted), ``iterations``, ``unrolled`` (steps per trajectory segment,
-    trajectory methods) and ``experts`` (their count and epochs, from the experts job it needs)."""
+    label vectors and a learned lr counted; 1 for a method that stores images only, `IMAGES_ONLY`),
+    ``iterations``, ``unrolled`` (steps per trajectory segment, trajectory methods) and ``experts`` (their count and epochs, from the experts job it needs)."""
     src = suite.job(job.of)
     owner = load_suite(job.of.split(":")[0]) if ":" in job.of else suite
     rec = latest_record(src)
@@ -448,6 +451,8 @@ def set_how(suite, job) -> dict:
     plain = (src.ipc or 0) * CLASSES.get(src.dataset, 0) * IMAGE_FLOATS.get(src.dataset, 0)
     if rec and rec.get("stored_floats") and plain:
         out["storage"] = rec["stored_floats"] / plain
+    elif rec and src.method in IMAGES_ONLY:
+        out["storage"] = 1.0
     if src.method in SELECTIONS or src.method == "rded":  # one-shot: no iterations to count
         out["iterations"] = None
         out["one_shot"] = "selection" if src.method in SELECTIONS else "one pass (crops scored by a teacher)"

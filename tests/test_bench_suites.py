@@ -426,3 +426,12 @@ def test_a_lost_teacher_is_rebuilt_after_its_experts_and_recorded_again_when_it_
     now = teachers()
     assert len(now) == 2 and now[-1]["sha256"] == first[0]["sha256"]
     assert sum(r["job"] == "experts-digits" for r in map(json.loads, results.read_text().splitlines())) == 1
+
+
+def test_the_soft_tables_storage_is_one_for_an_images_only_set_and_the_records_ratio_otherwise():
+    soft = load_suite(SUITES_DIR / "soft.yaml")
+    # dm's set holds images only; its record (cpu suite) predates ``stored_floats``
+    assert report.set_how(soft, soft.job("score-dm-mnist-ipc10"))["storage"] == 1.0
+    datm = report.set_how(soft, soft.job("score-datm-mnist-ipc1"))  # images plus 10 label vectors and an lr
+    src = latest_record(load_suite(SUITES_DIR / "soft.yaml").job("datm-mnist-ipc1"))
+    assert datm["storage"] == pytest.approx(src["stored_floats"] / (10 * 28 * 28)) and datm["storage"] > 1.0
