@@ -442,7 +442,8 @@ def set_how(suite, job) -> dict:
     """How the set a score or evaluate job trains on was made, from its distillation job and that job's
     latest record: ``storage`` (stored floats over a plain set's at the same images per class, with
     label vectors and a learned lr counted; 1 for a method that stores images only, `IMAGES_ONLY`),
-    ``iterations``, ``unrolled`` (steps per trajectory segment, trajectory methods) and ``experts`` (their count and epochs, from the experts job it needs)."""
+    ``iterations``, ``unrolled`` (steps per trajectory segment, trajectory methods) and ``experts``
+    (their count and epochs, from the experts job it needs)."""
     src = suite.job(job.of)
     owner = load_suite(job.of.split(":")[0]) if ":" in job.of else suite
     rec = latest_record(src)

@@ -3,6 +3,7 @@
     python benchmarks/run.py SUITE [--only ID ...] [--results FILE] [--runs DIR]
     python benchmarks/run.py SUITE --check      # run nothing: the existing records vs the suite
     python benchmarks/run.py SUITE --list       # the jobs, their commands and expectations
+    python benchmarks/run.py SUITE --only ID --rerun   # a recorded job again: a new record after the old
 
 SUITE is a YAML file or the name of one in benchmarks/suites/ (``cpu``, ``cpu-ablations``,
 ``cpu-smoke``). Each job runs in its own process (a `datadistill` command); when it finishes, one
@@ -10,8 +11,10 @@ JSON line per evaluated model is appended to the job's records file in benchmark
 ``--results FILE``), with the command, the commit, the machine and its CPU capability, the accuracy
 and the seconds. A job that already has a record is skipped, and an interrupted job resumes from its
 run folder (``--runs``/ID, default benchmarks/runs/ID: a distillation's checkpoint, an evaluation's
-finished models), so a suite continues where it stopped. Exit status: 0 when every checked job meets its expectation, 1 when one regressed (its
-figure is below expected - tolerance) or failed to run, 2 on bad input.
+finished models), so a suite continues where it stopped. ``--rerun`` runs the ``--only`` jobs again
+from the start (their earlier run folders kept aside) and appends their new records. Exit status: 0
+when every checked job meets its expectation, 1 when one regressed (its figure is below expected -
+tolerance) or failed to run, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from suites import (RELEASED_DIR, ROOT, Job, Suite, SuiteError, check, check_claims, latest_record,  # noqa: E402
-                    load_suite, read_records, results_path)
+from suites import (RELEASED_DIR, ROOT, Job, Suite, SuiteError, check, check_claims, job_rows,  # noqa: E402
+                    latest_record, load_suite, read_records, results_path)
 
 from datadistill.executor import thread_env  # noqa: E402
-from datadistill.fileio import append_jsonl  # noqa: E402
+from datadistill.fileio import append_jsonl, atomic_write_text  # noqa: E402
 
 CLI = [sys.executable, "-m", "datadistill.cli"]
 
@@ -215,6 +218,46 @@ class Runner:
         args = self.args(job)
         return ROOT / args[args.index("--out") + 1]
 
+    # -- running a recorded job again ---------------------------------------------------------------
+    def workspace(self, job: Job) -> Path | None:
+        """What a job resumes from or writes: its run folder (distill, evaluate, study), its ``--out``
+        (experts, teacher); None for the jobs that keep nothing (full, score, bases, parity)."""
+        if job.kind in ("distill", "evaluate", "study"):
+            return self.run_dir(job)
+        if job.kind in ("experts", "teacher"):
+            return self.output(job)
+        return None
+
+    def start_rerun(self, job: Job) -> None:
+        """Make a recorded ``job`` run again from the start (``--rerun``): its earlier run folder or
+        output is moved aside to ``NAME.previous-N`` (never deleted), and a mark beside it,
+        ``NAME.rerun``, holds the job's record count. A rerun stopped before its record resumes where it
+        stopped (the mark still holds the count); one that was recorded starts afresh."""
+        ws = self.workspace(job)
+        if ws is None:
+            return
+        count = str(len(job_rows(job, self.results)))
+        mark = ws.with_name(ws.name + ".rerun")
+        if mark.is_file() and mark.read_text().strip() == count:
+            print(f"{job.id}: its rerun resumes in {repo_name(ws)}", flush=True)
+            return
+        if ws.exists():
+            n = 1
+            while ws.with_name(f"{ws.stem}.previous-{n}{ws.suffix}").exists():
+                n += 1
+            aside = ws.with_name(f"{ws.stem}.previous-{n}{ws.suffix}")
+            ws.rename(aside)
+            print(f"{job.id}: runs again; its earlier {'file' if aside.is_file() else 'run folder'} is kept as "
+                  f"{repo_name(aside)}", flush=True)
+        ws.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(mark, count + "\n")
+
+    def end_rerun(self, job: Job) -> None:
+        """The rerun's record is written: its mark goes."""
+        ws = self.workspace(job)
+        if ws is not None:
+            ws.with_name(ws.name + ".rerun").unlink(missing_ok=True)
+
     # -- many jobs at once ------------------------------------------------------------------------
     def missing_inputs(self, job: Job) -> list[Job]:
         """The jobs that must run before ``job``: its experts without a record, the job whose set it
@@ -250,6 +293,7 @@ class Runner:
                 job = by_id[task.key]
                 if job in jobs or latest_record(job, self.results) is None:
                     r = self.record(job, invocations[job.id][0], result["stdout"], result["seconds"])[0]
+                    self.end_rerun(job)
                     if "acc_mean" in r:
                         print(f"{job.id}: {r['acc_mean']:.2f} ± {r['acc_std']:.2f}%", flush=True)
 
@@ -476,12 +520,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="run nothing; compare the records with the expectations")
     mode.add_argument("--list", action="store_true", help="print the jobs, their commands and expectations")
+    p.add_argument("--rerun", action="store_true",
+                   help="run the --only jobs again although recorded: a new record is appended after the old ones "
+                        "(tables show the latest, or pool the reruns of one command); each job's earlier run "
+                        "folder or output is kept as NAME.previous-N, and a stopped rerun resumes")
     mode.add_argument("--adopt", action="store_true",
                       help="run nothing; give each recorded job without an expectation its record as expectation "
                            "(tolerance max(1, 3 std / sqrt(models)); suites whose jobs are one-line mappings)")
     a = p.parse_args(argv)
     if a.threads is not None and a.threads < 1:
         p.error(f"--threads must be at least 1, got {a.threads}")
+    if a.rerun and (not a.only or a.check or a.list or a.adopt):
+        p.error("--rerun runs the jobs named with --only again (and cannot go with --check, --list or --adopt)")
     return a
 
 
@@ -506,10 +556,12 @@ def main(argv: list[str] | None = None) -> int:
             from datadistill.executor import ExecutorError, make_executor
 
             runner = Runner(suite, a.runs, a.results, a.device)
-            todo = [j for j in jobs if latest_record(j, a.results) is None]
+            todo = [j for j in jobs if a.rerun or latest_record(j, a.results) is None]
             for job in jobs:
                 if job not in todo:
                     print(f"skip {job.id}: recorded in {results_path(job, a.results).name}", flush=True)
+                elif a.rerun:
+                    runner.start_rerun(job)
             try:
                 with make_executor(a.executor, workers=a.workers, threads=a.threads, address=a.ray_address,
                                    device=a.device or "cpu") as ex:
@@ -520,11 +572,15 @@ def main(argv: list[str] | None = None) -> int:
         elif not a.check:
             runner = Runner(suite, a.runs, a.results, a.device, a.threads)
             for job in jobs:
-                if latest_record(job, a.results) is not None:
+                if latest_record(job, a.results) is not None and not a.rerun:
                     print(f"skip {job.id}: recorded in {results_path(job, a.results).name}", flush=True)
                     continue
                 try:
+                    if a.rerun:
+                        runner.start_rerun(job)
                     r = runner.run_job(job)[0]
+                    if a.rerun:
+                        runner.end_rerun(job)
                 except (JobFailed, subprocess.CalledProcessError, OSError, KeyError, ValueError) as e:
                     print(f"FAILED {job.id}: {e}", file=sys.stderr, flush=True)
                     failed.append(job.id)

@@ -238,6 +238,39 @@ def test_runner_runs_a_job_end_to_end_and_resumes(tmp_path, capsys):
     assert len(results.read_text().splitlines()) == 1
 
 
+def test_rerun_appends_a_new_record_keeps_the_earlier_run_folder_and_resumes_a_stopped_rerun(tmp_path, capsys):
+    suite, results, runs = one_job_suite(tmp_path / "tiny.yaml", 0.0), tmp_path / "tiny.jsonl", tmp_path / "runs"
+    argv = [str(suite), "--results", str(results), "--runs", str(runs)]
+    assert run.main(argv) == 0
+    first = (runs / "dm-digits-ipc1-2it" / "distilled.safetensors").read_bytes()
+    assert run.main([*argv, "--only", "dm-digits-ipc1-2it", "--rerun"]) == 0
+    assert "its earlier run folder is kept as" in capsys.readouterr().out
+    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    assert len(rows) == 2 and rows[0]["command"] == rows[1]["command"]  # a rerun: the same command, a new line
+    assert (runs / "dm-digits-ipc1-2it.previous-1" / "distilled.safetensors").read_bytes() == first
+    assert (runs / "dm-digits-ipc1-2it" / "distilled.safetensors").is_file()
+    assert not (runs / "dm-digits-ipc1-2it.rerun").exists()  # recorded: the mark is gone
+    # a rerun stopped before its record (its mark holds the record count) resumes in its folder
+    runner = run.Runner(run.load_suite(suite), runs, results)
+    job = runner.suite.job("dm-digits-ipc1-2it")
+    (runs / "dm-digits-ipc1-2it.rerun").write_text("2\n")
+    runner.start_rerun(job)
+    assert "resumes" in capsys.readouterr().out and not (runs / "dm-digits-ipc1-2it.previous-2").exists()
+    # a mark from before the last record: that rerun was recorded, so this one starts afresh
+    (runs / "dm-digits-ipc1-2it.rerun").write_text("1\n")
+    runner.start_rerun(job)
+    assert (runs / "dm-digits-ipc1-2it.previous-2").is_dir() and not (runs / "dm-digits-ipc1-2it").exists()
+    assert (runs / "dm-digits-ipc1-2it.rerun").read_text().strip() == "2"
+
+
+@pytest.mark.parametrize("argv", [["cpu", "--rerun"], ["cpu", "--only", "dm-mnist-ipc10-cpu-300it", "--rerun",
+                                                        "--check"]])
+def test_rerun_needs_only_and_runs_something(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        run.main(argv)
+    assert e.value.code == 2 and "--rerun runs the jobs named with --only" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["no-such-suite", "--check"], "no suite 'no-such-suite'"),
     (["cpu", "--check", "--only", "dm-mnist-ipc10-cpu-30it"], "did you mean dm-mnist-ipc10-cpu-300it"),
