@@ -364,11 +364,16 @@ def check(jobs: list[Job], override: Path | None = None) -> list[Verdict]:
 # -- a job's figure, and claims against it ------------------------------------------------------------
 def reruns(rows: list[dict]) -> list[dict]:
     """Of one job's records, those that make its figure: the records of its latest command (its reruns,
-    on any commit or machine), on the model of its latest record."""
+    on any commit or machine), on the model of its latest record, with the teacher of its latest record
+    (a teacher file rebuilt at the same path is another teacher: its sha256 tells them apart)."""
     if not rows:
         return []
     last = rows[-1]
-    return [r for r in rows if r.get("command") == last.get("command") and r.get("model") == last.get("model")]
+
+    def key(r: dict) -> tuple:
+        return r.get("command"), r.get("model"), (r.get("teacher") or {}).get("sha256")
+
+    return [r for r in rows if key(r) == key(last)]
 
 
 def job_runs(job: Job, override: Path | None = None) -> list[dict]:

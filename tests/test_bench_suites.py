@@ -131,6 +131,18 @@ def test_tables_show_one_protocol_and_pool_reruns(tmp_path):
     assert "ours 61.00" in cc.line() and "+3.00" in cc.line()
 
 
+def test_reruns_with_another_teacher_at_the_same_path_are_not_pooled():
+    from suites import reruns
+
+    cmd = "datadistill evaluate x --models convnet --scores --protocol dc labels=teacher teacher=runs/t.safetensors"
+    old, new = ({"command": cmd, "model": "convnet", "acc_mean": a, "teacher": {"path": "runs/t.safetensors",
+                                                                               "sha256": d}}
+                for a, d in ((94.0, "e283"), (95.0, "0596")))
+    assert reruns([old, new]) == [new]  # the rebuilt teacher's record alone
+    assert reruns([old, new, {**new, "acc_mean": 95.2}]) == [new, {**new, "acc_mean": 95.2}]
+    assert reruns([{"command": cmd, "model": "convnet"}] * 2) == [{"command": cmd, "model": "convnet"}] * 2
+
+
 @pytest.mark.parametrize("suite", SUITES, ids=[p.stem for p in SUITES])
 def test_every_job_is_listed_with_its_command(suite, capsys):
     assert run.main([str(suite), "--list"]) == 0
