@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -63,7 +64,12 @@ def machine(threads: int | None = None) -> dict:
 
 
 def repo_name(path: Path) -> str:
-    """``path`` as records name it: relative to the repository when inside it, else absolute."""
+    """``path`` as records name it: relative to the repository when inside it, else absolute. A path
+    through a link inside the checkout (``benchmarks/runs`` linked to a shared folder) keeps the name
+    it has here, so that a job's command reads the same from every checkout."""
+    plain = Path(os.path.abspath(path))
+    if plain.is_relative_to(ROOT):
+        return str(plain.relative_to(ROOT))
     path = path.resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
@@ -71,7 +77,7 @@ def repo_name(path: Path) -> str:
 class Runner:
     def __init__(self, suite: Suite, runs: Path, results: Path | None, device: str | None = None,
                  threads: int | None = None):
-        self.suite, self.runs, self.results, self.device = suite, runs.resolve(), results, device
+        self.suite, self.runs, self.results, self.device = suite, Path(os.path.abspath(runs)), results, device
         self.threads = threads  # each job's torch threads (OMP_NUM_THREADS); None: the environment's
         self.code = commit()  # the code the jobs execute: taken before they start
         self.where = machine(threads)

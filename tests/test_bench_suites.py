@@ -480,3 +480,16 @@ def test_the_soft_tables_storage_is_one_for_an_images_only_set_and_the_records_r
     datm = report.set_how(soft, soft.job("score-datm-mnist-ipc1"))  # images plus 10 label vectors and an lr
     src = latest_record(load_suite(SUITES_DIR / "soft.yaml").job("datm-mnist-ipc1"))
     assert datm["storage"] == pytest.approx(src["stored_floats"] / (10 * 28 * 28)) and datm["storage"] > 1.0
+
+
+def test_a_runs_folder_linked_into_the_checkout_keeps_its_name_in_records(tmp_path, monkeypatch):
+    checkout, shared = tmp_path / "checkout", tmp_path / "shared"
+    (checkout / "benchmarks").mkdir(parents=True)
+    shared.mkdir()
+    (checkout / "benchmarks" / "runs").symlink_to(shared)
+    monkeypatch.setattr(run, "ROOT", checkout)
+    assert run.repo_name(checkout / "benchmarks" / "runs" / "job") == "benchmarks/runs/job"
+    assert run.repo_name(shared / "job") == str(shared / "job")  # outside the checkout: absolute
+    runner = run.Runner(load_suite(SUITES_DIR / "cpu.yaml"), checkout / "benchmarks" / "runs", None)
+    job = runner.suite.jobs[0]
+    assert run.repo_name(runner.run_dir(job)) == f"benchmarks/runs/{job.id}"
