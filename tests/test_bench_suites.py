@@ -493,3 +493,14 @@ def test_a_runs_folder_linked_into_the_checkout_keeps_its_name_in_records(tmp_pa
     runner = run.Runner(load_suite(SUITES_DIR / "cpu.yaml"), checkout / "benchmarks" / "runs", None)
     job = runner.suite.jobs[0]
     assert run.repo_name(runner.run_dir(job)) == f"benchmarks/runs/{job.id}"
+
+
+def test_the_plot_legend_names_the_series_that_train_on_other_labels(monkeypatch, tmp_path):
+    import datadistill.viz as viz
+
+    seen = {}
+    monkeypatch.setattr(viz, "plot_acc_vs_ipc", lambda top, out, **kw: seen.update(kw, top=top))
+    report.plot(report.records(), tmp_path / "p.png")
+    legend, methods = seen["legend"], {f["method"] for f in seen["top"]}
+    assert legend["rded"] == "rded (teacher's labels)" and legend["datm"] == "datm (learned soft labels)"
+    assert {"dm", "mtt", "random"} <= methods and not {"dm", "mtt", "random"} & set(legend)  # hard labels: plain

@@ -286,10 +286,12 @@ def plot_metrics(metrics_path: str | Path, out: str | Path) -> Path | None:
 
 
 def plot_acc_vs_ipc(records: Sequence[dict[str, Any]], out: str | Path, title: str = "",
-                    ylabel: str = "test accuracy (%)", names: dict[str, str] | None = None) -> Path:
+                    ylabel: str = "test accuracy (%)", names: dict[str, str] | None = None,
+                    legend: dict[str, str] | None = None) -> Path:
     """Accuracy vs images per class: one panel per dataset, one line per method, error bars = std.
     Each method keeps one colour, marker and line style in every panel, and no two methods share all
-    three, so every series stays distinguishable (in grey too)."""
+    three, so every series stays distinguishable (in grey too). ``legend`` gives a method's label in
+    the legend (default: its name), e.g. to say which series train on other labels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -313,7 +315,8 @@ def plot_acc_vs_ipc(records: Sequence[dict[str, Any]], out: str | Path, title: s
             if not pts:
                 continue
             xs, ms, ss = zip(*pts)
-            ax.errorbar(xs, ms, yerr=ss, capsize=3, label=method, markersize=6, linewidth=1.5, **style[method])
+            ax.errorbar(xs, ms, yerr=ss, capsize=3, label=(legend or {}).get(method, method), markersize=6,
+                        linewidth=1.5, **style[method])
         ax.set_xscale("log")
         ticks = sorted({x for pts in groups.get(dataset, {}).values() for x, _, _ in pts})
         ax.set_xticks(ticks, [str(t) for t in ticks])
