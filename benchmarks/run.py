@@ -202,7 +202,8 @@ class Runner:
         record runs and is recorded. Otherwise experts resume (a finished buffer returns at once) and a
         teacher file that exists is kept; a teacher built anew (its run folder was lost, another machine)
         is recorded again when its sha256 differs from its latest record's, so that the record names the
-        teacher the later jobs use."""
+        teacher the later jobs use; experts likewise (their digest: `experts_digest`; a record without one
+        counts as another)."""
         rec = latest_record(job, self.results)
         if rec is None:
             self.run_job(job)
@@ -212,11 +213,14 @@ class Runner:
             return
         cmd, run, capture = self.invocation(job)
         out, wall = self.execute(run, capture)
-        if job.kind == "teacher":
-            built = self._records_teacher(job, cmd, out, wall)[0]
+        if job.kind in ("teacher", "experts"):
+            built = getattr(self, f"_records_{job.kind}")(job, cmd, out, wall)[0]
             if built["sha256"] != rec.get("sha256"):
-                print(f"{job.id}: the teacher built now (sha256 {built['sha256'][:8]}, {built['test_accuracy']}%) "
-                      f"is not the recorded one ({str(rec.get('sha256'))[:8]}): recorded again", flush=True)
+                what = (f"the teacher built now (sha256 {built['sha256'][:8]}, {built['test_accuracy']}%)"
+                        if job.kind == "teacher" else f"the experts here (sha256 {built['sha256'][:8]})")
+                print(f"{job.id}: {what} {'is not' if job.kind == 'teacher' else 'are not'} the recorded "
+                      f"{'one' if job.kind == 'teacher' else 'ones'} ({str(rec.get('sha256') or 'no digest')[:8]}): "
+                      "recorded again", flush=True)
                 self.record(job, cmd, out, wall)
 
     def output(self, job: Job) -> Path:
@@ -355,6 +359,7 @@ class Runner:
 
         s = ExpertBuffer.open(self.output(job)).summary()
         return [{"what": "experts", "dataset": job.dataset, "model": "convnet", "n_experts": s["finished"],
+                 "sha256": experts_digest(self.output(job)),
                  "epochs": s["epochs"], "train_seconds_total": s["total_seconds"],
                  "seconds_per_expert_epoch": round(s["total_seconds"] / (s["finished"] * s["epochs"]), 1),
                  "mean_final_test_acc": s["mean_final_test_acc"], "wall_seconds_this_call": round(wall, 1),
@@ -440,6 +445,25 @@ def _flat(extra: dict | None) -> dict:
         elif not isinstance(v, dict):
             out[k] = v
     return out
+
+
+def experts_digest(folder: Path) -> str:
+    """sha256 of an experts folder's trajectories: every tensor of every ``expert-*.safetensors``, by
+    name, in order (not the files' bytes: their metadata holds each expert's training seconds), so the
+    same trajectories trained again give the same digest and other ones another."""
+    import hashlib
+
+    import torch
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    for path in sorted(folder.glob("expert-*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            for key in sorted(f.keys()):
+                t = f.get_tensor(key).contiguous().reshape(-1)
+                h.update(f"{path.name}/{key}:{t.dtype}:{tuple(t.shape)}".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def released_file(job_id: str) -> Path | None:
