@@ -218,9 +218,9 @@ class Runner:
             if built["sha256"] != rec.get("sha256"):
                 what = (f"the teacher built now (sha256 {built['sha256'][:8]}, {built['test_accuracy']}%)"
                         if job.kind == "teacher" else f"the experts here (sha256 {built['sha256'][:8]})")
+                was = str(rec["sha256"])[:8] if rec.get("sha256") else "no digest"
                 print(f"{job.id}: {what} {'is not' if job.kind == 'teacher' else 'are not'} the recorded "
-                      f"{'one' if job.kind == 'teacher' else 'ones'} ({str(rec.get('sha256') or 'no digest')[:8]}): "
-                      "recorded again", flush=True)
+                      f"{'one' if job.kind == 'teacher' else 'ones'} ({was}): recorded again", flush=True)
                 self.record(job, cmd, out, wall)
 
     def output(self, job: Job) -> Path:

@@ -482,7 +482,7 @@ def test_a_lost_teacher_is_rebuilt_after_its_experts_and_recorded_again_when_it_
     shutil.rmtree(runs)
     capsys.readouterr()
     assert run.main([*argv, "dm-digits-ipc1-a", "--rerun"]) == 0
-    assert "experts-digits: the experts here (sha256 " in capsys.readouterr().out
+    assert "experts-digits: the experts here (sha256 " in capsys.readouterr().out  # against 00000000
     assert len(experts()) == 2 and experts()[-1]["sha256"] == first_experts_digest(runs)
 
 
