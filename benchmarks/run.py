@@ -74,6 +74,11 @@ def repo_name(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def rerun_mark(workspace: Path) -> Path:
+    """The mark beside a job's run folder or output while its ``--rerun`` has no record yet."""
+    return workspace.with_name(workspace.name + ".rerun")
+
+
 class Runner:
     def __init__(self, suite: Suite, runs: Path, results: Path | None, device: str | None = None,
                  threads: int | None = None):
@@ -216,11 +221,13 @@ class Runner:
         if job.kind in ("teacher", "experts"):
             built = getattr(self, f"_records_{job.kind}")(job, cmd, out, wall)[0]
             if built["sha256"] != rec.get("sha256"):
-                what = (f"the teacher built now (sha256 {built['sha256'][:8]}, {built['test_accuracy']}%)"
-                        if job.kind == "teacher" else f"the experts here (sha256 {built['sha256'][:8]})")
                 was = str(rec["sha256"])[:8] if rec.get("sha256") else "no digest"
-                print(f"{job.id}: {what} {'is not' if job.kind == 'teacher' else 'are not'} the recorded "
-                      f"{'one' if job.kind == 'teacher' else 'ones'} ({was}): recorded again", flush=True)
+                if job.kind == "teacher":
+                    what = (f"the teacher built now (sha256 {built['sha256'][:8]}, {built['test_accuracy']}%) "
+                            f"is not the recorded one")
+                else:
+                    what = f"the experts here (sha256 {built['sha256'][:8]}) are not the recorded ones"
+                print(f"{job.id}: {what} ({was}): recorded again", flush=True)
                 self.record(job, cmd, out, wall)
 
     def output(self, job: Job) -> Path:
@@ -247,7 +254,7 @@ class Runner:
         if ws is None:
             return
         count = str(len(job_rows(job, self.results)))
-        mark = ws.with_name(ws.name + ".rerun")
+        mark = rerun_mark(ws)
         if mark.is_file() and mark.read_text().strip() == count:
             print(f"{job.id}: its rerun resumes in {repo_name(ws)}", flush=True)
             return
@@ -266,7 +273,7 @@ class Runner:
         """The rerun's record is written: its mark goes."""
         ws = self.workspace(job)
         if ws is not None:
-            ws.with_name(ws.name + ".rerun").unlink(missing_ok=True)
+            rerun_mark(ws).unlink(missing_ok=True)
 
     # -- many jobs at once ------------------------------------------------------------------------
     def missing_inputs(self, job: Job) -> list[Job]:
