@@ -207,8 +207,13 @@ def _labels(r: dict) -> str:
     return {"teacher": "a teacher's, every batch", "soft": "its learned soft labels"}.get(r.get("labels") or "", "hard")
 
 
+def length(r: dict) -> str:
+    """How long a record's models trained: ``1000 steps`` (a protocol of optimizer steps), else ``300 ep``."""
+    return f"{r['steps']} steps" if r.get("steps") else f"{r.get('epochs')} ep"
+
+
 def _evaluation(r: dict) -> str:
-    ep = f", {r['epochs']} epochs" if r.get("epochs") else ""
+    ep = f", {r['steps']} steps" if r.get("steps") else f", {r['epochs']} epochs" if r.get("epochs") else ""
     labels = {"teacher": ", teacher's labels", "soft": ", its soft labels"}.get(r.get("labels") or "", "")
     return f"{r['n_models']} x {r['model']}, `{r['protocol']}` protocol{ep}{labels}"
 
@@ -517,7 +522,7 @@ def soft_table(jobs: dict[str, list[Row]]) -> str:
                    if t.get("path") else "-")  # the digest: a rebuilt teacher of equal accuracy is another teacher
         store = f"{made['storage']:.3f}x" if made["storage"] else "-"
         groups[(ds, ipc)].append(
-            f"| [{label}]({link(r, '../')}) | {how} | `{r.get('protocol')}` {r.get('epochs')} ep | {teacher} | {store} "
+            f"| [{label}]({link(r, '../')}) | {how} | `{r.get('protocol')}` {length(r)} | {teacher} | {store} "
             f"| {_budget(made)} | {pm(r)} | {r['random']:.2f} ({r['random_labels']}) "
             f"| {r['ior']:+.2f} | {r['hard']:.2f} | {r['hlr']:.2f} | {r['lrs']:.3f} "
             f"| {spi} | {wall} | {r['wall_seconds']:.0f} | {r['commit']} | {r.get('device', '?')} |")

@@ -335,7 +335,7 @@ class Runner:
         for model, ev in meta["evaluation"].items():
             records.append({
                 "method": job.method, "dataset": job.dataset, "ipc": job.ipc, "setting": job.setting, "model": model,
-                "protocol": ev["protocol"]["name"], "epochs": ev["protocol"]["epochs"],
+                "protocol": ev["protocol"]["name"], "epochs": ev["protocol"]["epochs"], **_steps(ev["protocol"]),
                 "augment": ev["protocol"]["augment"], "n_models": ev["n_models"],
                 "acc_mean": round(ev["acc_mean"], 2), "acc_std": round(ev["acc_std"], 2),
                 "accuracies": [round(100 * a, 2) for a in ev["accuracies"]],
@@ -353,7 +353,7 @@ class Runner:
         reports = json.loads(out[out.index("{"):])
         return [{
             "method": "full", "dataset": job.dataset, "ipc": 0, "setting": job.setting, "model": model,
-            "protocol": ev["protocol"]["name"], "epochs": ev["protocol"]["epochs"],
+            "protocol": ev["protocol"]["name"], "epochs": ev["protocol"]["epochs"], **_steps(ev["protocol"]),
             "augment": ev["protocol"]["augment"],
             "n_models": ev["n_models"], "acc_mean": round(ev["acc_mean"], 2), "acc_std": round(ev["acc_std"], 2),
             "accuracies": [round(100 * a, 2) for a in ev["accuracies"]], "iterations": 0,
@@ -378,7 +378,7 @@ class Runner:
         rep = json.loads(out[out.index("{"):])[job.model]
         proto = rep.get("protocol") or {}
         return [{"source": repo_name(src), "model": job.model, "protocol": proto.get("name"),
-                 "epochs": proto.get("epochs"), "augment": proto.get("augment"),
+                 "epochs": proto.get("epochs"), **_steps(proto), "augment": proto.get("augment"),
                  "acc_mean": rep["acc_mean"], "acc_std": rep["acc_std"],
                  "accuracies": rep["accuracies"], "lr": rep["lr"], "n_models": rep["n_models"], "input_rms": rms,
                  "n_images": n, "overrides": [], "eval_seconds": round(wall, 1), "wall_seconds": round(wall, 1),
@@ -397,7 +397,7 @@ class Runner:
         teacher = labels.get("teacher") or {}
         return [{"source": repo_name(src), "method": meta.get("method"), "dataset": meta["dataset"]["name"],
                  "ipc": meta.get("ipc"), "model": job.model, "protocol": proto.get("name"),
-                 "epochs": proto.get("epochs"), "augment": proto.get("augment"), "n_models": rep["n_models"],
+                 "epochs": proto.get("epochs"), **_steps(proto), "augment": proto.get("augment"), "n_models": rep["n_models"],
                  "acc_mean": rep["acc_mean"], "acc_std": rep["acc_std"], "accuracies": rep["accuracies"],
                  "labels": labels.get("labels"), "label_loss": labels.get("label_loss"),
                  "label_temperature": labels.get("label_temperature"),
@@ -440,6 +440,12 @@ class Runner:
 
 class JobFailed(RuntimeError):
     pass
+
+
+def _steps(protocol: dict) -> dict:
+    """``{"steps": N}`` for a protocol that trains N optimizer steps (FRePo's, whose ``epochs`` is unused),
+    else nothing: a record's ``epochs`` alone would name a length that was not trained."""
+    return {"steps": protocol["steps"]} if protocol.get("steps") else {}
 
 
 def _flat(extra: dict | None) -> dict:

@@ -521,3 +521,14 @@ def test_the_plot_legend_names_the_series_that_train_on_other_labels(monkeypatch
     legend, methods = seen["legend"], {f["method"] for f in seen["top"]}
     assert legend["rded"] == "rded (teacher's labels)" and legend["datm"] == "datm (learned soft labels)"
     assert {"dm", "mtt", "random"} <= methods and not {"dm", "mtt", "random"} & set(legend)  # hard labels: plain
+
+
+def test_a_record_of_a_protocol_of_steps_names_its_steps_not_the_unused_epochs():
+    from datadistill.evaluation.protocol import get_protocol
+
+    frepo = get_protocol("frepo-paper").sized(10).to_dict()  # FRePo's table: 10 images -> 1000 steps
+    assert run._steps(frepo) == {"steps": 1000}
+    assert run._steps(get_protocol("dc").to_dict()) == {}
+    r = {"protocol": "frepo-paper", "epochs": 300, "n_models": 5, "model": "convnet_frepo_eval", **run._steps(frepo)}
+    assert report.length(r) == "1000 steps" and "1000 steps" in report._evaluation(r)
+    assert report.length({"epochs": 300}) == "300 ep"
