@@ -228,6 +228,73 @@ def test_evaluate_prints_the_labels_it_trained_on(toy, tmp_path, capsys):
     assert "labels: soft (soft_ce, temperature 1)" in capsys.readouterr().out
 
 
+class _Killed(Exception):
+    pass
+
+
+def _teacher_killed_after(monkeypatch, data, epochs_done, checkpoint, **kw):
+    """train_teacher stopped right after its checkpoint of epoch ``epochs_done`` (as a kill would)."""
+    import datadistill.teachers as teachers
+
+    real = teachers.train_classifier
+
+    def stopping(*a, on_checkpoint=None, **k):
+        def save(state):
+            on_checkpoint(state)
+            if state["epoch"] == epochs_done:
+                raise _Killed
+
+        return real(*a, on_checkpoint=save, **k)
+
+    monkeypatch.setattr(teachers, "train_classifier", stopping)
+    with pytest.raises(_Killed):
+        train_teacher(data, checkpoint=checkpoint, **kw)
+    monkeypatch.setattr(teachers, "train_classifier", real)
+
+
+@pytest.mark.parametrize("model", ["convnet_w32", "convnet_bn"])  # BatchNorm: its running statistics resume too
+def test_an_interrupted_teacher_goes_on_from_its_checkpoint_bit_for_bit(toy, tmp_path, monkeypatch, model):
+    kw = {"model": model, "epochs": 4, "batch_size": 16, "augment": True, "seed": 3}  # lr x0.1 after epoch 2
+    whole = train_teacher(toy, **kw)
+    ckpt, lines = tmp_path / "t.safetensors.partial", []
+    _teacher_killed_after(monkeypatch, toy, 3, ckpt, **kw)  # past the decay: the optimizer's state matters
+    resumed = train_teacher(toy, checkpoint=ckpt, log=lines.append, **kw)
+    assert lines == [f"resuming the teacher from {ckpt} after epoch 3 of 4"]
+    a, b = whole.net.state_dict(), resumed.net.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.meta["test_accuracy"] == whole.meta["test_accuracy"]
+
+
+def test_a_checkpoint_of_other_settings_or_a_damaged_one_starts_over(toy, tmp_path, monkeypatch):
+    kw = {"model": "convnet_w32", "epochs": 2, "batch_size": 16, "augment": False}
+    ckpt, lines = tmp_path / "t.partial", []
+    _teacher_killed_after(monkeypatch, toy, 1, ckpt, lr=0.05, **kw)
+    fresh = train_teacher(toy, **kw)
+    other = train_teacher(toy, checkpoint=ckpt, log=lines.append, **kw)
+    assert lines == [f"the teacher's checkpoint {ckpt} was made with other settings (lr 0.05 -> 0.01); starting over"]
+    assert all(torch.equal(x, y) for x, y in zip(fresh.net.state_dict().values(), other.net.state_dict().values()))
+    ckpt.write_bytes(b"not a checkpoint")
+    lines.clear()
+    train_teacher(toy, checkpoint=ckpt, log=lines.append, **kw)
+    assert lines == [f"the teacher's checkpoint {ckpt} cannot be read (UnpicklingError); starting over"]
+
+
+def test_the_teacher_command_resumes_its_partial_run_and_removes_the_checkpoint(toy, tmp_path, monkeypatch, capsys):
+    from datadistill.cli import main
+    from datadistill.cli.teacher import checkpoint_path
+
+    out = tmp_path / "t.safetensors"
+    monkeypatch.setattr("datadistill.data.load_dataset", lambda *a, **k: toy)
+    _teacher_killed_after(monkeypatch, toy, 1, checkpoint_path(out), model="convnet_w32", epochs=2, lr=0.01,
+                          batch_size=256, augment=True, seed=0)
+    assert checkpoint_path(out).is_file() and not out.exists()
+    assert main(["teacher", "--dataset", "digits", "--model", "convnet_w32", "--epochs", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert f"resuming the teacher from {checkpoint_path(out)} after epoch 1 of 2" in said
+    assert out.is_file() and not checkpoint_path(out).exists()
+
+
 def test_a_teacher_from_experts_is_the_experts_network(tiny_experts, toy):
     from datadistill.experts import ExpertBuffer
     from datadistill.teachers import teacher_from_experts

@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -102,28 +102,62 @@ class Teacher:
 # ---------------------------------------------------------------------- making one
 def train_teacher(data: LoadedDataset, *, model: str = "convnet", epochs: int = 10, lr: float = 0.01,
                   momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 256, augment: bool = True,
-                  seed: int = 0, device: torch.device | str = "cpu", progress: bool = False) -> Teacher:
+                  seed: int = 0, device: torch.device | str = "cpu", progress: bool = False,
+                  checkpoint: str | os.PathLike[str] | None = None, log: Callable[[str], None] = print) -> Teacher:
     """Train ``model`` on the whole training set of ``data`` (SGD, lr x0.1 at half the epochs, DSA
     augmentation unless ``augment=False``, flips only where the dataset allows them) and measure it
-    on the test set."""
+    on the test set.
+
+    ``checkpoint``: a file written (atomically) after every epoch; a run that finds one made with the
+    same settings goes on from it, exactly as it would have gone on (a teacher of 20 epochs on the
+    whole data takes hours on 2 cores). One made with other settings, or one that cannot be read, is
+    said in a line and replaced. The caller removes it once the teacher is saved."""
     if epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {epochs}")
     name = MODELS.canonical(model)
     spec = data.spec
+    settings = {"model": name, "dataset": spec.name, "epochs": epochs, "lr": lr, "momentum": momentum,
+                "weight_decay": weight_decay, "batch_size": batch_size, "augment": bool(augment), "seed": seed}
     net = create_model(name, spec.channels, spec.num_classes, spec.image_size, seed=seed)
     aug = None
     if augment:
         aug = dsa_augment(spec, "color_crop_cutout_flip_scale_rotate")
+    resume = _read_checkpoint(Path(checkpoint), settings, log) if checkpoint is not None else None
+    before = float(resume["seconds"]) if resume else 0.0
     t0 = time.perf_counter()
+
+    def save(state: dict) -> None:
+        state = {**state, "settings": json.dumps(settings, sort_keys=True),
+                 "seconds": before + time.perf_counter() - t0}
+        atomic_write(Path(checkpoint), lambda p: torch.save(state, p))
+
     train_classifier(net, real_batches(data.train.to(device)), epochs=epochs, lr=lr, momentum=momentum,
                      weight_decay=weight_decay, milestones=(epochs // 2,), batch_size=batch_size,
                      generator=make_generator(seed, "teacher"), augment=aug, device=device, progress=progress,
-                     desc="teacher")
+                     desc="teacher", resume=resume, on_checkpoint=save if checkpoint is not None else None)
     acc = accuracy(net, data.test.to(device), device=device)
     source = {"kind": "trained", "epochs": epochs, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
               "batch_size": batch_size, "augment": "dsa" if augment else "none", "seed": seed,
-              "seconds": round(time.perf_counter() - t0, 2)}
+              "seconds": round(before + time.perf_counter() - t0, 2)}
     return Teacher(net, name, spec, {"test_accuracy": round(100 * acc, 2), "source": source})
+
+
+def _read_checkpoint(path: Path, settings: dict, log: Callable[[str], None]) -> dict | None:
+    """The state in a teacher's checkpoint if it was made with ``settings``, else None (with a line)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        made_with = json.loads(state["settings"])
+    except Exception as e:  # noqa: BLE001 - our own scratch file: any damage means starting over
+        log(f"the teacher's checkpoint {path} cannot be read ({type(e).__name__}); starting over")
+        return None
+    if made_with != settings:
+        diff = ", ".join(f"{k} {made_with.get(k)!r} -> {v!r}" for k, v in settings.items() if made_with.get(k) != v)
+        log(f"the teacher's checkpoint {path} was made with other settings ({diff}); starting over")
+        return None
+    log(f"resuming the teacher from {path} after epoch {state['epoch']} of {settings['epochs']}")
+    return state
 
 
 def teacher_from_experts(directory: str | os.PathLike[str], *, expert: int = 0, epoch: int | None = None,

@@ -21,7 +21,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     te.add_argument("--expert", type=int, default=0, help="with --from-experts: which expert")
     te.add_argument("--epoch", type=int, help="with --from-experts: which epoch (default: the last)")
     te.add_argument("--out", required=True, help="the teacher file (.safetensors)")
-    te.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    te.add_argument("--force", action="store_true", help="overwrite an existing --out (an interrupted run of the "
+                    "same settings still goes on from its OUT.partial checkpoint)")
     te.add_argument("--root", help="data root")
     te.add_argument("--device", default="auto")
     te.add_argument("--no-progress", action="store_true")
@@ -46,11 +47,18 @@ def cmd_teacher(args: argparse.Namespace) -> int:
         data = load_dataset(args.dataset, args.root)
         teacher = train_teacher(data, model=args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                 augment=not args.no_augment, seed=args.seed, device=device,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, checkpoint=checkpoint_path(out))
     save_teacher(out, teacher.to("cpu"))
+    checkpoint_path(out).unlink(missing_ok=True)
     print(f"teacher {teacher.model} on {teacher.spec.name}: test accuracy {teacher.meta['test_accuracy']:.2f}%, "
           f"written to {out} (sha256 {teacher.sha256[:12]})")
     return 0
+
+
+def checkpoint_path(out: Path) -> Path:
+    """Where a teacher in training keeps its last epoch: ``OUT.partial`` beside ``--out`` (an
+    interrupted command run again with the same settings goes on from it)."""
+    return out.with_name(out.name + ".partial")
 
 
 ORDER = 30  # its place in `datadistill --help`

@@ -56,6 +56,8 @@ def train_classifier(
     relabel: Relabel | None = None,
     sam: SharpnessAware | None = None,
     optim: Optim | None = None,
+    resume: dict | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
 ) -> nn.Module:
     """Train ``model`` with SGD and a step learning-rate schedule; returns it (in train mode).
 
@@ -72,6 +74,9 @@ def train_classifier(
     ``optim``: another optimizer, lr schedule or run length (`train.optim`: Adam, cosine, a number of
     steps); it replaces ``epochs``, ``lr``, ``momentum``, ``weight_decay``, ``milestones`` and
     ``restart_at_milestones``.
+    ``on_checkpoint(state)`` gets, after each epoch, everything the run needs to go on (the next
+    epoch, the model's and optimizer's state, the step count, the generator's state); ``resume=state``
+    goes on from such a state exactly as the run would have (tested bit for bit on the CPU).
     On the CPU a batch goes forward and backward in chunks whose gradients add up to the batch's
     (`functional.chunked`), unless the model has BatchNorm, whose statistics span the batch.
     """
@@ -83,7 +88,14 @@ def train_classifier(
         optim = Optim(lr=lr, epochs=epochs, momentum=momentum, weight_decay=weight_decay, milestones=milestones,
                       restart_at_milestones=restart_at_milestones)
     run = Stepper(optim, list(model.named_parameters()))
-    for epoch, opt in tqdm(run.epochs(), total=run.total_epochs, desc=desc, disable=not progress, leave=False):
+    start = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        run.load_state_dict(resume)
+        generator.set_state(resume["generator"])
+        start = int(resume["epoch"])
+    for epoch, opt in tqdm(run.epochs(start), total=run.total_epochs, initial=start, desc=desc, disable=not progress,
+                           leave=False):
         for x, y in batches(batch_size, generator):
             x, y = x.detach().to(device), y.to(device)
             if augment is not None:
@@ -102,6 +114,9 @@ def train_classifier(
                 break
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
+        if on_checkpoint is not None:
+            on_checkpoint({"epoch": epoch + 1, "model": model.state_dict(), "generator": generator.get_state(),
+                           **run.state_dict()})
     return model
 
 

@@ -104,9 +104,11 @@ class Stepper:
     def total_epochs(self) -> int | None:
         return None if self.optim.steps else self.optim.epochs
 
-    def epochs(self) -> Iterator[tuple[int, torch.optim.Optimizer]]:
+    def epochs(self, start: int = 0) -> Iterator[tuple[int, torch.optim.Optimizer]]:
+        """Epochs ``start``, ``start + 1``, ... (a resumed run starts past its finished epochs, with its
+        optimizer's state and ``t`` restored: `state_dict`)."""
         o = self.optim
-        epoch = 0
+        epoch = start
         while not self.done and (o.steps or epoch < o.epochs):
             if o.restart_at_milestones and epoch in o.milestones:
                 self.opt = o.build(self.params, self.stacked)
@@ -115,6 +117,14 @@ class Stepper:
             if o.steps and self.t == before:
                 raise ValueError("the set gave no batch in an epoch: a run counted in steps cannot advance")
             epoch += 1
+
+    def state_dict(self) -> dict:
+        """The optimizer's state and the step count: what a resumed run needs besides the model."""
+        return {"t": self.t, "optimizer": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t = int(state["t"])
+        self.opt.load_state_dict(state["optimizer"])
 
     def step(self) -> None:
         lr = self.optim.lr_at(self.t, self.epoch)
