@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from PIL import Image
 
 from datadistill.viz import method_styles, plot_acc_vs_ipc
@@ -28,6 +29,19 @@ def test_every_method_has_its_own_series_style():
     styles = method_styles(methods)
     assert len({s["color"] for s in styles.values()}) == len(methods)
     assert len({(s["marker"], s["linestyle"]) for s in styles.values()}) == len(methods)
+
+
+@pytest.mark.parametrize("drop_dd", [False, True])  # the results plot has no dd series
+def test_methods_drawn_in_one_line_style_differ_clearly_in_colour(drop_dd):
+    from datadistill.viz import _METHOD_ORDER
+
+    methods = [m for m in _METHOD_ORDER if not (drop_dd and m == "dd")]
+    styles = method_styles(methods)
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            if styles[a]["linestyle"] == styles[b]["linestyle"]:
+                distance = sum((x - y) ** 2 for x, y in zip(styles[a]["color"], styles[b]["color"])) ** 0.5
+                assert distance > 0.4, (a, b, distance)
 
 
 def test_acc_vs_ipc_without_records_still_writes(tmp_path):

@@ -343,14 +343,16 @@ def plot_acc_vs_ipc(records: Sequence[dict[str, Any]], out: str | Path, title: s
 
 
 def method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """A colour, marker and line style per method, in order: no two of the first 18 methods share a
-    colour, and none of them shares both marker and line style with another."""
+    """A colour, marker and line style per method, in order: no two of the first 19 methods share a
+    colour, none of them shares both marker and line style with another, and two of the first 12 that
+    share a line style differ clearly in colour (black follows tab10's ten: Dark2's first, a teal,
+    drew FRePo beside k-center's green in the same dash-dot)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
+    colours = plt.get_cmap("tab10").colors + ((0.0, 0.0, 0.0),) + plt.get_cmap("Dark2").colors
     markers, styles = "osD^vP*Xph<>", ("-", "--", "-.", ":")
     return {m: dict(color=colours[i % len(colours)], marker=markers[i % len(markers)],
                     linestyle=styles[i % len(styles)]) for i, m in enumerate(methods)}
