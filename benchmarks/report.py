@@ -207,13 +207,14 @@ def _labels(r: dict) -> str:
     return {"teacher": "a teacher's, every batch", "soft": "its learned soft labels"}.get(r.get("labels") or "", "hard")
 
 
-def length(r: dict) -> str:
-    """How long a record's models trained: ``1000 steps`` (a protocol of optimizer steps), else ``300 ep``."""
-    return f"{r['steps']} steps" if r.get("steps") else f"{r.get('epochs')} ep"
+def length(r: dict, unit: str = "ep") -> str:
+    """How long a record's models trained: ``1000 steps`` (a protocol of optimizer steps), else ``300 ep``
+    (``unit`` names the epochs)."""
+    return f"{r['steps']} steps" if r.get("steps") else f"{r.get('epochs')} {unit}"
 
 
 def _evaluation(r: dict) -> str:
-    ep = f", {r['steps']} steps" if r.get("steps") else f", {r['epochs']} epochs" if r.get("epochs") else ""
+    ep = f", {length(r, 'epochs')}" if r.get("steps") or r.get("epochs") else ""
     labels = {"teacher": ", teacher's labels", "soft": ", its soft labels"}.get(r.get("labels") or "", "")
     return f"{r['n_models']} x {r['model']}, `{r['protocol']}` protocol{ep}{labels}"
 
