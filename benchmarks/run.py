@@ -20,6 +20,7 @@ tolerance) or failed to run, 2 on bad input.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -35,6 +36,7 @@ from suites import (RELEASED_DIR, ROOT, Job, Suite, SuiteError, check, check_cla
 
 from datadistill.executor import thread_env  # noqa: E402
 from datadistill.fileio import append_jsonl, atomic_write_text  # noqa: E402
+from datadistill.rundir import LockHeld, process_lock  # noqa: E402
 
 CLI = [sys.executable, "-m", "datadistill.cli"]
 
@@ -86,6 +88,37 @@ class Runner:
         self.threads = threads  # each job's torch threads (OMP_NUM_THREADS); None: the environment's
         self.code = commit()  # the code the jobs execute: taken before they start
         self.where = machine(threads)
+        self.held: set[Path] = set()  # the job locks this process holds (`hold`)
+
+    # -- one process per job ----------------------------------------------------------------------
+    def lock_file(self, job: Job) -> Path:
+        """The lock a job is run under: ``RUNS/.locks/RECORDS.ID.lock`` (its records file and id name
+        it, as they name its records), shared by every `run.py` that uses these run folders."""
+        return self.runs / ".locks" / f"{Path(job.results).stem}.{job.id}.lock"
+
+    @contextlib.contextmanager
+    def hold(self, job: Job, *, wait: bool = False):
+        """Run ``job`` in this process only: two `run.py` started on one suite (two terminals, two
+        queues) never run one job, or build one teacher or expert buffer, twice at once. Held by another
+        process, it raises `LockHeld`, or with ``wait`` (a prerequisite this job cannot go without)
+        says so and waits for it. A lock this process holds already is held again at no cost."""
+        path = self.lock_file(job)
+        if path in self.held:
+            yield
+            return
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(process_lock(path))
+            except LockHeld as e:
+                if not wait:
+                    raise
+                print(f"{job.id}: process {e.pid} on {e.host} is running it; waiting for it", flush=True)
+                stack.enter_context(process_lock(path, wait=True))
+            self.held.add(path)
+            try:
+                yield
+            finally:
+                self.held.discard(path)
 
     # -- commands ---------------------------------------------------------------------------------
     def args(self, job: Job) -> list[str]:
@@ -208,7 +241,11 @@ class Runner:
         teacher file that exists is kept; a teacher built anew (its run folder was lost, another machine)
         is recorded again when its sha256 differs from its latest record's, so that the record names the
         teacher the later jobs use; experts likewise (their digest: `experts_digest`; a record without one
-        counts as another)."""
+        counts as another). Another process building it is waited for (`hold`)."""
+        with self.hold(job, wait=True):
+            self._ensure(job)
+
+    def _ensure(self, job: Job) -> None:
         rec = latest_record(job, self.results)
         if rec is None:
             self.run_job(job)
@@ -546,6 +583,20 @@ def adopt(suite: Suite, jobs: list[Job], override: Path | None = None) -> int:
     return n
 
 
+def run_one(runner: Runner, job: Job, a: argparse.Namespace) -> dict | None:
+    """One job under its lock: its first record, or None when another process recorded it while this
+    one waited to start it."""
+    if not a.rerun and latest_record(job, a.results) is not None:
+        print(f"skip {job.id}: recorded in {results_path(job, a.results).name} meanwhile", flush=True)
+        return None
+    if a.rerun:
+        runner.start_rerun(job)
+    r = runner.run_job(job)[0]
+    if a.rerun:
+        runner.end_rerun(job)
+    return r
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", help="a suite file, or the name of one in benchmarks/suites/")
@@ -599,19 +650,30 @@ def main(argv: list[str] | None = None) -> int:
             from datadistill.executor import ExecutorError, make_executor
 
             runner = Runner(suite, a.runs, a.results, a.device)
-            todo = [j for j in jobs if a.rerun or latest_record(j, a.results) is None]
-            for job in jobs:
-                if job not in todo:
-                    print(f"skip {job.id}: recorded in {results_path(job, a.results).name}", flush=True)
-                elif a.rerun:
-                    runner.start_rerun(job)
-            try:
-                with make_executor(a.executor, workers=a.workers, threads=a.threads, address=a.ray_address,
-                                   device=a.device or "cpu") as ex:
-                    failed = runner.run_grid(todo, ex)
-            except ExecutorError as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
+            with contextlib.ExitStack() as held:  # each job to run, held for the whole grid (`Runner.hold`)
+                todo = []
+                for job in jobs:
+                    if not a.rerun and latest_record(job, a.results) is not None:
+                        print(f"skip {job.id}: recorded in {results_path(job, a.results).name}", flush=True)
+                        continue
+                    try:
+                        held.enter_context(runner.hold(job))
+                    except LockHeld as e:
+                        print(f"skip {job.id}: process {e.pid} on {e.host} is running it", flush=True)
+                        continue
+                    if not a.rerun and latest_record(job, a.results) is not None:
+                        print(f"skip {job.id}: recorded in {results_path(job, a.results).name} meanwhile", flush=True)
+                        continue
+                    if a.rerun:
+                        runner.start_rerun(job)
+                    todo.append(job)
+                try:
+                    with make_executor(a.executor, workers=a.workers, threads=a.threads, address=a.ray_address,
+                                       device=a.device or "cpu") as ex:
+                        failed = runner.run_grid(todo, ex)
+                except ExecutorError as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    return 2
         elif not a.check:
             runner = Runner(suite, a.runs, a.results, a.device, a.threads)
             for job in jobs:
@@ -619,16 +681,16 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"skip {job.id}: recorded in {results_path(job, a.results).name}", flush=True)
                     continue
                 try:
-                    if a.rerun:
-                        runner.start_rerun(job)
-                    r = runner.run_job(job)[0]
-                    if a.rerun:
-                        runner.end_rerun(job)
+                    with runner.hold(job):
+                        r = run_one(runner, job, a)
+                except LockHeld as e:
+                    print(f"skip {job.id}: process {e.pid} on {e.host} is running it", flush=True)
+                    continue
                 except (JobFailed, subprocess.CalledProcessError, OSError, KeyError, ValueError) as e:
                     print(f"FAILED {job.id}: {e}", file=sys.stderr, flush=True)
                     failed.append(job.id)
                     continue
-                if "acc_mean" in r:
+                if r and "acc_mean" in r:
                     print(f"{job.id}: {r['acc_mean']:.2f} ± {r['acc_std']:.2f}%", flush=True)
     except SuiteError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -532,3 +533,58 @@ def test_a_record_of_a_protocol_of_steps_names_its_steps_not_the_unused_epochs()
     r = {"protocol": "frepo-paper", "epochs": 300, "n_models": 5, "model": "convnet_frepo_eval", **run._steps(frepo)}
     assert report.length(r) == "1000 steps" and "1000 steps" in report._evaluation(r)
     assert report.length({"epochs": 300}) == "300 ep"
+
+
+# holds the lock file argv[1] (`process_lock`) and says so, for argv[2] seconds
+HOLD_JOB = """import sys, time
+from pathlib import Path
+from datadistill.rundir import process_lock
+with process_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+    print("released", flush=True)
+"""
+
+
+def test_a_job_another_process_is_running_is_skipped_not_run_twice(tmp_path, capsys):
+    import subprocess
+
+    suite, results, runs = one_job_suite(tmp_path / "tiny.yaml", 0.0), tmp_path / "tiny.jsonl", tmp_path / "runs"
+    argv = [str(suite), "--results", str(results), "--runs", str(runs)]
+    job = run.load_suite(suite).job("dm-digits-ipc1-2it")
+    lock = run.Runner(run.load_suite(suite), runs, results).lock_file(job)
+    assert lock == runs / ".locks" / "tiny.dm-digits-ipc1-2it.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_JOB, str(lock), "120"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert run.main(argv) == 0  # skipped, not failed: the other process will record it
+        assert f"skip dm-digits-ipc1-2it: process {holder.pid} on " in capsys.readouterr().out
+        assert not results.exists() and not (runs / "dm-digits-ipc1-2it").exists()
+    finally:
+        holder.kill()  # SIGKILL: the kernel lets the lock go
+        holder.wait()
+    assert run.main(argv) == 0
+    assert len(results.read_text().splitlines()) == 1 and not lock.exists()
+
+
+def test_a_prerequisite_another_process_is_building_is_waited_for(tmp_path, capsys):
+    import subprocess
+
+    suite, results, runs = one_job_suite(tmp_path / "tiny.yaml", 0.0), tmp_path / "tiny.jsonl", tmp_path / "runs"
+    runner = run.Runner(run.load_suite(suite), runs, results)
+    job = runner.suite.job("dm-digits-ipc1-2it")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_JOB, str(runner.lock_file(job)), "1.5"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        start = time.monotonic()
+        with runner.hold(job, wait=True):  # as `ensure` takes a teacher or experts
+            assert time.monotonic() - start > 1.0  # only once the holder's 1.5 s were over
+            assert holder.stdout.readline().strip() == "released"
+            with runner.hold(job):  # held here already: no second lock, no deadlock
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"process {holder.pid} on " in capsys.readouterr().out
+    assert not runner.held

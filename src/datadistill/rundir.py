@@ -1,6 +1,6 @@
 """A run's folder: made ready for a fresh, resumed or forced run (`prepare_run_dir`), held by one
-process at a time (`run_dir_lock`), and removed again when a fresh run fails before it has
-anything to resume (`discard_failed_run`)."""
+process at a time (`run_dir_lock`, on `process_lock`), and removed again when a fresh run fails
+before it has anything to resume (`discard_failed_run`)."""
 
 from __future__ import annotations
 
@@ -53,18 +53,25 @@ def _lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}.lock"  # beside the folder: --force empties the folder itself
 
 
-@contextlib.contextmanager
-def run_dir_lock(out: Path):
-    """Hold ``out`` for this process: a second run (resume or --force) of the same folder is refused
-    while the first one's process lives, instead of both writing its checkpoint and files.
+class LockHeld(Exception):
+    """``lock`` is held by a live process (``pid`` on ``host``, as its file names them)."""
 
-    The lock is an exclusive ``flock`` of ``.NAME.lock`` beside the folder, which the kernel releases
-    when its process dies however it dies, so a stale lock is never mistaken for a live one and two
-    processes can never both take it. The file names the holder (pid and host) for the error message.
-    On a file system without ``flock`` the run goes unlocked, as it would without the lock file."""
-    lock = _lock_path(out)
+    def __init__(self, lock: Path, pid: str, host: str):
+        super().__init__(f"{lock} is held by process {pid} on {host}")
+        self.lock, self.pid, self.host = lock, pid, host
+
+
+@contextlib.contextmanager
+def process_lock(lock: Path, *, wait: bool = False):
+    """Hold the exclusive ``flock`` of the file ``lock`` for this process. Held elsewhere, it raises
+    `LockHeld` at once, or with ``wait`` blocks until the holder lets go.
+
+    The kernel releases an ``flock`` when its process dies however it dies, so a stale lock is never
+    mistaken for a live one and two processes can never both take it. The file names the holder (pid
+    and host) for the messages, and is removed while still held when the holder is done. On a file
+    system without ``flock`` nothing is locked, as it would be without the lock file."""
     lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = _take(lock, out)
+    fd = _take(lock, wait)
     try:
         yield
     finally:
@@ -74,18 +81,32 @@ def run_dir_lock(out: Path):
             os.close(fd)
 
 
-def _take(lock: Path, out: Path) -> int | None:
+@contextlib.contextmanager
+def run_dir_lock(out: Path):
+    """Hold ``out`` for this process: a second run (resume or --force) of the same folder is refused
+    while the first one's process lives, instead of both writing its checkpoint and files. The lock is
+    `process_lock` of ``.NAME.lock`` beside the folder."""
+    lock = _lock_path(out)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(process_lock(lock))
+        except LockHeld as e:
+            raise RunDirError(f"run directory {out} is in use by process {e.pid} on {e.host} (lock {lock}); wait "
+                              "for it to finish or stop it") from None
+        yield
+
+
+def _take(lock: Path, wait: bool) -> int | None:
     """An open descriptor of ``lock`` holding its exclusive flock (None: no flock on this file system)."""
     for _ in range(20):
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").split()
             os.close(fd)
             pid, host = (holder + ["?", "?"])[:2]
-            raise RunDirError(f"run directory {out} is in use by process {pid} on {host} (lock {lock}); wait for it "
-                              "to finish or stop it") from None
+            raise LockHeld(lock, pid, host) from None
         except OSError:  # no flock here (some network file systems)
             os.close(fd)
             return None
@@ -98,4 +119,4 @@ def _take(lock: Path, out: Path) -> int | None:
             os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
             return fd
         os.close(fd)
-    raise RunDirError(f"could not lock run directory {out} ({lock} keeps being replaced)")
+    raise RunDirError(f"could not lock {lock} (it keeps being replaced)")
