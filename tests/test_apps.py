@@ -319,8 +319,10 @@ def test_nas_seed_agreement_is_the_rank_correlation_of_the_seeds():
     bad = nas.seed_agreement(rows, names)
     assert bad["seed_spearman"] == -1.0 and bad["stable"] is False
     assert nas.seed_agreement(rows[:4], names) == {}
-    summary = {"sets": {}, "full": {"best_arch": "a", "best_acc": 1.0, "seconds": 1.0, **bad}}
+    summary = {"sets": {}, "full": {"best_arch": "a", "best_acc": 1.0, "seconds": 1.0, **bad,
+                                    "accuracies": {"a": 98.1, "b": 98.6, "c": 98.3, "d": 98.4}}}
     assert "not stable across seeds" in nas.format_summary(summary)
+    assert "span 0.50 points" in nas.format_summary(summary)  # the spread the seeds' noise is set against
 
 
 # -- the command line --------------------------------------------------------------------------------

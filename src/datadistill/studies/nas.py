@@ -253,6 +253,12 @@ def seed_agreement(rows: list[dict[str, Any]], names: list[str]) -> dict[str, An
             "stable": bool(rho >= STABLE)}
 
 
+def _spread(summary: dict[str, Any]) -> float:
+    """The whole-data accuracies' range over the architectures (points)."""
+    accs = summary["full"]["accuracies"].values()
+    return max(accs) - min(accs)
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """A Markdown table: per proxy its correlations, its pick and the pick's whole-data accuracy, its
     training time and the time saved; the whole data last."""
@@ -269,7 +275,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         if not full["stable"]:
             lines += ["", f"The whole-data ranking is not stable across seeds (Spearman {full['seed_spearman']:.2f} "
                           f"< {STABLE}): the proxies' correlations above measure its noise, not the proxies. "
-                          "Train the whole data longer (--full-epochs)."]
+                          f"Its architectures span {_spread(summary):.2f} points: train the whole data longer "
+                          "(--full-epochs) when they are still learning, or, when longer training only brings them "
+                          "closer (MNIST's ConvNets end within a few tenths of a point), rank them where they differ "
+                          "more: a harder dataset, or a wider grid (--act, --norm, --depth)."]
     else:
         lines.append(f"| whole data | 1 | 1 | {full['best_arch']} | {full['best_acc']:.2f} | {full['seconds']:.0f} | 1x |")
     return "\n".join(lines)
