@@ -222,7 +222,8 @@ def _evaluation(r: dict) -> str:
 def main_tables(jobs: dict[str, list[Row]], suites: dict[str, str]) -> tuple[str, list[Row]]:
     """ConvNet-protocol records (every method but DD), one table per (dataset, images per class)."""
     rows = [rs[0] for rs in jobs.values() if "acc_mean" in rs[0] and rs[0].get("method") not in (None, "dd")
-            and not rs[0].get("step_size") and rs[0].get("file") != SOFT and rs[0].get("protocol") == TABLE_PROTOCOL]
+            and not rs[0].get("step_size") and rs[0].get("file") != SOFT and rs[0].get("protocol") == TABLE_PROTOCOL
+            and not suites.get(rs[0]["job"], "").startswith(FIDELITY)]  # their own section: `fidelity_section`
     out = []
     groups = defaultdict(list)
     for r in rows:
@@ -612,6 +613,77 @@ def plot_apps(jobs: dict[str, list[Row]], img: Path) -> None:
             get_study(j.study).plot(run[-1], img / f"apps-{j.id}.png")
 
 
+FIDELITY = "fidelity-"  # the suites of the newer methods as their authors run them (issue 29)
+FIDELITY_TITLES = {
+    "fidelity-datm": ("DATM against MTT at equal budget", "methods/datm.md"),
+    "fidelity-frepo": ("FRePo on its authors' evaluation", "methods/frepo.md"),
+    "fidelity-haba": ("HaBa against MTT on ZCA-whitened data", "methods/haba.md"),
+    "fidelity-nas": ("Architecture search against a reference that ranks", "apps.md"),
+    "fidelity-rded": ("RDED and random with a fully trained teacher", "methods/rded.md"),
+}
+
+
+def _fidelity_what(job) -> str:
+    if job.kind == "distill":
+        return f"{job.method}, {DATASETS.get(job.dataset, job.dataset)} {job.ipc}/class, {job.setting}"
+    if job.kind == "evaluate":
+        return f"the set of `{job.of}`"
+    if job.kind == "study":
+        return f"{job.study} study, {DATASETS.get(job.dataset, job.dataset)}"
+    return f"{job.kind}, {DATASETS.get(job.dataset, job.dataset)}"
+
+
+def _fidelity_figure(job, rs: list[Row]) -> tuple[str, str, str]:
+    """(figure, how it was measured, extra) of a job's latest run."""
+    r = rs[-1]
+    if job.kind == "teacher":
+        return f"{r['test_accuracy']:.2f}", f"{r.get('model', '?')} teacher, test set", ""
+    if job.kind == "experts":
+        return (f"{r['mean_final_test_acc']:.2f}", f"{r['n_experts']} experts x {r['epochs']} epochs, their mean "
+                "final test accuracy", "")
+    if job.kind == "study":
+        return (f"seed Spearman {r['full_seed_spearman']:.2f}" if "full_seed_spearman" in r else "-",
+                f"whole data {r['full_protocol']['epochs']} epoch(s) x {r['full_protocol']['n_models']} seeds", "")
+    f = figure(rs) or r
+    extra = []
+    if job.kind == "distill" and job.method in SOFT_METHODS and not r.get("labels"):
+        extra.append("trained on the file's own labels (`labels=auto`)")
+    if r.get("storage_ratio") is not None:
+        extra.append(f"storage {r['storage_ratio']:.2f}x")
+    if r.get("low_pass_hallucinators") is not None:  # HaBa's collapse diagnostic (synset.collapse)
+        extra.append(f"low-pass hallucinators {r['low_pass_hallucinators']} of {r.get('n_hallucinators', '?')}, "
+                     f"correlation with the base {r.get('hallucination_corr', float('nan')):.2f}")
+    return pm(f), _evaluation(r), ", ".join(extra)
+
+
+def fidelity_section(jobs: dict[str, list[Row]]) -> str:
+    """Suites ``fidelity-*``: every job with its latest figure and how it was measured, or "not run"; the
+    architecture-search studies as the apps section draws them."""
+    out = []
+    for path in sorted(SUITES_DIR.glob(f"{FIDELITY}*.yaml")):
+        suite = load_suite(path)
+        title, page = FIDELITY_TITLES.get(path.stem, (path.stem, "benchmarks.md"))
+        out += [f"### {title}", "", f"Suite `{path.stem}` (`python benchmarks/run.py {path.stem}`); the method's "
+                f"page says what each job compares and what it found: [{page}]({page}).", ""]
+        head = "| job | what | figure (%) | measured | notes | record |"
+        lines = [head, "|" + "---|" * (head.count("|") - 1)]
+        studies = []
+        for j in suite.jobs:
+            rs = jobs.get(j.id)
+            if not rs:
+                lines.append(f"| {j.id} | {_fidelity_what(j)} | not run | | | |")
+                continue
+            fig, how, extra = _fidelity_figure(j, rs)
+            lines.append(f"| {j.id} | {_fidelity_what(j)} | {fig} | {how} | {extra} | "
+                         f"[{rs[-1]['file']}:{rs[-1]['line']}](../{link(rs[-1], '')}) |")
+            if j.kind == "study" and j.study == "nas":
+                studies.append((j, rs[-1]))
+        out += lines + [""]
+        for j, r in studies:
+            out += [f"#### {j.id}", "", _nas_table(r), ""]
+    return "\n".join(out)
+
+
 def claims_table(prefix: str = "../") -> str:
     """Each claim of the suites (a paper's figure) beside ours on the paper's protocol: the difference
     with its standard error, and our budget as a fraction of the paper's iterations."""
@@ -793,6 +865,15 @@ def render(rows: list[Row]) -> str:
         "membership-inference attack. CPU budgets, far below the papers' (the suite file names each one).",
         "",
         apps_section(jobs),
+        "## Fidelity: the newer methods as their authors run them",
+        "",
+        "The `fidelity-*` suites (issue 29): HaBa, DATM, FRePo and RDED with their authors' inputs, settings and "
+        "evaluation, each beside the method it claims to beat at equal budget, and the architecture-search study "
+        "against a whole-data reference whose ranking is measured against itself. Their records stay out of the "
+        "one-protocol tables above. A job without a record says \"not run\": these suites run in the background "
+        "one session after another (their cost is in each suite file).",
+        "",
+        fidelity_section(jobs),
         "## Parity with the authors' evaluators",
         "",
         "One set scored by the authors' own evaluator (their released code, run beside ours; the first row: a set "

@@ -347,6 +347,29 @@ def test_results_page_is_generated_from_the_records(capsys):
     assert all((RESULTS_DIR / name).is_file() for name in {"dm_cpu.jsonl", "dc_cpu.jsonl", "mtt_cpu.jsonl"})
 
 
+def test_fidelity_suites_have_their_own_section_not_the_one_protocol_tables(monkeypatch, tmp_path):
+    """Each fidelity suite's job is a row of its own section, with its latest figure, how it was measured
+    and its record, or "not run"; a fidelity record never joins the `dc` methods tables."""
+    suite = tmp_path / "fidelity-toy.yaml"
+    suite.write_text(yaml.safe_dump({"suite": "fidelity-toy", "filling": True, "not_run": "toy", "jobs": [
+        {"id": "rded-toy", "kind": "distill", "results": "toy.jsonl", "method": "rded", "dataset": "mnist", "ipc": 10,
+         "setting": "fidelity", "args": []},
+        {"id": "random-toy", "kind": "distill", "results": "toy.jsonl", "method": "random", "dataset": "mnist",
+         "ipc": 10, "setting": "selection", "args": []}]}))
+    monkeypatch.setattr(report, "SUITES_DIR", tmp_path)
+    rec = report.Row({"job": "rded-toy", "method": "rded", "dataset": "mnist", "ipc": 10, "setting": "fidelity",
+                      "model": "convnet", "protocol": "dc", "epochs": 300, "n_models": 2, "acc_mean": 91.5,
+                      "acc_std": 0.25, "command": "x", "commit": "abc", "iterations": 0, "seconds_per_iteration": 0.0,
+                      "device": "cpu", "file": "toy.jsonl", "line": 3})
+    jobs = {"rded-toy": [rec]}
+    md = report.fidelity_section(jobs)
+    assert "| rded-toy | rded, MNIST 10/class, fidelity | 91.50 ± 0.25 | 2 x convnet, `dc` protocol, 300 epochs" in md
+    assert "trained on the file's own labels" in md and "(../benchmarks/results/toy.jsonl#L3)" in md
+    assert "| random-toy | random, MNIST 10/class, selection | not run |" in md
+    assert "rded-toy" not in report.main_tables(jobs, {"rded-toy": "fidelity-toy"})[0]
+    assert "rded-toy" in report.main_tables(jobs, {"rded-toy": "cpu"})[0]  # the same record of another suite
+
+
 def test_adopt_turns_a_first_record_into_the_expectation(tmp_path, capsys):
     suite = tmp_path / "filling.yaml"
     suite.write_text('suite: filling\nfilling: true\njobs:\n'
