@@ -383,6 +383,7 @@ class Runner:
                 **({"learned_lr": round(meta["learned_lr"], 6)} if meta.get("learned_lr") else {}),
                 **{k: meta[k] for k in ("bases_per_class", "n_hallucinators", "budget_floats", "storage_ratio") if k in meta},
                 **job.extra, **_flat(meta.get("extra_report")),
+                **({"curve": curve} if (curve := eval_curve(out / "metrics.jsonl")) else {}),
             })
         return records
 
@@ -483,6 +484,24 @@ def _steps(protocol: dict) -> dict:
     """``{"steps": N}`` for a protocol that trains N optimizer steps (FRePo's, whose ``epochs`` is unused),
     else nothing: a record's ``epochs`` alone would name a length that was not trained."""
     return {"steps": protocol["steps"]} if protocol.get("steps") else {}
+
+
+def eval_curve(metrics: Path) -> list[list]:
+    """A distillation's accuracy curve (``--eval-every``): ``[iteration, acc_mean, n_models]`` of each
+    evaluation during the run, from its ``metrics.jsonl`` (the final one is the record's own figure).
+    Empty without a file or such rows."""
+    if not metrics.is_file():
+        return []
+    curve = []
+    for line in metrics.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill: the rows before it stand
+            continue
+        ev = row.get("eval") if isinstance(row, dict) and not row.get("final") else None
+        if isinstance(ev, dict) and "acc_mean" in ev:
+            curve.append([row["iteration"], round(ev["acc_mean"], 2), ev.get("n_models", 1)])
+    return curve
 
 
 def _flat(extra: dict | None) -> dict:

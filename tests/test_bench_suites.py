@@ -370,6 +370,19 @@ def test_fidelity_suites_have_their_own_section_not_the_one_protocol_tables(monk
     assert "rded-toy" in report.main_tables(jobs, {"rded-toy": "cpu"})[0]  # the same record of another suite
 
 
+def test_a_distill_record_carries_the_runs_accuracy_curve(tmp_path):
+    """`--eval-every` evaluations become the record's ``curve`` ([iteration, accuracy, networks]); the final
+    evaluation is the record's own figure, and a line cut by a kill is passed over."""
+    metrics = tmp_path / "metrics.jsonl"
+    assert run.eval_curve(metrics) == []
+    metrics.write_text("\n".join([json.dumps({"iteration": 10, "loss": 1.0}),
+                                  json.dumps({"iteration": 500, "eval": {"acc_mean": 77.374, "n_models": 1}}),
+                                  json.dumps({"iteration": 1000, "eval": {"acc_mean": 80.76, "n_models": 2}}),
+                                  json.dumps({"iteration": 2000, "final": True, "eval": {"m": {"acc_mean": 80.5}}}),
+                                  '{"iteration": 2100, "ev']))
+    assert run.eval_curve(metrics) == [[500, 77.37, 1], [1000, 80.76, 2]]
+
+
 def test_adopt_turns_a_first_record_into_the_expectation(tmp_path, capsys):
     suite = tmp_path / "filling.yaml"
     suite.write_text('suite: filling\nfilling: true\njobs:\n'
