@@ -196,8 +196,47 @@ class Runner:
     def run_job(self, job: Job) -> list[dict]:
         self.prerequisites(job)
         cmd, run, capture = self.invocation(job)
+        if job.kind == "teacher" and (seconds := self.trained_teacher(job)) is not None:
+            print(f"{job.id}: {repo_name(self.output(job))} is a finished teacher of this job's settings: "
+                  "recorded from it, not trained again", flush=True)
+            return self.record(job, cmd, "", seconds)
         out, wall = self.execute(run, capture)
         return self.record(job, cmd, out, wall)
+
+    def trained_teacher(self, job: Job) -> float | None:
+        """The training seconds of the teacher file a teacher job without a record finds at its ``--out``
+        when the file was trained with the job's own settings (dataset, model, epochs, lr, batch, seed,
+        augmentation: another checkout's records, a records file lost), else None. Such a teacher is hours
+        of CPU that the job's ``--force`` would train again; `--rerun` moves the file aside first and so
+        trains anew. A teacher taken from experts costs seconds and is always made again."""
+        import argparse
+
+        from datadistill.cli import teacher as teacher_cli
+        from datadistill.models import MODELS
+        from datadistill.registry import UnknownNameError
+        from datadistill.teachers import TeacherError, load_teacher
+
+        path = self.output(job)
+        if not path.is_file():
+            return None
+        parser = argparse.ArgumentParser()
+        teacher_cli.add_parsers(parser.add_subparsers(dest="command"))
+        cmd = self.command(job)
+        try:
+            a = parser.parse_args(cmd[cmd.index("teacher"):])
+            t = load_teacher(path)
+        except (SystemExit, ValueError, TeacherError):
+            return None
+        src = t.meta.get("source") or {}
+        want = {"kind": "trained", "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size, "seed": a.seed,
+                "augment": "none" if a.no_augment else "dsa"}
+        try:
+            model = MODELS.canonical(a.model)
+        except UnknownNameError:  # the job's command will say what is wrong with it
+            return None
+        if a.from_experts or t.spec.name != a.dataset or t.model != model or any(src.get(k) != v for k, v in want.items()):
+            return None
+        return float(src.get("seconds") or 0.0)
 
     def prerequisites(self, job: Job) -> None:
         if job.needs:

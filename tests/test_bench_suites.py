@@ -523,6 +523,35 @@ def test_a_lost_teacher_is_rebuilt_after_its_experts_and_recorded_again_when_it_
     assert len(experts()) == 2 and experts()[-1]["sha256"] == first_experts_digest(runs)
 
 
+def test_a_finished_teacher_of_the_jobs_settings_is_recorded_not_trained_again(tmp_path, capsys):
+    """A teacher job without a record (its records kept by another checkout) whose --out is a teacher
+    trained with its settings records that file; one of other settings is trained again."""
+    def suite(epochs: int) -> Path:
+        path = tmp_path / "tiny.yaml"
+        path.write_text(yaml.safe_dump({"suite": "tiny", "filling": True, "jobs": [
+            {"id": "teacher-digits", "kind": "teacher", "results": "tiny.jsonl", "dataset": "digits",
+             "args": ["--model", "convnet_w32", "--epochs", str(epochs), "--no-augment", "--force",
+                      "--out", "{runs}/teachers/digits.safetensors"]}]}))
+        return path
+
+    results, runs = tmp_path / "tiny.jsonl", tmp_path / "runs"
+    argv = ["--results", str(results), "--runs", str(runs)]
+    assert run.main([str(suite(1)), *argv]) == 0
+    first = json.loads(results.read_text())
+    teacher = runs / "teachers" / "digits.safetensors"
+    made = teacher.stat().st_mtime_ns
+    results.unlink()
+    capsys.readouterr()
+    assert run.main([str(suite(1)), *argv]) == 0
+    assert "is a finished teacher of this job's settings: recorded from it, not trained again" in capsys.readouterr().out
+    again = json.loads(results.read_text())
+    assert teacher.stat().st_mtime_ns == made and again["sha256"] == first["sha256"]
+    assert again["test_accuracy"] == first["test_accuracy"] and again["command"] == first["command"]
+    results.unlink()
+    assert run.main([str(suite(2)), *argv]) == 0  # 2 epochs: not the file's settings, trained again
+    assert "recorded from it" not in capsys.readouterr().out and teacher.stat().st_mtime_ns != made
+
+
 def first_experts_digest(runs: Path) -> str:
     return run.experts_digest(runs / "experts" / "digits")
 
