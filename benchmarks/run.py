@@ -35,7 +35,7 @@ from suites import (RELEASED_DIR, ROOT, Job, Suite, SuiteError, check, check_cla
                     latest_record, load_suite, read_records, results_path)
 
 from datadistill.executor import thread_env  # noqa: E402
-from datadistill.fileio import append_jsonl, atomic_write_text  # noqa: E402
+from datadistill.fileio import append_jsonl, atomic_write_text, read_jsonl  # noqa: E402
 from datadistill.rundir import LockHeld, process_lock  # noqa: E402
 
 CLI = [sys.executable, "-m", "datadistill.cli"]
@@ -209,8 +209,6 @@ class Runner:
         augmentation: another checkout's records, a records file lost), else None. Such a teacher is hours
         of CPU that the job's ``--force`` would train again; `--rerun` moves the file aside first and so
         trains anew. A teacher taken from experts costs seconds and is always made again."""
-        import argparse
-
         from datadistill.cli import teacher as teacher_cli
         from datadistill.models import MODELS
         from datadistill.registry import UnknownNameError
@@ -222,18 +220,15 @@ class Runner:
         parser = argparse.ArgumentParser()
         teacher_cli.add_parsers(parser.add_subparsers(dest="command"))
         cmd = self.command(job)
-        try:
+        try:  # a command or file that does not parse: the job's own command will say what is wrong
             a = parser.parse_args(cmd[cmd.index("teacher"):])
+            model = MODELS.canonical(a.model)
             t = load_teacher(path)
-        except (SystemExit, ValueError, TeacherError):
+        except (SystemExit, ValueError, UnknownNameError, TeacherError):
             return None
         src = t.meta.get("source") or {}
         want = {"kind": "trained", "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size, "seed": a.seed,
                 "augment": "none" if a.no_augment else "dsa"}
-        try:
-            model = MODELS.canonical(a.model)
-        except UnknownNameError:  # the job's command will say what is wrong with it
-            return None
         if a.from_experts or t.spec.name != a.dataset or t.model != model or any(src.get(k) != v for k, v in want.items()):
             return None
         return float(src.get("seconds") or 0.0)
@@ -529,18 +524,13 @@ def eval_curve(metrics: Path) -> list[list]:
     """A distillation's accuracy curve (``--eval-every``): ``[iteration, acc_mean, n_models]`` of each
     evaluation during the run, from its ``metrics.jsonl`` (the final one is the record's own figure).
     Empty without a file or such rows."""
-    if not metrics.is_file():
+    try:
+        rows = read_jsonl(metrics)  # a last line cut by a kill is dropped; the rows before it stand
+    except ValueError:  # a damaged file: the record goes without its curve
         return []
-    curve = []
-    for line in metrics.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill: the rows before it stand
-            continue
-        ev = row.get("eval") if isinstance(row, dict) and not row.get("final") else None
-        if isinstance(ev, dict) and "acc_mean" in ev:
-            curve.append([row["iteration"], round(ev["acc_mean"], 2), ev.get("n_models", 1)])
-    return curve
+    return [[row["iteration"], round(ev["acc_mean"], 2), ev.get("n_models", 1)] for row in rows
+            if isinstance(row, dict) and not row.get("final") and isinstance(ev := row.get("eval"), dict)
+            and "acc_mean" in ev]
 
 
 def _flat(extra: dict | None) -> dict:
@@ -641,11 +631,23 @@ def adopt(suite: Suite, jobs: list[Job], override: Path | None = None) -> int:
     return n
 
 
+def recorded(job: Job, a: argparse.Namespace, when: str = "") -> bool:
+    """Whether ``job`` is to be skipped for its record (not with ``--rerun``); says so. ``when``: after
+    "recorded in FILE", e.g. " meanwhile" (another process recorded it while this one waited)."""
+    if a.rerun or latest_record(job, a.results) is None:
+        return False
+    print(f"skip {job.id}: recorded in {results_path(job, a.results).name}{when}", flush=True)
+    return True
+
+
+def skip_held(job: Job, e: LockHeld) -> None:
+    print(f"skip {job.id}: process {e.pid} on {e.host} is running it", flush=True)
+
+
 def run_one(runner: Runner, job: Job, a: argparse.Namespace) -> dict | None:
     """One job under its lock: its first record, or None when another process recorded it while this
     one waited to start it."""
-    if not a.rerun and latest_record(job, a.results) is not None:
-        print(f"skip {job.id}: recorded in {results_path(job, a.results).name} meanwhile", flush=True)
+    if recorded(job, a, " meanwhile"):
         return None
     if a.rerun:
         runner.start_rerun(job)
@@ -711,16 +713,14 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.ExitStack() as held:  # each job to run, held for the whole grid (`Runner.hold`)
                 todo = []
                 for job in jobs:
-                    if not a.rerun and latest_record(job, a.results) is not None:
-                        print(f"skip {job.id}: recorded in {results_path(job, a.results).name}", flush=True)
+                    if recorded(job, a):
                         continue
                     try:
                         held.enter_context(runner.hold(job))
                     except LockHeld as e:
-                        print(f"skip {job.id}: process {e.pid} on {e.host} is running it", flush=True)
+                        skip_held(job, e)
                         continue
-                    if not a.rerun and latest_record(job, a.results) is not None:
-                        print(f"skip {job.id}: recorded in {results_path(job, a.results).name} meanwhile", flush=True)
+                    if recorded(job, a, " meanwhile"):
                         continue
                     if a.rerun:
                         runner.start_rerun(job)
@@ -735,14 +735,13 @@ def main(argv: list[str] | None = None) -> int:
         elif not a.check:
             runner = Runner(suite, a.runs, a.results, a.device, a.threads)
             for job in jobs:
-                if latest_record(job, a.results) is not None and not a.rerun:
-                    print(f"skip {job.id}: recorded in {results_path(job, a.results).name}", flush=True)
+                if recorded(job, a):
                     continue
                 try:
                     with runner.hold(job):
                         r = run_one(runner, job, a)
                 except LockHeld as e:
-                    print(f"skip {job.id}: process {e.pid} on {e.host} is running it", flush=True)
+                    skip_held(job, e)
                     continue
                 except (JobFailed, subprocess.CalledProcessError, OSError, KeyError, ValueError) as e:
                     print(f"FAILED {job.id}: {e}", file=sys.stderr, flush=True)

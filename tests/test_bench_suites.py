@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from datadistill.fileio import TornLineWarning
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -380,7 +382,10 @@ def test_a_distill_record_carries_the_runs_accuracy_curve(tmp_path):
                                   json.dumps({"iteration": 1000, "eval": {"acc_mean": 80.76, "n_models": 2}}),
                                   json.dumps({"iteration": 2000, "final": True, "eval": {"m": {"acc_mean": 80.5}}}),
                                   '{"iteration": 2100, "ev']))
-    assert run.eval_curve(metrics) == [[500, 77.37, 1], [1000, 80.76, 2]]
+    with pytest.warns(TornLineWarning, match="torn last line"):
+        assert run.eval_curve(metrics) == [[500, 77.37, 1], [1000, 80.76, 2]]
+    metrics.write_text('{"iteration": 1, "ev\n' + json.dumps({"iteration": 500, "eval": {"acc_mean": 77.0}}))
+    assert run.eval_curve(metrics) == []  # a damaged file: no curve, and the record stands
 
 
 def test_adopt_turns_a_first_record_into_the_expectation(tmp_path, capsys):
