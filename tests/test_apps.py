@@ -1,6 +1,7 @@
 """The studies of distilled sets (`datadistill.studies`): continual learning, membership inference, architecture search,
 on the digits set at tiny sizes."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ from datadistill.studies.sets import SetSource, parse_sets
 from datadistill.cli import main
 from datadistill.data import DatasetOptionError, load_dataset
 from datadistill.data.registry import split_indices
-from datadistill.evaluation import get_protocol
+from datadistill.evaluation import evaluate, get_protocol
 from datadistill.executor import make_executor
 from datadistill.models import create_model
 from datadistill.seeding import make_generator
@@ -96,6 +97,19 @@ def test_memory_holds_exactly_the_classes_seen(set_file, digits):
     a = common.random_memory(digits.train, [4], 3, seed=0).images
     b = common.random_memory(digits.train, [7, 4], 3, seed=0).images[3:]
     assert torch.equal(a, b)
+
+
+def test_a_memory_keeps_its_files_learned_step_size(tmp_path, digits):
+    """A set's learned lr (MTT's) reaches the studies' networks when the protocol asks for it: the
+    memory of some classes carries it, hard labels keep it, and `use_learned_lr` trains at it."""
+    s = PixelSet.from_real(digits.train, 2, make_generator(5, "lr-set"), lr=0.037)
+    f = load_synset(save_synset(tmp_path / "mtt.safetensors", s, digits.spec, method="mtt"))
+    memory = common.file_memory(f, [0, 3], 1)
+    assert memory.learned_lr() == pytest.approx(0.037) and memory.hard().learned_lr() == pytest.approx(0.037)
+    assert common.random_memory(digits.train, [0, 3], 1, seed=0).learned_lr() is None
+    protocol = get_protocol("dc", epochs=1, n_models=1)
+    assert evaluate(memory, digits, protocol.with_(use_learned_lr=True)).lr == pytest.approx(0.037)
+    assert evaluate(memory, digits, protocol).lr == protocol.optimizer.lr
 
 
 def test_continual_runs_resumes_and_reports(set_file, tmp_path):
@@ -306,6 +320,34 @@ def test_nas_ranks_against_the_whole_data(set_file, tmp_path):
     assert (out / "nas.png").is_file()
     headline = get_study("nas").metrics(summary)
     assert headline["dm_pick_full_acc"] == dm["top1_full_acc"] and headline["full_seed_spearman"] == full["seed_spearman"]
+
+
+def test_nas_reuses_a_reference_trained_with_its_settings(set_file, tmp_path, digits):
+    """`--reference DIR`: new proxies ranked against whole-data networks already trained, copied only when
+    trained with this study's settings (a learned-lr protocol does not change the whole data's training);
+    another reference is a one-line error that names what differs."""
+    grid = dict(width=(8, 16), depth=(1,), norm=(), pool=("avgpooling",))
+    quick = get_protocol("dc", **QUICK)
+    ref = tmp_path / "ref"
+    first = run_study("nas", nas.NASConfig("digits", (SetSource("dm", set_file),), **grid, protocol=quick,
+                                           full_epochs=1, full_models=1), ref, serial())
+    mtt = PixelSet.from_real(digits.train, 3, make_generator(6, "mtt-set"), lr=0.05)
+    mtt_file = str(save_synset(tmp_path / "mtt.safetensors", mtt, digits.spec, method="mtt"))
+    out = tmp_path / "new"
+    cfg = nas.NASConfig("digits", (SetSource("mtt", mtt_file),), **grid, protocol=quick.with_(use_learned_lr=True),
+                        full_epochs=1, full_models=1, random=False, reference=str(ref))
+    summary = run_study("nas", cfg, out, serial())
+    full = sorted((ref / "jobs").glob("full-*.json"))
+    assert len(full) == 2 and all((out / "jobs" / f.name).read_bytes() == f.read_bytes() for f in full)
+    assert summary["full"]["accuracies"] == first["full"]["accuracies"] and set(summary["sets"]) == {"mtt"}
+    rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert {r["settings"]["protocol"]["use_learned_lr"] for r in rows if r["set"] == "mtt"} == {True}
+    with pytest.raises(StudyError, match=r"trained with other settings \(protocol\)"):
+        run_study("nas", dataclasses.replace(cfg, full_epochs=2), tmp_path / "other", serial())
+    with pytest.raises(StudyError, match="lacks 2 of the 4 whole-data results"):
+        run_study("nas", dataclasses.replace(cfg, full_models=2), tmp_path / "more", serial())
+    with pytest.raises(StudyError, match="not a NAS study's folder"):
+        run_study("nas", dataclasses.replace(cfg, reference=str(tmp_path / "none")), tmp_path / "x", serial())
 
 
 def test_nas_seed_agreement_is_the_rank_correlation_of_the_seeds():

@@ -223,7 +223,7 @@ def run_jobs(executor: Executor, out: Path, tasks: list[Task], desc: str,
     stale = []
     for t in tasks:
         if t.done():
-            kept = _kept_settings(Path(t.out))
+            kept = kept_settings(Path(t.out))
             now = settings_of(t.args[-1])
             if kept != now:
                 diff = sorted(k for k in set(kept) | set(now) if kept.get(k) != now.get(k))
@@ -239,7 +239,7 @@ def run_jobs(executor: Executor, out: Path, tasks: list[Task], desc: str,
     return [json.loads(Path(files[t.key]).read_text()) for t in tasks]
 
 
-def _kept_settings(path: Path) -> dict[str, Any]:
+def kept_settings(path: Path) -> dict[str, Any]:
     """The settings a job's result file was made with; a file that does not say (an older version's,
     or not a job's result) cannot be checked and is refused, never reused unchecked."""
     try:

@@ -29,7 +29,8 @@ from ..evaluation import EvalProtocol, evaluate, get_protocol
 from ..evaluation.evaluator import RealSet
 from ..models import create_model
 from ..version import git_commit
-from .base import STUDIES, Job, Study, StudyError, job_name, mean_std
+from ..fileio import atomic_write_text
+from .base import JOBS, STUDIES, Job, Study, StudyError, job_name, kept_settings, mean_std, settings_of
 from .sets import RANDOM, SETS_FIELD, SetSource, check_datasets, data_for, file_ipc, file_memory, random_memory
 
 FULL = "full"
@@ -109,6 +110,10 @@ class NASConfig:
     full_models: int = field(default=2, metadata={
         "help": "whole-data networks per architecture, seeds 0.. (default 2: the reference's agreement with itself "
                 "is measured; 1 skips it)"})
+    reference: str | None = field(default=None, metadata={
+        "metavar": "DIR", "help": "reuse the whole-data trainings of the NAS folder DIR (same dataset, grid, "
+                                  "--per-class, --full-epochs, --full-models and protocol): new proxies against "
+                                  "a reference already trained"})
     root: str | None = None
     device: str = "cpu"
 
@@ -119,8 +124,9 @@ class NASConfig:
 
     @property
     def full_protocol(self) -> EvalProtocol:
-        """The whole data's training: the proxies' protocol for ``full_epochs`` and ``full_models``."""
-        return self.protocol.with_(epochs=self.full_epochs, n_models=self.full_models)
+        """The whole data's training: the proxies' protocol for ``full_epochs`` and ``full_models`` (at the
+        protocol's lr: the whole data has no learned one, so ``use_learned_lr`` does not change it)."""
+        return self.protocol.with_(epochs=self.full_epochs, n_models=self.full_models, use_learned_lr=False)
 
 
 def nas_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -169,6 +175,8 @@ class NAS(Study):
             raise StudyError("without a set file, give --per-class K for the random baseline")
         if any(i < k for i in ipcs.values()):
             raise StudyError(f"--per-class {k}: some sets hold fewer images per class: {ipcs}")
+        if cfg.reference is not None and not (Path(cfg.reference) / JOBS).is_dir():
+            raise StudyError(f"--reference {cfg.reference}: not a NAS study's folder (it has no {JOBS}/ of results)")
         return {"per_class": k, "full_protocol": cfg.full_protocol.to_dict()}
 
     def jobs(self, cfg: NASConfig, out: Path, resolved: dict[str, Any]) -> list[Job]:
@@ -182,6 +190,8 @@ class NAS(Study):
                            "arch": arch, "model": m, "per_class": resolved["per_class"],
                            "protocol": protocol.to_dict()}
                     jobs.append(Job(job_name(src.name, arch_name(arch), f"model{m}"), job))
+        if cfg.reference is not None:
+            reuse_reference(Path(cfg.reference), out, [j for j in jobs if j.spec["set"]["name"] == FULL])
         return jobs
 
     def run(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -208,6 +218,30 @@ class NAS(Study):
             out.update(full_seed_spearman=summary["full"]["seed_spearman"],
                        full_seed_kendall=summary["full"]["seed_kendall"])
         return out
+
+
+def reuse_reference(ref: Path, out: Path, full: list[Job]) -> None:
+    """Copy the whole-data results of the NAS folder ``ref`` into ``out`` (those ``out`` lacks), each
+    checked to have been trained with this study's settings for that job: a reference trained otherwise,
+    or not finished, is an error that names what differs, never a silent reuse."""
+    if ref.resolve() == out.resolve():
+        return
+    todo = [j for j in full if not (out / JOBS / f"{j.name}.json").exists()]
+    missing = [j.name for j in todo if not (ref / JOBS / f"{j.name}.json").is_file()]
+    if missing:
+        raise StudyError(f"--reference {ref}: it lacks {len(missing)} of the {len(full)} whole-data results this "
+                         f"study needs (e.g. {missing[0]}); finish it first (run its study again), or check that "
+                         "the grid, --full-models and --full-epochs are its own")
+    for j in todo:
+        kept, now = kept_settings(ref / JOBS / f"{j.name}.json"), settings_of(j.spec)
+        if kept != now:
+            diff = sorted(k for k in set(kept) | set(now) if kept.get(k) != now.get(k))
+            raise StudyError(f"--reference {ref}: {j.name} was trained with other settings ({', '.join(diff)}); "
+                             "a reference is reused only with its own dataset, --per-class, --full-epochs and "
+                             "protocol")
+    (out / JOBS).mkdir(parents=True, exist_ok=True)
+    for j in todo:
+        atomic_write_text(out / JOBS / f"{j.name}.json", (ref / JOBS / f"{j.name}.json").read_text())
 
 
 def summarize(rows: list[dict[str, Any]], names: list[str], cfg: NASConfig, k: int) -> dict[str, Any]:

@@ -102,25 +102,28 @@ def data_for(source: SetSource, dataset: str, root: str | None, device: str = "c
 
 class MemorySet(SetFeatures):
     """Images of some classes with their class labels (and label vectors when the set had them): the
-    set protocol the evaluator trains on (`evaluation.evaluate`), for any subset of classes."""
+    set protocol the evaluator trains on (`evaluation.evaluate`), for any subset of classes. ``lr``: the
+    set's learned step size, which a protocol with ``use_learned_lr`` trains at (None: the protocol's)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, soft_labels: torch.Tensor | None = None,
-                 label_loss: str = "soft_ce", label_temperature: float = 1.0) -> None:
+                 label_loss: str = "soft_ce", label_temperature: float = 1.0, lr: float | None = None) -> None:
         self.images, self.labels = images.detach(), labels.detach().long()
         self.soft_labels = None if soft_labels is None else soft_labels.detach()
         self.label_loss, self.label_temperature = label_loss, label_temperature
+        self.lr = None if lr is None else float(lr)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def learned_lr(self) -> None:
-        return None
+    def learned_lr(self) -> float | None:
+        return self.lr
 
     def label_vectors(self) -> torch.Tensor | None:
         return self.soft_labels
 
     def hard(self) -> "MemorySet":
-        return MemorySet(self.images, self.labels)
+        """The same images and step size with class labels only (hard-label evaluation)."""
+        return MemorySet(self.images, self.labels, lr=self.lr)
 
     def floats(self) -> int:
         """What the memory stores: its images and label vectors."""
@@ -135,7 +138,8 @@ class MemorySet(SetFeatures):
 
 
 def file_memory(f: Any, classes: Sequence[int], per_class: int | None = None) -> MemorySet:
-    """The images of ``classes`` of a loaded set file (``per_class``: the first that many of each)."""
+    """The images of ``classes`` of a loaded set file (``per_class``: the first that many of each), with
+    the file's learned step size (MTT's, DATM's), which protocols with ``use_learned_lr`` train at."""
     synset = f.synset
     x, y = synset.materialize()
     soft = synset.label_vectors()
@@ -149,7 +153,7 @@ def file_memory(f: Any, classes: Sequence[int], per_class: int | None = None) ->
         keep.append(idx)
     idx = torch.cat(keep)
     return MemorySet(x[idx], y[idx], None if soft is None else soft[idx],
-                     synset.label_loss, synset.label_temperature)
+                     synset.label_loss, synset.label_temperature, synset.learned_lr())
 
 
 def random_memory(train: RealData, classes: Sequence[int], per_class: int, seed: int) -> MemorySet:
