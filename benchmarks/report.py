@@ -584,7 +584,10 @@ def _nas_table(r: Row) -> str:
     lines = [get_study("nas").format(r)]
     pr, fp = r["protocol"], r["full_protocol"]
     lines += ["", _app_caption(r, f"{len(r['architectures'])} ConvNets, {r['per_class']} images per class; proxies "
-                                  f"trained `{pr['name']}` {pr['epochs']} epochs, the whole data {fp['epochs']} "
+                                  f"trained `{pr['name']}` {pr['epochs']} epochs"
+                                  + (" at each set's learned lr where it has one (else " f"{pr['lr']})"
+                                     if pr.get("use_learned_lr") else "")
+                                  + f", the whole data {fp['epochs']} "
                                   f"epoch(s), {fp['n_models']} network(s) per architecture"
                                   + ("" if fp["n_models"] > 1 else ": the reference's agreement with itself across "
                                      "seeds is not measured"))]

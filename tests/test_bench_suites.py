@@ -372,6 +372,18 @@ def test_fidelity_suites_have_their_own_section_not_the_one_protocol_tables(monk
     assert "rded-toy" in report.main_tables(jobs, {"rded-toy": "cpu"})[0]  # the same record of another suite
 
 
+def test_a_nas_table_says_at_which_lr_the_proxies_trained():
+    """The fidelity-nas records at the proxy protocol's lr (L8) and at the sets' learned lr (L9): the
+    caption of each table says which."""
+    rows = [{**json.loads(line), "file": "apps.jsonl", "line": i}
+            for i, line in enumerate((RESULTS_DIR / "apps.jsonl").read_text().splitlines(), 1)]
+    fixed, learned = rows[7], rows[8]
+    assert (fixed["job"], learned["job"]) == ("nas-fashion_mnist-ref1-2seeds", "nas-fashion_mnist-ref1-2seeds-learned-lr")
+    assert "proxies trained `dc` 100 epochs, the whole data 1 epoch(s)" in report._nas_table(fixed)
+    assert ("proxies trained `dc` 100 epochs at each set's learned lr where it has one (else 0.01), the whole data"
+            in report._nas_table(learned))
+
+
 def test_a_distill_record_carries_the_runs_accuracy_curve(tmp_path):
     """`--eval-every` evaluations become the record's ``curve`` ([iteration, accuracy, networks]); the final
     evaluation is the record's own figure, and a line cut by a kill is passed over."""
