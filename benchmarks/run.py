@@ -262,7 +262,7 @@ class Runner:
         if job.kind == "parity":
             return [latest_record(job, self.results)]
         records = getattr(self, f"_records_{job.kind}")(job, cmd, out, wall)
-        common = {"job": job.id, "suite": self.suite.name, "commit": self.code, **self.where}
+        common = {"job": job.id, "suite": job.suite or self.suite.name, "commit": self.code, **self.where}
         records = [{**r, **common, **({"device": r["device"]} if r.get("device") else {})} for r in records]
         path = results_path(job, self.results)
         for r in records:  # one whole line per write, under the file's lock (`fileio.append_jsonl`)
@@ -600,9 +600,14 @@ def write_bases(src: Path, dst: Path) -> Path:
     return dst
 
 
+# the figure an expectation adopted from a record checks, by job kind (the others: ``acc_mean``)
+ADOPTED_METRIC = {"experts": "mean_final_test_acc", "teacher": "test_accuracy"}
+
+
 def adopt(suite: Suite, jobs: list[Job], override: Path | None = None) -> int:
     """Write into the suite file, for each job with a record but no expectation, its latest record
-    as the expectation (source: the record's file, line and commit). Only jobs written as one-line
+    as the expectation (source: the record's file, line and commit; experts and teachers: their
+    networks' test accuracy, `ADOPTED_METRIC`). Only jobs written as one-line
     flow mappings (``  - {"id": ...}``) can be rewritten; others are an error naming them."""
     lines, n = suite.path.read_text().splitlines(), 0
     for job in jobs:
@@ -611,7 +616,8 @@ def adopt(suite: Suite, jobs: list[Job], override: Path | None = None) -> int:
         path = results_path(job, override)
         found = [(k, r) for k, r in enumerate(read_records(path), 1) if r.get("job") == job.id
                  and (not job.model or r.get("model") == job.model)]
-        if not found or "acc_mean" not in found[-1][1]:
+        metric = ADOPTED_METRIC.get(job.kind, "acc_mean")
+        if not found or metric not in found[-1][1]:
             continue
         line_no, rec = found[-1]
         at = [i for i, t in enumerate(lines) if t.lstrip().startswith("- {") and f'"id": "{job.id}"' in t]
@@ -619,7 +625,7 @@ def adopt(suite: Suite, jobs: list[Job], override: Path | None = None) -> int:
             raise SuiteError(f"{suite.path.name}: job {job.id} is not a one-line mapping; add its expectation by hand")
         raw = json.loads(lines[at[0]].split("- ", 1)[1])
         models = rec.get("n_models") or 1
-        raw["expected"] = {"value": round(rec["acc_mean"], 2),
+        raw["expected"] = {**({"metric": metric} if metric != "acc_mean" else {}), "value": round(rec[metric], 2),
                            "tolerance": round(max(1.0, 3 * rec.get("acc_std", 0.0) / models ** 0.5), 2),
                            "source": f"our record benchmarks/results/{path.name}:{line_no} (commit {rec.get('commit', '?')})"}
         lines[at[0]] = lines[at[0]].split("- ", 1)[0] + "- " + json.dumps(raw)

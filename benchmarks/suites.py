@@ -11,6 +11,7 @@ is below ``value - tolerance``.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import json
@@ -91,6 +92,7 @@ class Job:
     unchecked: str | None = None  # why the job has no expectation (e.g. its figure is at chance by design)
     file: str | None = None  # parity jobs: the set both evaluators score (a path in the repository)
     preset: str | None = None  # parity jobs: the paper preset compared with the authors' evaluator
+    suite: str | None = None  # the suite that holds the job (set on loading: its records name it)
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,9 @@ def _load_suite(path: Path, mtime_ns: int, size: int) -> Suite:
             raise SuiteError(f"{path}: claim {c.id} names job {c.job!r}, which is not a job of this suite{_close(c.job, ids)}")
         if c.job is None and not c.note:
             raise SuiteError(f"{path}: claim {c.id} has no job: its `note` must say why")
-    return Suite(str(doc.get("suite") or path.stem), path, tuple(jobs), bool(doc.get("filling", False)),
+    name = str(doc.get("suite") or path.stem)
+    jobs = [dataclasses.replace(j, suite=name) for j in jobs]
+    return Suite(name, path, tuple(jobs), bool(doc.get("filling", False)),
                  tuple(claims), doc.get("not_run"))
 
 

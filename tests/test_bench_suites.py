@@ -372,6 +372,15 @@ def test_fidelity_suites_have_their_own_section_not_the_one_protocol_tables(monk
     assert "rded-toy" in report.main_tables(jobs, {"rded-toy": "cpu"})[0]  # the same record of another suite
 
 
+def test_a_job_knows_its_suite_also_when_another_suite_needs_it():
+    """A prerequisite of another suite (fidelity-datm's rungs need cpu-ablations' experts) is recorded
+    under its own suite's name, not under the suite whose run built it."""
+    datm = load_suite("fidelity-datm")
+    assert datm.job("cpu-ablations:experts-mnist-9").suite == "cpu-ablations"
+    assert datm.job("experts-mnist-9-ftd").suite == "fidelity-datm"
+    assert {j.suite for j in load_suite("cpu-ablations").jobs} == {"cpu-ablations"}
+
+
 def test_a_nas_table_says_at_which_lr_the_proxies_trained():
     """The fidelity-nas records at the proxy protocol's lr (L8) and at the sets' learned lr (L9): the
     caption of each table says which."""
@@ -404,11 +413,14 @@ def test_adopt_turns_a_first_record_into_the_expectation(tmp_path, capsys):
     suite = tmp_path / "filling.yaml"
     suite.write_text('suite: filling\nfilling: true\njobs:\n'
                      '  - {"id": "a", "kind": "full", "results": "r.jsonl", "dataset": "digits", "setting": "x"}\n'
-                     '  - {"id": "b", "kind": "full", "results": "r.jsonl", "dataset": "digits", "setting": "y"}\n')
+                     '  - {"id": "b", "kind": "full", "results": "r.jsonl", "dataset": "digits", "setting": "y"}\n'
+                     '  - {"id": "e", "kind": "experts", "results": "r.jsonl", "dataset": "digits", "args": ["--out", "x"]}\n')
     records = tmp_path / "r.jsonl"
-    records.write_text(json.dumps({"job": "a", "acc_mean": 90.0, "acc_std": 3.0, "n_models": 4, "commit": "abc"}) + "\n")
+    records.write_text(json.dumps({"job": "a", "acc_mean": 90.0, "acc_std": 3.0, "n_models": 4, "commit": "abc"}) + "\n"
+                       + json.dumps({"job": "e", "mean_final_test_acc": 97.531, "commit": "abc"}) + "\n")
     assert run.main([str(suite), "--adopt", "--results", str(records)]) == 0
-    a, b = load_suite(suite).jobs
+    a, b, e = load_suite(suite).jobs
+    assert (e.expected.metric, e.expected.value, e.expected.tolerance) == ("mean_final_test_acc", 97.53, 1.0)
     assert (a.expected.value, a.expected.tolerance) == (90.0, 4.5)  # 3 * 3.0 / sqrt(4)
     assert "r.jsonl:1 (commit abc)" in a.expected.source and b.expected is None  # b has no record yet
     assert run.main([str(suite), "--check", "--results", str(records)]) == 0
