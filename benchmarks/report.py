@@ -585,7 +585,7 @@ def _nas_table(r: Row) -> str:
     pr, fp = r["protocol"], r["full_protocol"]
     lines += ["", _app_caption(r, f"{len(r['architectures'])} ConvNets, {r['per_class']} images per class; proxies "
                                   f"trained `{pr['name']}` {pr['epochs']} epochs"
-                                  + (" at each set's learned lr where it has one (else " f"{pr['lr']})"
+                                  + (f" at each set's learned lr where it has one (else {pr['lr']})"
                                      if pr.get("use_learned_lr") else "")
                                   + f", the whole data {fp['epochs']} "
                                   f"epoch(s), {fp['n_models']} network(s) per architecture"

@@ -223,10 +223,8 @@ def run_jobs(executor: Executor, out: Path, tasks: list[Task], desc: str,
     stale = []
     for t in tasks:
         if t.done():
-            kept = kept_settings(Path(t.out))
-            now = settings_of(t.args[-1])
-            if kept != now:
-                diff = sorted(k for k in set(kept) | set(now) if kept.get(k) != now.get(k))
+            diff = settings_diff(Path(t.out), t.args[-1])
+            if diff:
                 stale.append(f"{Path(t.out).name} ({', '.join(diff)})")
     if stale:
         raise StudyError(f"{out} holds results made with other settings: {'; '.join(stale[:3])}"
@@ -239,7 +237,14 @@ def run_jobs(executor: Executor, out: Path, tasks: list[Task], desc: str,
     return [json.loads(Path(files[t.key]).read_text()) for t in tasks]
 
 
-def kept_settings(path: Path) -> dict[str, Any]:
+def settings_diff(path: Path, job: dict[str, Any]) -> list[str]:
+    """The settings (top-level keys) in which the job result file ``path`` differs from ``job``: none
+    when it was made with the job's settings."""
+    kept, now = _kept_settings(path), settings_of(job)
+    return sorted(k for k in set(kept) | set(now) if kept.get(k) != now.get(k))
+
+
+def _kept_settings(path: Path) -> dict[str, Any]:
     """The settings a job's result file was made with; a file that does not say (an older version's,
     or not a job's result) cannot be checked and is refused, never reused unchecked."""
     try:

@@ -30,7 +30,7 @@ from ..evaluation.evaluator import RealSet
 from ..models import create_model
 from ..version import git_commit
 from ..fileio import atomic_write_text
-from .base import JOBS, STUDIES, Job, Study, StudyError, job_name, kept_settings, mean_std, settings_of
+from .base import JOBS, STUDIES, Job, Study, StudyError, job_name, mean_std, settings_diff
 from .sets import RANDOM, SETS_FIELD, SetSource, check_datasets, data_for, file_ipc, file_memory, random_memory
 
 FULL = "full"
@@ -233,9 +233,8 @@ def reuse_reference(ref: Path, out: Path, full: list[Job]) -> None:
                          f"study needs (e.g. {missing[0]}); finish it first (run its study again), or check that "
                          "the grid, --full-models and --full-epochs are its own")
     for j in todo:
-        kept, now = kept_settings(ref / JOBS / f"{j.name}.json"), settings_of(j.spec)
-        if kept != now:
-            diff = sorted(k for k in set(kept) | set(now) if kept.get(k) != now.get(k))
+        diff = settings_diff(ref / JOBS / f"{j.name}.json", j.spec)
+        if diff:
             raise StudyError(f"--reference {ref}: {j.name} was trained with other settings ({', '.join(diff)}); "
                              "a reference is reused only with its own dataset, --per-class, --full-epochs and "
                              "protocol")
