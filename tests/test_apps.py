@@ -342,6 +342,15 @@ def test_nas_reuses_a_reference_trained_with_its_settings(set_file, tmp_path, di
     assert summary["full"]["accuracies"] == first["full"]["accuracies"] and set(summary["sets"]) == {"mtt"}
     rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert {r["settings"]["protocol"]["use_learned_lr"] for r in rows if r["set"] == "mtt"} == {True}
+    # --per-class does not enter the whole data's training: a reference made for sets of another size is
+    # reused, each copy naming this study's per_class and the file it came from
+    fewer = run_study("nas", dataclasses.replace(cfg, per_class=2), tmp_path / "fewer", serial())
+    assert fewer["full"]["accuracies"] == first["full"]["accuracies"] and fewer["per_class"] == 2
+    for f in full:
+        copy = json.loads((tmp_path / "fewer" / "jobs" / f.name).read_text())
+        assert copy["settings"]["per_class"] == 2 and copy["reference"] == str(f)
+        assert {k: v for k, v in copy.items() if k not in ("settings", "reference")} == \
+            {k: v for k, v in json.loads(f.read_text()).items() if k != "settings"}
     with pytest.raises(StudyError, match=r"trained with other settings \(protocol\)"):
         run_study("nas", dataclasses.replace(cfg, full_epochs=2), tmp_path / "other", serial())
     with pytest.raises(StudyError, match="lacks 2 of the 4 whole-data results"):

@@ -20,6 +20,7 @@ job's row, ``summary.json`` the correlations, ``nas.png`` proxy against whole-da
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,8 @@ from ..evaluation.evaluator import RealSet
 from ..models import create_model
 from ..version import git_commit
 from ..fileio import atomic_write_text
-from .base import JOBS, STUDIES, Job, Study, StudyError, job_name, mean_std, settings_diff
+from .base import (JOBS, STUDIES, Job, Study, StudyError, job_name, mean_std, settings_diff,
+                   settings_of)
 from .sets import RANDOM, SETS_FIELD, SetSource, check_datasets, data_for, file_ipc, file_memory, random_memory
 
 FULL = "full"
@@ -112,8 +114,8 @@ class NASConfig:
                 "is measured; 1 skips it)"})
     reference: str | None = field(default=None, metadata={
         "metavar": "DIR", "help": "reuse the whole-data trainings of the NAS folder DIR (same dataset, grid, "
-                                  "--per-class, --full-epochs, --full-models and protocol): new proxies against "
-                                  "a reference already trained"})
+                                  "--full-epochs, --full-models and protocol; any --per-class): new proxies "
+                                  "against a reference already trained"})
     root: str | None = None
     device: str = "cpu"
 
@@ -220,10 +222,17 @@ class NAS(Study):
         return out
 
 
+# A whole-data job's spec carries the study's --per-class (as every job's does), but its training never
+# reads it: a reference made for sets of another size is reused, its copy naming this study's.
+FULL_UNUSED = ("per_class",)
+
+
 def reuse_reference(ref: Path, out: Path, full: list[Job]) -> None:
     """Copy the whole-data results of the NAS folder ``ref`` into ``out`` (those ``out`` lacks), each
     checked to have been trained with this study's settings for that job: a reference trained otherwise,
-    or not finished, is an error that names what differs, never a silent reuse."""
+    or not finished, is an error that names what differs, never a silent reuse. A result whose settings
+    differ only in what the whole data's training does not read (``FULL_UNUSED``) is copied with this
+    study's values there, and ``reference`` naming the file it came from."""
     if ref.resolve() == out.resolve():
         return
     todo = [j for j in full if not (out / JOBS / f"{j.name}.json").exists()]
@@ -233,14 +242,21 @@ def reuse_reference(ref: Path, out: Path, full: list[Job]) -> None:
                          f"study needs (e.g. {missing[0]}); finish it first (run its study again), or check that "
                          "the grid, --full-models and --full-epochs are its own")
     for j in todo:
-        diff = settings_diff(ref / JOBS / f"{j.name}.json", j.spec)
+        diff = settings_diff(ref / JOBS / f"{j.name}.json", j.spec, ignore=FULL_UNUSED)
         if diff:
             raise StudyError(f"--reference {ref}: {j.name} was trained with other settings ({', '.join(diff)}); "
-                             "a reference is reused only with its own dataset, --per-class, --full-epochs and "
-                             "protocol")
+                             "a reference is reused only with its own dataset, grid, --full-epochs, "
+                             "--full-models and protocol")
     (out / JOBS).mkdir(parents=True, exist_ok=True)
     for j in todo:
-        atomic_write_text(out / JOBS / f"{j.name}.json", (ref / JOBS / f"{j.name}.json").read_text())
+        src = ref / JOBS / f"{j.name}.json"
+        text = src.read_text()
+        if settings_diff(src, j.spec):  # only in FULL_UNUSED (checked above)
+            row = json.loads(text)
+            row["settings"] = settings_of(j.spec)
+            row["reference"] = str(src)
+            text = json.dumps(row)
+        atomic_write_text(out / JOBS / f"{j.name}.json", text)
 
 
 def summarize(rows: list[dict[str, Any]], names: list[str], cfg: NASConfig, k: int) -> dict[str, Any]:
