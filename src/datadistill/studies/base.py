@@ -237,12 +237,11 @@ def run_jobs(executor: Executor, out: Path, tasks: list[Task], desc: str,
     return [json.loads(Path(files[t.key]).read_text()) for t in tasks]
 
 
-def settings_diff(path: Path, job: dict[str, Any], ignore: Sequence[str] = ()) -> list[str]:
+def settings_diff(path: Path, job: dict[str, Any]) -> list[str]:
     """The settings (top-level keys) in which the job result file ``path`` differs from ``job``: none
-    when it was made with the job's settings. ``ignore``: keys the caller knows this job's result does
-    not depend on."""
+    when it was made with the job's settings."""
     kept, now = _kept_settings(path), settings_of(job)
-    return sorted(k for k in set(kept) | set(now) if k not in ignore and kept.get(k) != now.get(k))
+    return sorted(k for k in set(kept) | set(now) if kept.get(k) != now.get(k))
 
 
 def _kept_settings(path: Path) -> dict[str, Any]:

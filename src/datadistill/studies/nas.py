@@ -241,17 +241,21 @@ def reuse_reference(ref: Path, out: Path, full: list[Job]) -> None:
         raise StudyError(f"--reference {ref}: it lacks {len(missing)} of the {len(full)} whole-data results this "
                          f"study needs (e.g. {missing[0]}); finish it first (run its study again), or check that "
                          "the grid, --full-models and --full-epochs are its own")
+    restate = set()  # the jobs whose result differs from this study's settings in FULL_UNUSED only
     for j in todo:
-        diff = settings_diff(ref / JOBS / f"{j.name}.json", j.spec, ignore=FULL_UNUSED)
-        if diff:
-            raise StudyError(f"--reference {ref}: {j.name} was trained with other settings ({', '.join(diff)}); "
+        diff = settings_diff(ref / JOBS / f"{j.name}.json", j.spec)
+        other = [k for k in diff if k not in FULL_UNUSED]
+        if other:
+            raise StudyError(f"--reference {ref}: {j.name} was trained with other settings ({', '.join(other)}); "
                              "a reference is reused only with its own dataset, grid, --full-epochs, "
                              "--full-models and protocol")
+        if diff:
+            restate.add(j.name)
     (out / JOBS).mkdir(parents=True, exist_ok=True)
     for j in todo:
         src = ref / JOBS / f"{j.name}.json"
         text = src.read_text()
-        if settings_diff(src, j.spec):  # only in FULL_UNUSED (checked above)
+        if j.name in restate:
             row = json.loads(text)
             row["settings"] = settings_of(j.spec)
             row["reference"] = str(src)
